@@ -1,0 +1,34 @@
+//! Kernel identity: the one definition of what a driver artifact is for — kernel release,
+//! architecture, distribution, distro version and driver version — and of every name derived from it
+//! (package file names, package metadata, release tags, download paths, cache keys, kernels.json
+//! entries). Every other crate calls this one instead of re-deriving names.
+//!
+//! Architecture invariant: this crate does no IO, no async and no networking (CI checks its dependency
+//! tree). Validation here is the security boundary for strings that later reach shells, workflow
+//! inputs, file names and URLs.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod arch;
+mod derive;
+mod distro;
+mod driver;
+mod error;
+mod identity;
+pub mod kernels_json;
+mod layout;
+mod macros;
+mod os_release;
+mod release;
+
+pub use arch::Arch;
+pub use derive::derive_distro_version;
+pub use distro::{DistroVersion, Distribution, PackageFormat};
+pub use driver::{DriverName, DriverVersion, MAX_DRIVER_NAME_LEN, MAX_DRIVER_VERSION_LEN};
+pub use error::{Field, IdError};
+pub use identity::{IdentityInput, KernelIdentity};
+pub use kernels_json::{KernelsEntry, KernelsFile};
+pub use layout::{ReleaseLayout, percent_encode_segment};
+pub use os_release::{MAX_OS_RELEASE_LEN, OsRelease};
+pub use release::{KernelRelease, MAX_RELEASE_LEN};

@@ -1,0 +1,86 @@
+//! `cargo xtask <command>`: project automation that is easier to keep right in Rust than in shell.
+//! `ci` is what `.ci/run` calls after installing tools; each step fails the run on its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Crates that would bring IO into kernel-id. Its dependency tree must never contain them.
+const FORBIDDEN_IN_KERNEL_ID: &[&str] = &["tokio", "reqwest", "hyper", "sqlx", "mio", "async-std"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(&root),
+        Some("check-kernel-id-deps") => check_kernel_id_deps(&root),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 ci                     fmt check, clippy -D warnings, kernel-id dependency check, all tests\n  \
+                 check-kernel-id-deps   fail if kernel-id depends on an IO crate"
+            );
+            bail!("unknown or missing command");
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits one level below the workspace root")
+        .to_path_buf()
+}
+
+fn ci(root: &Path) -> Result<()> {
+    run(root, "cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        root,
+        "cargo",
+        &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"],
+    )?;
+    check_kernel_id_deps(root)?;
+    run(
+        root,
+        "cargo",
+        &["nextest", "run", "--workspace", "--locked", "--no-fail-fast"],
+    )?;
+    Ok(())
+}
+
+fn check_kernel_id_deps(root: &Path) -> Result<()> {
+    let output = Command::new("cargo")
+        .current_dir(root)
+        .args(["tree", "-p", "kernel-id", "-e", "normal", "--prefix", "none", "--format", "{p}"])
+        .output()
+        .context("running cargo tree -p kernel-id")?;
+    if !output.status.success() {
+        bail!("cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let found: Vec<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| FORBIDDEN_IN_KERNEL_ID.contains(name))
+        .collect();
+    if !found.is_empty() {
+        bail!("kernel-id must do no IO, but its dependency tree contains {found:?}");
+    }
+    println!("kernel-id dependency tree is free of IO crates ({FORBIDDEN_IN_KERNEL_ID:?})");
+    Ok(())
+}
+
+fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("+ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
