@@ -39,13 +39,27 @@ fn ci(root: &Path) -> Result<()> {
     run(
         root,
         "cargo",
-        &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
     )?;
     check_kernel_id_deps(root)?;
     run(
         root,
         "cargo",
-        &["nextest", "run", "--workspace", "--locked", "--no-fail-fast"],
+        &[
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ],
     )?;
     Ok(())
 }
@@ -53,11 +67,24 @@ fn ci(root: &Path) -> Result<()> {
 fn check_kernel_id_deps(root: &Path) -> Result<()> {
     let output = Command::new("cargo")
         .current_dir(root)
-        .args(["tree", "-p", "kernel-id", "-e", "normal", "--prefix", "none", "--format", "{p}"])
+        .args([
+            "tree",
+            "-p",
+            "kernel-id",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
         .output()
         .context("running cargo tree -p kernel-id")?;
     if !output.status.success() {
-        bail!("cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let tree = String::from_utf8_lossy(&output.stdout);
     let found: Vec<&str> = tree

@@ -36,10 +36,14 @@ fn derive_from_release(release: &str) -> Option<DistroVersion> {
     if let Some(n) = number_after(release, ".deb", |rest| rest.starts_with('.')) {
         return parse("debian", n);
     }
-    if let Some(n) = number_after(release, "~deb", |rest| rest.starts_with('u') || rest.starts_with('+')) {
+    if let Some(n) = number_after(release, "~deb", |rest| {
+        rest.starts_with('u') || rest.starts_with('+')
+    }) {
         return parse("debian", n);
     }
-    if let Some(n) = number_after(release, "+deb", |rest| !rest.starts_with(|c: char| c.is_ascii_digit())) {
+    if let Some(n) = number_after(release, "+deb", |rest| {
+        !rest.starts_with(|c: char| c.is_ascii_digit())
+    }) {
         return parse("debian", n);
     }
     if let Some(n) = number_after(release, ".fc", tag_end) {
@@ -84,16 +88,36 @@ mod tests {
         let cases = [
             ("6.14.0-100.fc42.x86_64", None, Some("fedora 42")),
             ("6.12.0-212.el10.x86_64", None, Some("centos stream10")),
-            ("5.14.0-503.el9.x86_64", Some("centos"), Some("centos stream9")),
+            (
+                "5.14.0-503.el9.x86_64",
+                Some("centos"),
+                Some("centos stream9"),
+            ),
             ("6.1.0-28~bpo12+1", None, Some("debian 12")),
             ("6.12.100+deb12-amd64", None, Some("debian 12")),
             ("6.12.48+deb13-amd64", None, Some("debian 13")),
             ("5.10.0-0.deb10.17-amd64", None, Some("debian 10")),
             ("5.18.16-1~bpo11+1-amd64", Some("debian"), Some("debian 11")),
-            ("4.19.118-2+deb10u1~bpo9+1-amd64", Some("debian"), Some("debian 9")),
-            ("5.10.136-1~deb10u3-amd64", Some("debian"), Some("debian 10")),
-            ("6.12.58-82.121.amzn2023.x86_64", None, Some("amazonlinux 2023")),
-            ("6.1.127-135.201.amzn2023.x86_64", Some("amazonlinux2023"), Some("amazonlinux 2023")),
+            (
+                "4.19.118-2+deb10u1~bpo9+1-amd64",
+                Some("debian"),
+                Some("debian 9"),
+            ),
+            (
+                "5.10.136-1~deb10u3-amd64",
+                Some("debian"),
+                Some("debian 10"),
+            ),
+            (
+                "6.12.58-82.121.amzn2023.x86_64",
+                None,
+                Some("amazonlinux 2023"),
+            ),
+            (
+                "6.1.127-135.201.amzn2023.x86_64",
+                Some("amazonlinux2023"),
+                Some("amazonlinux 2023"),
+            ),
             ("4.14.326-245.539.amzn2.x86_64", None, Some("amazonlinux 2")),
             ("6.1.0-47-amd64", None, None),
             ("6.8.0-52-generic", Some("ubuntu-generic"), None),
@@ -104,7 +128,11 @@ mod tests {
             ("5.10.0-1-amd64", None, None),
         ];
         for (release, target, want) in cases {
-            assert_eq!(derived(release, target).as_deref(), want, "{release} {target:?}");
+            assert_eq!(
+                derived(release, target).as_deref(),
+                want,
+                "{release} {target:?}"
+            );
         }
     }
 }

@@ -72,8 +72,7 @@ impl VersionRule {
                 .strip_prefix("stream")
                 .is_some_and(|n| positive_int(n) && n.len() <= 2),
             VersionRule::AmazonLinux => {
-                raw == "2"
-                    || (raw.len() == 4 && raw.starts_with("20") && positive_int(raw))
+                raw == "2" || (raw.len() == 4 && raw.starts_with("20") && positive_int(raw))
             }
         }
     }
@@ -380,9 +379,15 @@ impl DistroVersion {
     }
 
     /// Maps an os-release `VERSION_ID` (e.g. CentOS `9`) to this distribution's spelling (`stream9`).
-    pub(crate) fn from_os_release(distribution: Distribution, version_id: &str) -> Result<Self, IdError> {
-        Self::parse(distribution, &distribution.0.rule.from_os_release(version_id))
-            .map_err(|e| IdError::new(Field::OsRelease, format!("VERSION_ID: {}", e.rule())))
+    pub(crate) fn from_os_release(
+        distribution: Distribution,
+        version_id: &str,
+    ) -> Result<Self, IdError> {
+        Self::parse(
+            distribution,
+            &distribution.0.rule.from_os_release(version_id),
+        )
+        .map_err(|e| IdError::new(Field::OsRelease, format!("VERSION_ID: {}", e.rule())))
     }
 
     pub(crate) fn ensure_supported(&self) -> Result<(), IdError> {
@@ -470,9 +475,18 @@ mod tests {
         assert_eq!(
             all,
             [
-                "ubuntu 22.04", "ubuntu 24.04", "ubuntu 25.10", "ubuntu 26.04", "debian 11",
-                "debian 12", "debian 13", "fedora 42", "fedora 43", "centos stream9",
-                "centos stream10", "amazonlinux 2023"
+                "ubuntu 22.04",
+                "ubuntu 24.04",
+                "ubuntu 25.10",
+                "ubuntu 26.04",
+                "debian 11",
+                "debian 12",
+                "debian 13",
+                "fedora 42",
+                "fedora 43",
+                "centos stream9",
+                "centos stream10",
+                "amazonlinux 2023"
             ]
         );
     }
@@ -486,12 +500,20 @@ mod tests {
         assert!(DistroVersion::parse(d("centos"), "9").is_err());
         assert!(DistroVersion::parse(d("centos"), "stream10").is_ok());
         assert!(DistroVersion::parse(d("amazonlinux"), "2").is_ok());
-        assert!(DistroVersion::parse(d("amazonlinux"), "2").unwrap().ensure_supported().is_err());
+        assert!(
+            DistroVersion::parse(d("amazonlinux"), "2")
+                .unwrap()
+                .ensure_supported()
+                .is_err()
+        );
     }
 
     #[test]
     fn crawler_targets_round_trip() {
-        assert_eq!(Distribution::from_crawler_target("ubuntu-gcp").unwrap().0, d("ubuntu"));
+        assert_eq!(
+            Distribution::from_crawler_target("ubuntu-gcp").unwrap().0,
+            d("ubuntu")
+        );
         assert_eq!(
             Distribution::from_crawler_target("amazonlinux2023").unwrap(),
             (d("amazonlinux"), Some("2023"))
@@ -504,8 +526,19 @@ mod tests {
 
     #[test]
     fn codenames_cover_debian_family() {
-        assert_eq!(DistroVersion::parse(d("debian"), "13").unwrap().codename(), Some("trixie"));
-        assert_eq!(DistroVersion::parse(d("ubuntu"), "24.04").unwrap().codename(), Some("noble"));
-        assert_eq!(DistroVersion::parse(d("fedora"), "42").unwrap().codename(), None);
+        assert_eq!(
+            DistroVersion::parse(d("debian"), "13").unwrap().codename(),
+            Some("trixie")
+        );
+        assert_eq!(
+            DistroVersion::parse(d("ubuntu"), "24.04")
+                .unwrap()
+                .codename(),
+            Some("noble")
+        );
+        assert_eq!(
+            DistroVersion::parse(d("fedora"), "42").unwrap().codename(),
+            None
+        );
     }
 }

@@ -99,7 +99,9 @@ impl DriverVersion {
             let valid_ident = |id: &str| {
                 !id.is_empty()
                     && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !(id.bytes().all(|b| b.is_ascii_digit()) && id.len() > 1 && id.starts_with('0'))
+                    && !(id.bytes().all(|b| b.is_ascii_digit())
+                        && id.len() > 1
+                        && id.starts_with('0'))
             };
             if !pre.split('.').all(valid_ident) {
                 return Err(err(format!(
@@ -135,15 +137,23 @@ mod tests {
 
     #[test]
     fn package_versions_are_dpkg_and_rpm_safe() {
-        assert_eq!(DriverVersion::parse("v0.5.16").unwrap().package_version(), "0.5.16");
         assert_eq!(
-            DriverVersion::parse("v1.0.0-rc.1").unwrap().package_version(),
+            DriverVersion::parse("v0.5.16").unwrap().package_version(),
+            "0.5.16"
+        );
+        assert_eq!(
+            DriverVersion::parse("v1.0.0-rc.1")
+                .unwrap()
+                .package_version(),
             "1.0.0~rc.1"
         );
     }
 
     #[test]
     fn module_name_uses_underscores() {
-        assert_eq!(DriverName::parse("example-driver").unwrap().module_name(), "example_driver");
+        assert_eq!(
+            DriverName::parse("example-driver").unwrap().module_name(),
+            "example_driver"
+        );
     }
 }

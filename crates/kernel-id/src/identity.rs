@@ -142,6 +142,42 @@ impl KernelIdentity {
         )
     }
 
+    /// Parses a key made by [`KernelIdentity::cache_key`].
+    pub fn parse_cache_key(key: &str) -> Result<Self, IdError> {
+        let mut parts = key.split('/');
+        let (
+            Some(distribution),
+            Some(distro_version),
+            Some(arch),
+            Some(release),
+            Some(driver_version),
+            None,
+        ) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        )
+        else {
+            return Err(IdError::new(
+                Field::FileName,
+                format!(
+                    "a cache key must be distribution/distro_version/arch/kernel_release/driver_version (got {:?})",
+                    truncate(key)
+                ),
+            ));
+        };
+        let distribution = Distribution::parse(distribution)?;
+        Self::new(
+            KernelRelease::parse(release)?,
+            Arch::parse(arch)?,
+            DistroVersion::supported(distribution, distro_version)?,
+            DriverVersion::parse(driver_version)?,
+        )
+    }
+
     /// `{driver}-{distribution}-{distro_version}-{kernel_release}_{driver_version}_{debian_arch}.{ext}`.
     pub fn package_file_name(&self, driver: &DriverName) -> String {
         format!(
@@ -183,7 +219,9 @@ impl KernelIdentity {
         let (Some(distribution), Some(distro_version), Some(release)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return Err(err("must hold distribution, distro version and kernel release"));
+            return Err(err(
+                "must hold distribution, distro version and kernel release",
+            ));
         };
         let distribution = Distribution::parse(distribution)?;
         let identity = Self::new(
@@ -193,7 +231,9 @@ impl KernelIdentity {
             DriverVersion::parse(driver_version)?,
         )?;
         if debian_arch != identity.arch.debian_name() {
-            return Err(err("must use the Debian architecture name (amd64 or arm64)"));
+            return Err(err(
+                "must use the Debian architecture name (amd64 or arm64)",
+            ));
         }
         if extension != distribution.package_format().extension() {
             return Err(err(&format!(
@@ -364,11 +404,17 @@ mod tests {
         let e = KernelIdentity::from_input(&input("6.1.0-47-amd64", "arm64", "debian", None))
             .unwrap_err();
         assert_eq!(e.field(), Field::Architecture);
-        let e = KernelIdentity::from_input(&input("6.12.48+deb13-amd64", "amd64", "debian", Some("12")))
-            .unwrap_err();
+        let e = KernelIdentity::from_input(&input(
+            "6.12.48+deb13-amd64",
+            "amd64",
+            "debian",
+            Some("12"),
+        ))
+        .unwrap_err();
         assert_eq!(e.field(), Field::DistroVersion);
-        let e = KernelIdentity::from_input(&input("6.14.0-100.fc42.x86_64", "x86_64", "centos", None))
-            .unwrap_err();
+        let e =
+            KernelIdentity::from_input(&input("6.14.0-100.fc42.x86_64", "x86_64", "centos", None))
+                .unwrap_err();
         assert_eq!(e.field(), Field::Distribution);
     }
 }

@@ -60,7 +60,11 @@ impl KernelsEntry {
     }
 
     /// The identity of this kernel's artifact for one architecture and driver version.
-    pub fn identity(&self, arch: Arch, driver_version: &DriverVersion) -> Result<KernelIdentity, IdError> {
+    pub fn identity(
+        &self,
+        arch: Arch,
+        driver_version: &DriverVersion,
+    ) -> Result<KernelIdentity, IdError> {
         KernelIdentity::new(
             KernelRelease::parse(&self.kernelrelease)?,
             arch,
@@ -107,8 +111,11 @@ impl KernelsFile {
                 }
             };
             for (index, value) in values.into_iter().enumerate() {
-                let at = |rule: String| IdError::new(Field::KernelsJson, format!("{key}[{index}]: {rule}"));
-                let entry: KernelsEntry = serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
+                let at = |rule: String| {
+                    IdError::new(Field::KernelsJson, format!("{key}[{index}]: {rule}"))
+                };
+                let entry: KernelsEntry =
+                    serde_json::from_value(value).map_err(|e| at(e.to_string()))?;
                 entry.validate().map_err(|e| at(e.to_string()))?;
                 file.insert_for(arch, entry);
             }
@@ -229,7 +236,10 @@ mod tests {
             .iter()
             .map(|e| e.kernelrelease.as_str())
             .collect();
-        assert_eq!(releases, ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-47-amd64"]);
+        assert_eq!(
+            releases,
+            ["6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-47-amd64"]
+        );
         let text = file.to_json_string();
         assert_eq!(KernelsFile::parse(&text).unwrap().to_json_string(), text);
     }

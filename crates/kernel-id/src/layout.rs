@@ -63,7 +63,12 @@ impl ReleaseLayout {
     }
 
     /// `{tag}/{file}`, each segment percent-encoded, to append to an artifact base URL.
-    pub fn download_path(self, driver: &DriverName, identity: &KernelIdentity, file_name: &str) -> String {
+    pub fn download_path(
+        self,
+        driver: &DriverName,
+        identity: &KernelIdentity,
+        file_name: &str,
+    ) -> String {
         format!(
             "{}/{}",
             percent_encode_segment(&self.release_tag(driver, identity)),

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod arch;
+mod crawler;
 mod derive;
 mod distro;
 mod driver;
@@ -23,8 +24,9 @@ mod os_release;
 mod release;
 
 pub use arch::Arch;
+pub use crawler::{CrawlerKernel, deb_kernel_from_headers};
 pub use derive::derive_distro_version;
-pub use distro::{DistroVersion, Distribution, PackageFormat};
+pub use distro::{Distribution, DistroVersion, PackageFormat};
 pub use driver::{DriverName, DriverVersion, MAX_DRIVER_NAME_LEN, MAX_DRIVER_VERSION_LEN};
 pub use error::{Field, IdError};
 pub use identity::{IdentityInput, KernelIdentity};

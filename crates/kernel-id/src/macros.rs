@@ -29,7 +29,9 @@ macro_rules! string_newtype_impls {
         }
 
         impl<'de> ::serde::Deserialize<'de> for $ty {
-            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            fn deserialize<D: ::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> Result<Self, D::Error> {
                 let raw = <::std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
                 <$ty>::parse(&raw).map_err(::serde::de::Error::custom)
             }

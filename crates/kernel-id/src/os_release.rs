@@ -128,7 +128,9 @@ fn unquote(raw: &str) -> Result<String, &'static str> {
             Ok(rest[..end].to_owned())
         }
         Some(_) => {
-            if raw.contains(|c: char| matches!(c, '"' | '\'' | '`' | '$' | '\\') || c.is_whitespace()) {
+            if raw
+                .contains(|c: char| matches!(c, '"' | '\'' | '`' | '$' | '\\') || c.is_whitespace())
+            {
                 return Err("unquoted value must not contain quotes, spaces, '$', '`' or '\\'");
             }
             Ok(raw.to_owned())

@@ -24,10 +24,9 @@ impl KernelRelease {
                 raw.len()
             )));
         }
-        if let Some((at, c)) = raw
-            .char_indices()
-            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '~' | '-')))
-        {
+        if let Some((at, c)) = raw.char_indices().find(|&(_, c)| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '~' | '-'))
+        }) {
             return Err(err(format!(
                 "must only contain [A-Za-z0-9._+~-] (found {} at byte {at})",
                 describe_char(c)
@@ -61,9 +60,7 @@ fn starts_with_major_minor(raw: &str) -> bool {
     if major_len == 0 || bytes.get(major_len) != Some(&b'.') {
         return false;
     }
-    bytes
-        .get(major_len + 1)
-        .is_some_and(|b| b.is_ascii_digit())
+    bytes.get(major_len + 1).is_some_and(|b| b.is_ascii_digit())
 }
 
 string_newtype_impls!(KernelRelease);
