@@ -40,13 +40,7 @@ pub fn deb_kernel_from_headers<'a>(
                 .is_some_and(|flavor| {
                     !flavor.is_empty() && release.ends_with(&format!("-{flavor}"))
                 }),
-            // The crawler appends its own flavor to the node's release.
-            "ubuntu" => {
-                crawler_release == release
-                    || crawler_release
-                        .strip_prefix(release)
-                        .is_some_and(|rest| rest.starts_with('-'))
-            }
+            "ubuntu" => ubuntu_matches(crawler_release, release),
             _ => false,
         };
         if !matches {
@@ -72,6 +66,26 @@ fn split_deb_file_name(file: &str) -> Option<(&str, &str, &str)> {
     let mut parts = stem.splitn(3, '_');
     let (name, version, arch) = (parts.next()?, parts.next()?, parts.next()?);
     (!version.contains('%')).then_some((name, version, arch))
+}
+
+/// The crawler names Ubuntu kernels `{abi}-{flavor}[-{series}]`, and HWE kernels `{abi}-hwe[-{series}]`
+/// or `{abi}-{flavor}-hwe-{series}`, while the node reports `{abi}-{flavor}` (`generic` for plain HWE).
+fn ubuntu_matches(crawler_release: &str, release: &str) -> bool {
+    let abi_len = |s: &str| s.match_indices('-').nth(1).map_or(s.len(), |(at, _)| at);
+    let (abi, flavor) = release.split_at(abi_len(release));
+    let Some(crawler_rest) = crawler_release.strip_prefix(abi) else {
+        return false;
+    };
+    let (flavor, crawler_rest) = (
+        flavor.trim_start_matches('-'),
+        crawler_rest.trim_start_matches('-'),
+    );
+    if flavor.is_empty() {
+        return false;
+    }
+    crawler_rest == flavor
+        || crawler_rest.starts_with(&format!("{flavor}-"))
+        || (flavor == "generic" && (crawler_rest == "hwe" || crawler_rest.starts_with("hwe-")))
 }
 
 /// Ubuntu backports name their series in the package version (`5.15.0-48.54~20.04.1` -> 20.04).
@@ -124,6 +138,23 @@ mod tests {
             .unwrap();
         assert_eq!(k.release.as_str(), "5.4.0-1087-gcp");
         assert_eq!(k.distro_version.unwrap().as_str(), "18.04");
+        let hwe = [
+            "http://m/linux-headers-5.15.0-48-lowlatency_5.15.0-48.54~20.04.1_amd64.deb",
+            "http://m/linux-headers-5.15.0-48-generic_5.15.0-48.54~20.04.1_amd64.deb",
+        ];
+        for (crawler, node) in [
+            ("5.15.0-48-hwe-5.15", "5.15.0-48-generic"),
+            ("5.15.0-48-lowlatency-hwe-5.15", "5.15.0-48-lowlatency"),
+            ("5.15.0-48-generic", "5.15.0-48-generic"),
+        ] {
+            let k = deb_kernel_from_headers(d("ubuntu"), "ubuntu-generic", crawler, hwe)
+                .unwrap_or_else(|| panic!("{crawler} must resolve"));
+            assert_eq!(k.release.as_str(), node, "{crawler}");
+        }
+        assert!(
+            deb_kernel_from_headers(d("ubuntu"), "ubuntu-generic", "5.15.0-480-generic", hwe)
+                .is_none()
+        );
         let native = ["http://m/linux-headers-6.8.0-52-generic_6.8.0-52.53_amd64.deb"];
         let k = deb_kernel_from_headers(d("ubuntu"), "ubuntu-generic", "6.8.0-52-generic", native)
             .unwrap();

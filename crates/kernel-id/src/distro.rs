@@ -78,7 +78,7 @@ impl VersionRule {
     }
 
     /// Maps an os-release `VERSION_ID` to this rule's spelling.
-    fn from_os_release(self, version_id: &str) -> String {
+    fn spell_os_release_version(self, version_id: &str) -> String {
         match self {
             VersionRule::Stream => format!("stream{version_id}"),
             _ => version_id.to_owned(),
@@ -385,7 +385,7 @@ impl DistroVersion {
     ) -> Result<Self, IdError> {
         Self::parse(
             distribution,
-            &distribution.0.rule.from_os_release(version_id),
+            &distribution.0.rule.spell_os_release_version(version_id),
         )
         .map_err(|e| IdError::new(Field::OsRelease, format!("VERSION_ID: {}", e.rule())))
     }

@@ -44,7 +44,7 @@ impl OsRelease {
             if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(err("key must be [A-Za-z0-9_]+"));
             }
-            let value = unquote(raw_value).map_err(|rule| err(rule))?;
+            let value = unquote(raw_value).map_err(err)?;
             fields.insert(key.to_owned(), value);
         }
         Ok(Self { fields })
