@@ -57,7 +57,7 @@ proptest! {
     #[test]
     fn display_parse_round_trips(id in identity(), driver in driver_name()) {
         prop_assert_eq!(KernelRelease::parse(id.kernel_release().as_str()).unwrap(), id.kernel_release().clone());
-        prop_assert_eq!(DriverVersion::parse(&id.driver_version().to_string()).unwrap(), id.driver_version().clone());
+        prop_assert_eq!(DriverVersion::parse(id.driver_version().as_str()).unwrap(), id.driver_version().clone());
         prop_assert_eq!(DriverName::parse(driver.as_str()).unwrap(), driver.clone());
         prop_assert_eq!(Arch::parse(id.arch().debian_name()).unwrap(), id.arch());
         prop_assert_eq!(KernelIdentity::from_input(&id.to_input()).unwrap(), id);
