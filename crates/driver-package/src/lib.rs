@@ -1,0 +1,34 @@
+//! The one home for driver package formats: the builder writes a driver's kernel modules into a
+//! `.deb` or `.rpm` ([`write_package`], [`PackageSpec::for_driver`]), and the loader reads packages
+//! back ([`list`], [`extract`], [`decompress_module_file`]).
+//!
+//! Reading is streaming (no package or payload is ever held in memory) and defensive: absolute paths,
+//! `..`, links leaving the target, device nodes, oversize entries, decompression bombs, duplicates,
+//! truncation and compression mismatches are refused with a [`ReadError`] naming the entry and rule,
+//! and a refused package leaves nothing on disk.
+
+mod compression;
+mod deb_read;
+mod error;
+mod extract;
+mod io_util;
+mod read;
+mod rpm_read;
+mod spec;
+mod write;
+
+pub use compression::{
+    Compression, decompress_module, decompress_module_file, is_kernel_module_name,
+    module_compression_from_name,
+};
+pub use error::{ReadError, Refusal, Rule, SpecError, WriteError};
+pub use extract::{EntryInfo, EntryKind, ExtractOptions, ExtractReport, Limits, Selection};
+pub use kernel_id::PackageFormat;
+pub use read::{detect_format, extract, list};
+pub use spec::{
+    DEFAULT_LICENSE, DEFAULT_MAINTAINER, DEFAULT_SOURCE_DATE_EPOCH, FileContent, PackageFile,
+    PackageSpec,
+};
+pub use write::{
+    RPM_RELEASE, WriteOptions, write_deb, write_package, write_package_file, write_rpm,
+};
