@@ -216,6 +216,17 @@ impl Default for RunTiming {
     }
 }
 
+/// A GitHub App installed on the simulated repository: `POST /app/installations/{installation_id}/
+/// access_tokens` with an RS256 JWT signed by the App's key (`iss` = `app_id`) mints an installation
+/// token the API then accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimApp {
+    pub app_id: u64,
+    pub installation_id: u64,
+    /// The App's public key, PEM (`-----BEGIN PUBLIC KEY-----` or `-----BEGIN RSA PUBLIC KEY-----`).
+    pub public_key_pem: String,
+}
+
 /// Everything the simulator starts with.
 #[derive(Clone)]
 pub struct SimConfig {
@@ -227,6 +238,8 @@ pub struct SimConfig {
     pub workflows: Vec<WorkflowSpec>,
     /// Tokens accepted in `Authorization: Bearer|token <t>`; `None` accepts any token.
     pub accepted_tokens: Option<Vec<String>>,
+    /// GitHub Apps that may mint installation tokens (accepted in addition to `accepted_tokens`).
+    pub apps: Vec<SimApp>,
     /// Whether reads without a token are refused with 401 (writes always need a token).
     pub require_auth: bool,
     /// Primary rate limit per window (`x-ratelimit-limit`).
@@ -267,6 +280,10 @@ impl fmt::Debug for SimConfig {
                 "accepted_tokens",
                 &self.accepted_tokens.as_ref().map(Vec::len),
             )
+            .field(
+                "apps",
+                &self.apps.iter().map(|app| app.app_id).collect::<Vec<_>>(),
+            )
             .field("require_auth", &self.require_auth)
             .field("rate_limit", &self.rate_limit)
             .field("dispatch_mode", &self.dispatch_mode)
@@ -283,6 +300,7 @@ impl Default for SimConfig {
             refs: vec!["main".to_owned()],
             workflows: vec![WorkflowSpec::driver_build()],
             accepted_tokens: None,
+            apps: Vec::new(),
             require_auth: false,
             rate_limit: 5000,
             rate_limit_window: Duration::from_secs(3600),

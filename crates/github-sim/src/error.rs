@@ -27,6 +27,8 @@ pub(crate) const DOCS_ASSETS: &str = "https://docs.github.com/rest/releases/asse
 pub(crate) const DOCS_WORKFLOWS: &str = "https://docs.github.com/rest/actions/workflows";
 pub(crate) const DOCS_RUNS: &str = "https://docs.github.com/rest/actions/workflow-runs";
 pub(crate) const DOCS_REST: &str = "https://docs.github.com/rest";
+pub(crate) const DOCS_APPS: &str =
+    "https://docs.github.com/rest/apps/apps#create-an-installation-access-token-for-an-app";
 pub(crate) const DOCS_PRIMARY_LIMIT: &str =
     "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
 pub(crate) const DOCS_SECONDARY_LIMIT: &str = "https://docs.github.com/free-pro-team@latest/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits";

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     AssetDownload, Conclusion, DispatchMode, Inputs, OutcomeFn, PrimaryLimitStatus, PublishFn,
-    PublishedFile, RunStatus, RunTiming, SimConfig, WorkflowInput, WorkflowSpec,
+    PublishedFile, RunStatus, RunTiming, SimApp, SimConfig, WorkflowInput, WorkflowSpec,
 };
 pub use error::SimError;
 pub use routes::Route;

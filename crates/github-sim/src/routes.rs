@@ -12,6 +12,8 @@ use percent_encoding::percent_decode_str;
 pub enum Route {
     /// `GET /rate_limit`
     RateLimit,
+    /// `POST /app/installations/{installation_id}/access_tokens` (GitHub App JWT auth)
+    CreateInstallationToken,
     /// `GET /repos/{o}/{r}/releases`
     ListReleases,
     /// `POST /repos/{o}/{r}/releases`
@@ -95,6 +97,13 @@ pub(crate) fn parse(method: &Method, path: &str) -> Target {
     };
     match segments.as_slice() {
         ["rate_limit"] if get => Target::new(Route::RateLimit),
+        ["app", "installations", id, "access_tokens"] if post => match id.parse() {
+            Ok(id) => Target {
+                id,
+                ..Target::new(Route::CreateInstallationToken)
+            },
+            Err(_) => unknown,
+        },
         ["repos", o, r, "releases"] if get => with_repo(Route::ListReleases, o, r),
         ["repos", o, r, "releases"] if post => with_repo(Route::CreateRelease, o, r),
         ["repos", o, r, "releases", "tags", tag] if get => Target {
@@ -177,6 +186,11 @@ mod tests {
     fn parses_every_route_and_decodes_segments() {
         let cases = [
             (Method::GET, "/rate_limit", Route::RateLimit),
+            (
+                Method::POST,
+                "/app/installations/77/access_tokens",
+                Route::CreateInstallationToken,
+            ),
             (Method::GET, "/repos/o/r/releases", Route::ListReleases),
             (Method::POST, "/repos/o/r/releases", Route::CreateRelease),
             (

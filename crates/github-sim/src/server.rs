@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::config::{AssetDownload, PrimaryLimitStatus};
 use crate::error::{
-    ApiError, DOCS_ASSETS, DOCS_PRIMARY_LIMIT, DOCS_RELEASES, DOCS_REST, DOCS_RUNS,
+    ApiError, DOCS_APPS, DOCS_ASSETS, DOCS_PRIMARY_LIMIT, DOCS_RELEASES, DOCS_REST, DOCS_RUNS,
     DOCS_SECONDARY_LIMIT,
 };
 use crate::json;
@@ -173,6 +173,14 @@ pub(crate) async fn handle(
         }
     }
 
+    if target.route == Route::CreateInstallationToken {
+        let result = match accept_then_fail {
+            Some(code) => Err(server_error(code)),
+            None => installation_token(&shared, &target, &parts.headers),
+        };
+        return finish(&shared, &target, &parts.headers, result, false);
+    }
+
     let caller = match authenticate(&shared, &parts.headers, target.route) {
         Ok(caller) => caller,
         Err(err) => return finish(&shared, &target, &parts.headers, Err(err), false),
@@ -260,7 +268,8 @@ fn authenticate(shared: &Shared, headers: &HeaderMap, route: Route) -> Result<Ca
                 .config
                 .accepted_tokens
                 .as_ref()
-                .is_none_or(|tokens| tokens.contains(&token));
+                .is_none_or(|tokens| tokens.contains(&token))
+                || state.minted_tokens.contains(&token);
             if !accepted {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -284,6 +293,73 @@ fn authenticate(shared: &Shared, headers: &HeaderMap, route: Route) -> Result<Ca
         ));
     }
     Ok(caller)
+}
+
+/// `POST /app/installations/{id}/access_tokens`: checks the App's JWT (RS256 signature by the App's key,
+/// `iss` = the App id, not expired) and mints an installation token that the API accepts from then on.
+/// App-level: it neither needs nor consumes the repository's rate limit.
+fn installation_token(shared: &Shared, target: &Target, headers: &HeaderMap) -> ApiResult {
+    let unauthorized =
+        |message: String| ApiError::new(StatusCode::UNAUTHORIZED, message, DOCS_APPS);
+    let jwt = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned())
+        .ok_or_else(|| unauthorized("A JSON web token could not be decoded".to_owned()))?;
+    let mut state = shared.lock();
+    let app = state
+        .config
+        .apps
+        .iter()
+        .find(|app| app.installation_id == target.id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(DOCS_APPS))?;
+    let key =
+        jsonwebtoken::DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes()).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "simulator misconfigured: App {} public key: {e}",
+                    app.app_id
+                ),
+                DOCS_APPS,
+            )
+        })?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(&jwt, &key, &validation)
+        .map_err(|e| unauthorized(format!("A JSON web token could not be decoded ({e})")))?
+        .claims;
+    // GitHub takes the App id as a number or as a string.
+    let issuer_matches = match claims.get("iss") {
+        Some(Value::Number(iss)) => iss.as_u64() == Some(app.app_id),
+        Some(Value::String(iss)) => *iss == app.app_id.to_string(),
+        _ => false,
+    };
+    if !issuer_matches {
+        return Err(unauthorized(format!(
+            "'Issuer' claim ('iss') must be the App id {}",
+            app.app_id
+        )));
+    }
+    state.stats.installation_tokens_minted += 1;
+    let token = format!(
+        "ghs_sim{}n{}",
+        app.installation_id, state.stats.installation_tokens_minted
+    );
+    state.minted_tokens.push(token.clone());
+    let expires_at = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    Ok(Reply::json(
+        StatusCode::CREATED,
+        json!({
+            "token": token,
+            "expires_at": json::iso(expires_at),
+            "permissions": { "actions": "write", "contents": "write", "metadata": "read" },
+            "repository_selection": "all",
+        }),
+    ))
 }
 
 fn endpoint(
@@ -464,9 +540,11 @@ fn endpoint(
             let body = json::run(base, &state.config, state.repo_id, workflow, run);
             Ok(Reply::json(StatusCode::OK, body).modified(run.updated_at))
         }
-        Route::RateLimit | Route::Unknown | Route::BrowserDownload | Route::AssetStorage => {
-            Err(ApiError::not_found(DOCS_REST))
-        }
+        Route::RateLimit
+        | Route::CreateInstallationToken
+        | Route::Unknown
+        | Route::BrowserDownload
+        | Route::AssetStorage => Err(ApiError::not_found(DOCS_REST)),
     }
 }
 

@@ -82,6 +82,8 @@ pub struct SimStats {
     pub rate_limited: u64,
     /// Faults injected into answers.
     pub faults_served: u64,
+    /// GitHub App installation tokens minted.
+    pub installation_tokens_minted: u64,
 }
 
 impl SimStats {
@@ -196,6 +198,8 @@ pub(crate) struct State {
     pub rate: RateWindow,
     pub faults: VecDeque<QueuedFault>,
     pub stats: SimStats,
+    /// Installation tokens minted for the configured Apps (accepted like `accepted_tokens`).
+    pub minted_tokens: Vec<String>,
 }
 
 /// GitHub's renaming of uploaded asset names: characters outside letters, digits, `.`, `-`, `_` and `+`
@@ -252,6 +256,7 @@ impl State {
             rate,
             faults: VecDeque::new(),
             stats: SimStats::default(),
+            minted_tokens: Vec::new(),
         }
     }
 
