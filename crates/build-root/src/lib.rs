@@ -1,0 +1,20 @@
+//! Clean build roots for the local executor, without Docker.
+//!
+//! A root is a Debian-family file system made by `mmdebstrap` for one (distribution, distro version,
+//! arch), with the toolchain from `toolchain/packages.txt` preinstalled, cached as a tarball
+//! ([`root::RootCache`], the local "prebuilt base image"). Each build unpacks it fresh
+//! ([`work::WorkRoot`]), copies in the builder and the driver source, runs the builder with chroot as
+//! root under a time limit, copies `/build/out` back and removes the root whatever happened
+//! ([`executor::LocalExecutor`]). RPM distributions are refused with a pointer to the container path.
+//!
+//! Invariant: an identity is always built in the root of its own distro version and architecture.
+
+pub mod error;
+pub mod executor;
+pub mod host;
+mod process;
+pub mod root;
+pub mod toolchain;
+pub mod work;
+
+pub use error::{BuildRootError, Result};

@@ -1,0 +1,146 @@
+//! Running a host command with its output in a log file and a hard time limit.
+//!
+//! Commands that touch a root (mmdebstrap, chroot) are started through `unshare --mount --pid --fork
+//! --kill-child`: their mounts live in a private mount namespace, so they vanish with the last process
+//! and can never leak onto the host or be walked into when the work directory is removed; and killing
+//! the unshare process takes every process of the build with it, however it daemonised.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::error::{BuildRootError, Result};
+
+/// How a bounded command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It exited (or was killed by someone else) with this status.
+    Exited(ExitStatus),
+    /// It ran past the limit and was killed.
+    TimedOut,
+}
+
+/// The prefix that puts a command in private mount and pid namespaces tied to the unshare process.
+pub(crate) fn isolated(program: &str) -> Command {
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        program,
+    ]);
+    command
+}
+
+/// Opens `log` for appending, creating it and its directory.
+pub(crate) fn open_log(log: &Path) -> Result<File> {
+    if let Some(parent) = log.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(BuildRootError::io(format!("creating {}", parent.display())))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(BuildRootError::io(format!("opening log {}", log.display())))
+}
+
+/// Appends one line written by this crate (not by the command) to the log.
+pub(crate) fn log_line(log: &Path, line: &str) -> Result<()> {
+    let mut file = open_log(log)?;
+    writeln!(file, "build-root: {line}")
+        .map_err(BuildRootError::io(format!("writing log {}", log.display())))
+}
+
+/// Runs `command` in its own process group with stdout and stderr appended to `log`, killing the
+/// whole group when `limit` passes.
+pub(crate) fn run_bounded(command: &mut Command, log: &Path, limit: Duration) -> Result<Ended> {
+    let stdout = open_log(log)?;
+    let stderr = stdout.try_clone().map_err(BuildRootError::io(format!(
+        "duplicating log {}",
+        log.display()
+    )))?;
+    let description = format!("{:?}", command.get_program());
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .map_err(BuildRootError::io(format!("starting {description}")))?;
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(BuildRootError::io(format!("waiting for {description}")))?
+        {
+            return Ok(Ended::Exited(status));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+    let group = i32::try_from(child.id()).map(Pid::from_raw);
+    if group.is_err() || group.is_ok_and(|group| killpg(group, Signal::SIGKILL).is_err()) {
+        // The group is gone or unknown; killing the leader still triggers --kill-child.
+        let _ = child.kill();
+    }
+    child
+        .wait()
+        .map_err(BuildRootError::io(format!("reaping {description}")))?;
+    Ok(Ended::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_goes_to_the_log_and_status_is_returned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("nested/run.log");
+        let ended = run_bounded(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            &log,
+            Duration::from_secs(30),
+        )
+        .expect("runs");
+        assert!(matches!(ended, Ended::Exited(status) if status.code() == Some(3)));
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(text.contains("out\n") && text.contains("err\n"), "{text}");
+    }
+
+    #[test]
+    fn the_whole_group_is_killed_at_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("run.log");
+        let marker = dir.path().join("survivor");
+        // The background child would create the marker after 2 s if it outlived the kill.
+        let script = format!("(sleep 2; touch {}) & sleep 60", marker.display());
+        let started = Instant::now();
+        let ended = run_bounded(
+            Command::new("sh").args(["-c", &script]),
+            &log,
+            Duration::from_millis(300),
+        )
+        .expect("runs");
+        assert_eq!(ended, Ended::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!marker.exists(), "a process of the killed group survived");
+    }
+}

@@ -1,0 +1,570 @@
+//! Prebuilt base images: one mmdebstrap tarball per (distribution, distro version, arch), with the
+//! toolchain preinstalled, made once and reused by every build until it is older than the configured
+//! age (the local twin of the weekly GHCR base images).
+//!
+//! The tarball name carries a fingerprint of everything that went into it (suite, sources, packages),
+//! so editing the toolchain list or a mirror makes a new image instead of silently reusing the old one.
+//! Creation is serialised per root with an exclusive file lock, and the tarball is written under a
+//! temporary name and renamed into place, so concurrent builds and test processes never see a half
+//! written image.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use kernel_id::{Arch, DistroVersion, KernelIdentity, PackageFormat};
+use sha2::{Digest, Sha256};
+
+use crate::error::{BuildRootError, Result};
+use crate::host::HostFacts;
+use crate::process::{self, Ended};
+use crate::toolchain::ToolchainList;
+
+/// Which root a build needs: its distro version (which names the distribution) and architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RootKey {
+    distro_version: DistroVersion,
+    arch: Arch,
+}
+
+impl RootKey {
+    /// The root for a distro version and architecture.
+    pub fn new(distro_version: DistroVersion, arch: Arch) -> Self {
+        Self {
+            distro_version,
+            arch,
+        }
+    }
+
+    /// The root an identity is built in: its own distro version and architecture, never a neighbour's.
+    pub fn for_identity(identity: &KernelIdentity) -> Self {
+        Self::new(identity.distro_version().clone(), identity.arch())
+    }
+
+    /// The distro version.
+    pub fn distro_version(&self) -> &DistroVersion {
+        &self.distro_version
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// A file-name-safe name such as `debian-12-x86_64`.
+    pub fn slug(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.distro_version.distribution(),
+            self.distro_version,
+            self.arch.as_str()
+        )
+    }
+}
+
+/// Package mirrors the roots are made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirrors {
+    /// Debian archive, for every architecture.
+    pub debian: String,
+    /// Debian security archive (`<suite>-security` since bullseye).
+    pub debian_security: String,
+    /// Ubuntu archive for amd64, e.g. `http://archive.ubuntu.com/ubuntu`; Ubuntu roots are refused
+    /// without it because this host cannot reach Ubuntu mirrors by default.
+    pub ubuntu: Option<String>,
+    /// Ubuntu ports archive for arm64, e.g. `http://ports.ubuntu.com/ubuntu-ports`.
+    pub ubuntu_ports: Option<String>,
+}
+
+impl Default for Mirrors {
+    fn default() -> Self {
+        Self {
+            debian: "http://deb.debian.org/debian".to_owned(),
+            debian_security: "http://deb.debian.org/debian-security".to_owned(),
+            ubuntu: None,
+            ubuntu_ports: None,
+        }
+    }
+}
+
+/// Everything mmdebstrap is told for one root. Pure, so the sources and arguments are unit-tested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSpec {
+    key: RootKey,
+    suite: &'static str,
+    sources: Vec<String>,
+    packages: Vec<String>,
+    keyring: Option<&'static str>,
+    fingerprint: String,
+}
+
+impl RootSpec {
+    /// Works out suite, apt sources and packages; refuses what the local executor cannot make.
+    pub fn new(key: &RootKey, mirrors: &Mirrors, toolchain: &ToolchainList) -> Result<Self> {
+        let version = key.distro_version();
+        let distribution = version.distribution();
+        if distribution.package_format() != PackageFormat::Deb {
+            return Err(BuildRootError::UnsupportedDistribution {
+                distribution: distribution.to_string(),
+                version: version.to_string(),
+            });
+        }
+        let suite = version.codename().ok_or_else(|| BuildRootError::NoSuite {
+            distribution: distribution.to_string(),
+            version: version.to_string(),
+        })?;
+        let (sources, keyring) = match distribution.as_str() {
+            "debian" => {
+                let archive = checked_mirror(&mirrors.debian)?;
+                let security = checked_mirror(&mirrors.debian_security)?;
+                let sources = vec![
+                    format!("deb {archive} {suite} main"),
+                    format!("deb {archive} {suite}-updates main"),
+                    format!("deb {security} {suite}-security main"),
+                ];
+                (sources, None)
+            }
+            "ubuntu" => {
+                let mirror = match key.arch() {
+                    Arch::X86_64 => mirrors.ubuntu.as_deref(),
+                    Arch::Aarch64 => mirrors.ubuntu_ports.as_deref(),
+                };
+                let mirror = mirror.ok_or_else(|| BuildRootError::MirrorNotConfigured {
+                    distribution: distribution.to_string(),
+                    version: version.to_string(),
+                    arch: key.arch(),
+                })?;
+                let archive = checked_mirror(mirror)?;
+                // Header packages are in main; universe holds toolchain extras such as jammy's gcc-12.
+                let sources = ["", "-updates", "-security"]
+                    .iter()
+                    .map(|pocket| format!("deb {archive} {suite}{pocket} main universe"))
+                    .collect();
+                (
+                    sources,
+                    Some("/usr/share/keyrings/ubuntu-archive-keyring.gpg"),
+                )
+            }
+            // A Debian-family distribution added to kernel-id's table needs its archive layout here.
+            _ => {
+                return Err(BuildRootError::UnsupportedDistribution {
+                    distribution: distribution.to_string(),
+                    version: version.to_string(),
+                });
+            }
+        };
+        let packages = toolchain.packages(version);
+        let mut spec = Self {
+            key: key.clone(),
+            suite,
+            sources,
+            packages,
+            keyring,
+            fingerprint: String::new(),
+        };
+        // Everything mmdebstrap is told, so any change to how an image is made yields a new image.
+        let mut hasher = Sha256::new();
+        for arg in spec.mmdebstrap_args(Path::new("-")) {
+            hasher.update(arg.as_encoded_bytes());
+            hasher.update(b"\n");
+        }
+        spec.fingerprint = hex::encode(&hasher.finalize()[..6]);
+        Ok(spec)
+    }
+
+    /// The suite codename, e.g. `bookworm`.
+    pub fn suite(&self) -> &str {
+        self.suite
+    }
+
+    /// The apt sources lines the root is made from (and keeps, for header installs).
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// The toolchain packages preinstalled in the root.
+    pub fn packages(&self) -> &[String] {
+        &self.packages
+    }
+
+    /// The cached tarball's file name, e.g. `debian-12-x86_64-0123456789ab.tar.zst`.
+    pub fn tarball_name(&self) -> String {
+        format!("{}-{}.tar.zst", self.key.slug(), self.fingerprint)
+    }
+
+    /// mmdebstrap's arguments for writing the root to `output` (whose `.tar.zst` ending selects the
+    /// format).
+    pub fn mmdebstrap_args(&self, output: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--mode=root".into(),
+            "--variant=buildd".into(),
+            format!("--arch={}", self.key.arch().debian_name()).into(),
+            format!("--include={}", self.packages.join(",")).into(),
+            // The package lists stay in the image so a build's `apt-get update` only fetches what
+            // changed since the image was made.
+            "--skip=cleanup/apt/lists".into(),
+            "--aptopt=Acquire::Retries \"3\"".into(),
+        ];
+        if let Some(keyring) = self.keyring {
+            args.push(format!("--keyring={keyring}").into());
+        }
+        args.push(self.suite.into());
+        args.push(output.into());
+        args.extend(self.sources.iter().map(OsString::from));
+        args
+    }
+}
+
+fn checked_mirror(url: &str) -> Result<&str> {
+    let url = url.trim_end_matches('/');
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if scheme_ok && !url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(url)
+    } else {
+        Err(BuildRootError::BadMirror {
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// A base image ready to unpack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    /// Which root it is.
+    pub key: RootKey,
+    /// The cached tarball.
+    pub tarball: PathBuf,
+    /// How long mmdebstrap took, when this call had to make it.
+    pub created_in: Option<Duration>,
+}
+
+/// The cache of base images under `<cache dir>/roots`.
+#[derive(Debug, Clone)]
+pub struct RootCache {
+    dir: PathBuf,
+    mirrors: Mirrors,
+    max_age: Option<Duration>,
+    creation_timeout: Duration,
+}
+
+impl RootCache {
+    /// A cache in `dir`; images older than `max_age` (if set) are remade, mmdebstrap runs are
+    /// killed after `creation_timeout`.
+    pub fn new(
+        dir: PathBuf,
+        mirrors: Mirrors,
+        max_age: Option<Duration>,
+        creation_timeout: Duration,
+    ) -> Self {
+        Self {
+            dir,
+            mirrors,
+            max_age,
+            creation_timeout,
+        }
+    }
+
+    /// The directory holding the tarballs, locks and mmdebstrap logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the image for `key` is made of.
+    pub fn spec(&self, key: &RootKey) -> Result<RootSpec> {
+        RootSpec::new(key, &self.mirrors, &ToolchainList::embedded()?)
+    }
+
+    /// Returns the image for `key`, making it first if it is missing or too old.
+    pub fn ensure(&self, key: &RootKey) -> Result<BaseImage> {
+        let spec = self.spec(key)?;
+        HostFacts::probe(key.arch()).check(key)?;
+        std::fs::create_dir_all(&self.dir).map_err(BuildRootError::io(format!(
+            "creating {}",
+            self.dir.display()
+        )))?;
+        let tarball = self.dir.join(spec.tarball_name());
+        let lock_path = self.dir.join(format!("{}.lock", key.slug()));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(BuildRootError::io(format!(
+                "opening {}",
+                lock_path.display()
+            )))?;
+        lock.lock().map_err(BuildRootError::io(format!(
+            "locking {}",
+            lock_path.display()
+        )))?;
+        if self.is_fresh(&tarball) {
+            return Ok(BaseImage {
+                key: key.clone(),
+                tarball,
+                created_in: None,
+            });
+        }
+        let started = Instant::now();
+        self.create(&spec, &tarball)?;
+        let created_in = started.elapsed();
+        self.prune_other_images(key, &tarball);
+        drop(lock);
+        Ok(BaseImage {
+            key: key.clone(),
+            tarball,
+            created_in: Some(created_in),
+        })
+    }
+
+    fn is_fresh(&self, tarball: &Path) -> bool {
+        let Ok(metadata) = std::fs::metadata(tarball) else {
+            return false;
+        };
+        match self.max_age {
+            None => true,
+            Some(max_age) => metadata
+                .modified()
+                .ok()
+                .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+                .is_some_and(|age| age < max_age),
+        }
+    }
+
+    /// Runs mmdebstrap into a temporary file next to the final one and renames it into place.
+    fn create(&self, spec: &RootSpec, tarball: &Path) -> Result<()> {
+        let slug = spec.key.slug();
+        let partial = self
+            .dir
+            .join(format!(".{}.partial.tar.zst", spec.tarball_name()));
+        let temp_dir = self.dir.join(format!(".tmp-{slug}"));
+        let log = self.dir.join(format!("{slug}.log"));
+        // Leftovers of a run that was killed; the lock guarantees nobody else is using them.
+        let _ = std::fs::remove_file(&partial);
+        let _ = std::fs::remove_dir_all(&temp_dir);
+        std::fs::create_dir_all(&temp_dir).map_err(BuildRootError::io(format!(
+            "creating {}",
+            temp_dir.display()
+        )))?;
+        let _ = std::fs::remove_file(&log);
+        process::log_line(
+            &log,
+            &format!(
+                "making the {slug} root: mmdebstrap {:?}",
+                spec.mmdebstrap_args(&partial)
+            ),
+        )?;
+
+        let mut command = process::isolated("mmdebstrap");
+        command
+            .args(spec.mmdebstrap_args(&partial))
+            .env("TMPDIR", &temp_dir);
+        let ended = process::run_bounded(&mut command, &log, self.creation_timeout);
+        let _ = std::fs::remove_dir_all(&temp_dir);
+        let outcome = match ended? {
+            Ended::Exited(status) if status.success() => std::fs::rename(&partial, tarball)
+                .map_err(BuildRootError::io(format!(
+                    "renaming {} into place",
+                    partial.display()
+                ))),
+            Ended::Exited(status) => Err(BuildRootError::RootCreationFailed {
+                root: slug.clone(),
+                status: status.to_string(),
+                log: log.clone(),
+            }),
+            Ended::TimedOut => Err(BuildRootError::TimedOut {
+                what: "mmdebstrap".to_owned(),
+                root: slug.clone(),
+                limit: self.creation_timeout,
+                log: log.clone(),
+            }),
+        };
+        if outcome.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        outcome
+    }
+
+    /// Deletes this root's images with other fingerprints; an unpack still reading one keeps its open
+    /// file, so this is safe while builds run.
+    fn prune_other_images(&self, key: &RootKey, keep: &Path) {
+        let prefix = format!("{}-", key.slug());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let fingerprint = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".tar.zst"));
+            if fingerprint
+                .is_some_and(|fp| fp.len() == 12 && fp.chars().all(|c| c.is_ascii_hexdigit()))
+                && entry.path() != keep
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kernel_id::Distribution;
+
+    use super::*;
+
+    fn key(distribution: &str, version: &str, arch: Arch) -> RootKey {
+        let distribution = Distribution::parse(distribution).expect("distribution");
+        RootKey::new(
+            DistroVersion::supported(distribution, version).expect("version"),
+            arch,
+        )
+    }
+
+    fn spec(key: &RootKey, mirrors: &Mirrors) -> Result<RootSpec> {
+        RootSpec::new(key, mirrors, &ToolchainList::embedded().expect("list"))
+    }
+
+    #[test]
+    fn debian_suites_use_main_updates_and_security() {
+        for (version, suite) in [("11", "bullseye"), ("12", "bookworm"), ("13", "trixie")] {
+            let spec = spec(&key("debian", version, Arch::X86_64), &Mirrors::default())
+                .expect("debian spec");
+            assert_eq!(spec.suite(), suite);
+            assert_eq!(
+                spec.sources(),
+                [
+                    format!("deb http://deb.debian.org/debian {suite} main"),
+                    format!("deb http://deb.debian.org/debian {suite}-updates main"),
+                    format!("deb http://deb.debian.org/debian-security {suite}-security main"),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn mmdebstrap_gets_arch_packages_suite_output_and_sources() {
+        let spec = spec(&key("debian", "12", Arch::Aarch64), &Mirrors::default()).expect("spec");
+        let args: Vec<String> = spec
+            .mmdebstrap_args(Path::new("/cache/out.tar.zst"))
+            .into_iter()
+            .map(|arg| arg.into_string().expect("utf-8"))
+            .collect();
+        assert!(args.contains(&"--arch=arm64".to_owned()), "{args:?}");
+        assert!(args.contains(&"--variant=buildd".to_owned()), "{args:?}");
+        assert!(
+            args.iter()
+                .any(|arg| arg.starts_with("--include=build-essential,")),
+            "{args:?}"
+        );
+        let suite_at = args
+            .iter()
+            .position(|arg| arg == "bookworm")
+            .expect("suite");
+        assert_eq!(args[suite_at + 1], "/cache/out.tar.zst");
+        assert_eq!(&args[suite_at + 2..], spec.sources());
+        assert!(spec.tarball_name().starts_with("debian-12-aarch64-"));
+        assert!(spec.tarball_name().ends_with(".tar.zst"));
+    }
+
+    #[test]
+    fn the_fingerprint_follows_mirrors_and_architecture() {
+        let amd64 = spec(&key("debian", "12", Arch::X86_64), &Mirrors::default()).expect("spec");
+        let arm64 = spec(&key("debian", "12", Arch::Aarch64), &Mirrors::default()).expect("spec");
+        let other_mirror = Mirrors {
+            debian: "http://mirror.example/debian/".to_owned(),
+            ..Mirrors::default()
+        };
+        let mirrored = spec(&key("debian", "12", Arch::X86_64), &other_mirror).expect("spec");
+        assert_ne!(amd64.tarball_name(), mirrored.tarball_name());
+        assert_eq!(
+            mirrored.sources()[0],
+            "deb http://mirror.example/debian bookworm main"
+        );
+        assert_ne!(amd64.fingerprint, arm64.fingerprint);
+        assert_eq!(
+            amd64,
+            spec(&key("debian", "12", Arch::X86_64), &Mirrors::default()).expect("spec")
+        );
+    }
+
+    #[test]
+    fn rpm_distributions_point_to_the_github_backend() {
+        for (distribution, version) in [
+            ("fedora", "42"),
+            ("centos", "stream9"),
+            ("amazonlinux", "2023"),
+        ] {
+            let error = spec(
+                &key(distribution, version, Arch::X86_64),
+                &Mirrors::default(),
+            )
+            .expect_err(distribution);
+            let message = error.to_string();
+            assert!(matches!(
+                error,
+                BuildRootError::UnsupportedDistribution { .. }
+            ));
+            assert!(
+                message.contains("not supported by the local executor on this host"),
+                "{message}"
+            );
+            assert!(
+                message.contains("use the GitHub backend / container image"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn ubuntu_needs_a_mirror_per_architecture() {
+        let noble = key("ubuntu", "24.04", Arch::X86_64);
+        let error = spec(&noble, &Mirrors::default()).expect_err("no ubuntu mirror");
+        assert!(
+            matches!(error, BuildRootError::MirrorNotConfigured { .. }),
+            "{error}"
+        );
+
+        let mirrors = Mirrors {
+            ubuntu: Some("http://archive.ubuntu.com/ubuntu".to_owned()),
+            ..Mirrors::default()
+        };
+        let spec_amd64 = spec(&noble, &mirrors).expect("configured");
+        assert_eq!(
+            spec_amd64.sources()[2],
+            "deb http://archive.ubuntu.com/ubuntu noble-security main universe"
+        );
+        let arm64 = spec(&key("ubuntu", "24.04", Arch::Aarch64), &mirrors)
+            .expect_err("ports mirror missing");
+        assert!(matches!(
+            arm64,
+            BuildRootError::MirrorNotConfigured {
+                arch: Arch::Aarch64,
+                ..
+            }
+        ));
+        let jammy = spec(&key("ubuntu", "22.04", Arch::X86_64), &mirrors).expect("jammy");
+        assert!(jammy.packages().iter().any(|p| p == "gcc-12"));
+    }
+
+    #[test]
+    fn unsafe_mirrors_are_refused() {
+        for url in [
+            "ftp://x/debian",
+            "http://x/debian main contrib",
+            "http://x/\ndeb evil",
+            "/srv/debian",
+        ] {
+            let mirrors = Mirrors {
+                debian: url.to_owned(),
+                ..Mirrors::default()
+            };
+            let error = spec(&key("debian", "12", Arch::X86_64), &mirrors).expect_err(url);
+            assert!(
+                matches!(error, BuildRootError::BadMirror { .. }),
+                "{url}: {error}"
+            );
+        }
+    }
+}
