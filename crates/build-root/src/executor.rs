@@ -40,10 +40,12 @@ pub struct ExecutorConfig {
 
 impl ExecutorConfig {
     /// Defaults around a cache directory: Debian's CDN, 30 min builds, 20 min root creation, images
-    /// remade weekly (like the GHCR base images).
+    /// remade weekly (like the GHCR base images). Work roots go to tmpfs when the host has one
+    /// (`$KDRIVER_WORK_DIR` overrides): deleting a 35,000-file root from a disk mounted with
+    /// `discard` took 60-90 s per build, from RAM it is instant.
     pub fn new(cache_dir: PathBuf) -> Self {
         Self {
-            work_dir: cache_dir.join("work"),
+            work_dir: default_work_dir(&cache_dir),
             cache_dir,
             mirrors: Mirrors::default(),
             builder_binaries: BTreeMap::new(),
@@ -51,6 +53,25 @@ impl ExecutorConfig {
             root_creation_timeout: Duration::from_secs(20 * 60),
             max_root_age: Some(Duration::from_secs(7 * 24 * 3600)),
         }
+    }
+}
+
+fn default_work_dir(cache_dir: &Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("KDRIVER_WORK_DIR") {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    let on_tmpfs = std::fs::read_to_string("/proc/mounts")
+        .map(|mounts| {
+            mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/dev/shm") && l.contains(" tmpfs "))
+        })
+        .unwrap_or(false);
+    if on_tmpfs && shm.is_dir() {
+        shm.join("kdriver-build-roots")
+    } else {
+        cache_dir.join("work")
     }
 }
 
