@@ -47,6 +47,16 @@ impl KernelIdentity {
         driver_version: DriverVersion,
     ) -> Result<Self, IdError> {
         distro_version.ensure_supported()?;
+        if kernel_release.as_str().contains('~') {
+            // GitHub rewrites '~' in release asset names (and git refs forbid it), so the artifact
+            // would be stored under a name no loader computes. Real `uname -r` strings never carry it.
+            return Err(IdError::new(
+                Field::KernelVersion,
+                format!(
+                    "must not contain '~' in an artifact identity: release asset names can't hold it (got {kernel_release})"
+                ),
+            ));
+        }
         check_arch_marker(&kernel_release, arch)?;
         if let Some(derived) = derive_distro_version(kernel_release.as_str(), None) {
             if derived.distribution() != distro_version.distribution() {
@@ -336,15 +346,9 @@ impl KernelIdentity {
             self.distribution(),
             self.distro_version,
             self.arch,
-            ref_safe(&self.kernel_release.dashed())
+            self.kernel_release.dashed()
         )
     }
-}
-
-/// Makes a release usable inside a git ref, where `~` is forbidden. Two releases differing only in
-/// `~` versus `_` would share a tag; they still get distinct asset names, which keep the `~`.
-pub(crate) fn ref_safe(release: &str) -> String {
-    release.replace('~', "_")
 }
 
 /// Releases that name their architecture must name the identity's.

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use crate::arch::truncate;
 use crate::driver::DriverName;
 use crate::error::{Field, IdError};
-use crate::identity::{KernelIdentity, ref_safe};
+use crate::identity::KernelIdentity;
 
 /// How artifacts are grouped into releases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -56,7 +56,7 @@ impl ReleaseLayout {
                 identity.driver_version(),
                 identity.distribution(),
                 identity.distro_version(),
-                ref_safe(identity.kernel_release().as_str()),
+                identity.kernel_release(),
                 identity.arch()
             ),
         }

@@ -399,7 +399,7 @@ fn cache_key_holds_all_five_fields() {
 fn package_metadata_is_valid_for_dpkg_and_rpm() {
     let driver = DriverName::parse("example-driver").unwrap();
     let id = KernelIdentity::from_input(&input(
-        "6.1.0-28~bpo12+1",
+        "6.12.115+deb12-amd64",
         "x86_64",
         "debian",
         Some("12"),
@@ -407,7 +407,7 @@ fn package_metadata_is_valid_for_dpkg_and_rpm() {
     ))
     .unwrap();
     let name = id.package_name(&driver);
-    assert_eq!(name, "example-driver-6.1.0-28-bpo12+1");
+    assert_eq!(name, "example-driver-6.12.115+deb12-amd64");
     assert!(
         name.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
@@ -415,15 +415,15 @@ fn package_metadata_is_valid_for_dpkg_and_rpm() {
     assert_eq!(id.package_version(), "1.0.0~rc.1");
     assert_eq!(
         id.module_install_dir(&driver),
-        "/lib/modules/6.1.0-28~bpo12+1/updates/example-driver"
+        "/lib/modules/6.12.115+deb12-amd64/updates/example-driver"
     );
     assert_eq!(
         id.signature_file_name(&driver),
-        "example-driver-debian-12-6.1.0-28~bpo12+1_v1.0.0-rc.1_amd64.deb.minisig"
+        "example-driver-debian-12-6.12.115+deb12-amd64_v1.0.0-rc.1_amd64.deb.minisig"
     );
     assert_eq!(
         id.add_kernel_branch(),
-        "add-kernel/debian/12/x86_64/6-1-0-28_bpo12+1"
+        "add-kernel/debian/12/x86_64/6-12-115+deb12-amd64"
     );
 }
 

@@ -1,0 +1,357 @@
+//! Does a package's set of modules fit the running kernel? The checks the kernel would make (vermagic,
+//! module name) plus the ones modprobe would discover too late (a dependency that exists nowhere), done
+//! before anything is installed or loaded, and the order the modules must be loaded in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::{LoaderError, Result};
+use crate::modinfo::{ModInfo, module_name_from_file_name};
+
+/// One module from the package, read and decompressed.
+#[derive(Debug, Clone)]
+pub struct PackageModule {
+    /// Where it was extracted.
+    pub path: PathBuf,
+    /// Its kbuild name (from `.modinfo name=`).
+    pub name: String,
+    pub info: ModInfo,
+    /// The uncompressed ELF image, ready for `init_module`.
+    pub image: Vec<u8>,
+}
+
+impl PackageModule {
+    /// Reads a module file and checks it carries a name that agrees with its file name.
+    pub fn read(path: &Path) -> Result<PackageModule> {
+        let (info, image) = ModInfo::from_file(path)?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let shown = file_name.clone();
+        let name = info
+            .name()
+            .ok_or_else(|| {
+                LoaderError::incompatible(
+                    &shown,
+                    ".modinfo has no name= entry (not built by kbuild?)",
+                )
+            })?
+            .to_owned();
+        if let Some(from_file) = module_name_from_file_name(&file_name)
+            && from_file != name
+        {
+            return Err(LoaderError::incompatible(
+                &shown,
+                format!("file name says module {from_file:?} but .modinfo name= says {name:?}"),
+            ));
+        }
+        Ok(PackageModule {
+            path: path.to_path_buf(),
+            name,
+            info,
+            image,
+        })
+    }
+}
+
+/// What the host offers to satisfy `depends=`.
+pub trait HostModules {
+    /// The module is live in the running kernel (or built in and visible under /sys/module).
+    fn is_loaded(&self, name: &str) -> bool;
+    /// The module is built into the kernel or installed under /lib/modules/<release> and loadable.
+    fn is_available(&self, name: &str) -> bool;
+}
+
+/// Checks every module against the running kernel and returns them in load order (dependencies first).
+///
+/// - `vermagic` must start with the running release; when `reference_vermagic` (the vermagic of an
+///   in-tree module of the running kernel) is known, the whole string must equal it, so a module built
+///   with another configuration (SMP, preempt model, modversions) is refused too.
+/// - every `depends=` entry must be in the package, loaded, or available on the host.
+pub fn check_and_order(
+    modules: Vec<PackageModule>,
+    running_release: &str,
+    reference_vermagic: Option<&str>,
+    host: &dyn HostModules,
+) -> Result<Vec<PackageModule>> {
+    let mut seen = HashSet::new();
+    for module in &modules {
+        if !seen.insert(module.name.clone()) {
+            return Err(LoaderError::incompatible(
+                &module.name,
+                "appears twice in the package",
+            ));
+        }
+        check_vermagic(module, running_release, reference_vermagic)?;
+    }
+    let in_package: HashSet<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+    for module in &modules {
+        let missing: Vec<String> = module
+            .info
+            .depends()
+            .into_iter()
+            .filter(|dep| {
+                !in_package.contains(dep.as_str())
+                    && !host.is_loaded(dep)
+                    && !host.is_available(dep)
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoaderError::incompatible(
+                &module.name,
+                format!(
+                    "depends on {} which is neither in the package, nor loaded, nor installed for this kernel",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    let order = load_order(
+        &modules
+            .iter()
+            .map(|m| (m.name.clone(), m.info.depends()))
+            .collect::<Vec<_>>(),
+    )?;
+    let mut by_name: HashMap<String, PackageModule> =
+        modules.into_iter().map(|m| (m.name.clone(), m)).collect();
+    Ok(order
+        .into_iter()
+        .filter_map(|name| by_name.remove(&name))
+        .collect())
+}
+
+/// The vermagic rule alone.
+pub fn check_vermagic(
+    module: &PackageModule,
+    running_release: &str,
+    reference_vermagic: Option<&str>,
+) -> Result<()> {
+    let vermagic = module.info.vermagic().ok_or_else(|| {
+        LoaderError::incompatible(&module.name, ".modinfo has no vermagic= entry")
+    })?;
+    let built_for = vermagic.split_whitespace().next().unwrap_or_default();
+    if built_for != running_release {
+        return Err(LoaderError::incompatible(
+            &module.name,
+            format!(
+                "built for kernel {built_for:?} (vermagic {vermagic:?}) but the running kernel is {running_release:?}"
+            ),
+        ));
+    }
+    if let Some(reference) = reference_vermagic
+        && reference != vermagic
+    {
+        return Err(LoaderError::incompatible(
+            &module.name,
+            format!(
+                "vermagic {vermagic:?} differs from the running kernel's own modules' {reference:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Orders `(name, depends)` so every module comes after the in-set modules it depends on; dependencies
+/// outside the set are ignored (they are the host's). Ties are broken by name so the order is stable.
+/// A cycle is an error naming its members.
+pub fn load_order(modules: &[(String, Vec<String>)]) -> Result<Vec<String>> {
+    let names: BTreeSet<&str> = modules.iter().map(|(n, _)| n.as_str()).collect();
+    let mut pending: BTreeMap<&str, BTreeSet<&str>> = modules
+        .iter()
+        .map(|(name, deps)| {
+            (
+                name.as_str(),
+                deps.iter()
+                    .map(String::as_str)
+                    .filter(|d| names.contains(d) && *d != name)
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut order = Vec::with_capacity(modules.len());
+    while !pending.is_empty() {
+        let ready: Vec<&str> = pending
+            .iter()
+            .filter(|(_, deps)| deps.is_empty())
+            .map(|(name, _)| *name)
+            .collect();
+        if ready.is_empty() {
+            let cycle: Vec<&str> = pending.keys().copied().collect();
+            return Err(LoaderError::incompatible(
+                cycle.join(", "),
+                "modules depend on each other in a cycle; no load order exists",
+            ));
+        }
+        for name in ready {
+            pending.remove(name);
+            for deps in pending.values_mut() {
+                deps.remove(name);
+            }
+            order.push(name.to_owned());
+        }
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modinfo::tests::{modinfo_bytes, tiny_module};
+
+    struct Host {
+        loaded: Vec<&'static str>,
+        available: Vec<&'static str>,
+    }
+
+    impl HostModules for Host {
+        fn is_loaded(&self, name: &str) -> bool {
+            self.loaded.contains(&name)
+        }
+        fn is_available(&self, name: &str) -> bool {
+            self.available.contains(&name)
+        }
+    }
+
+    fn module(name: &str, vermagic: &str, depends: &str) -> PackageModule {
+        let entries = [
+            format!("depends={depends}"),
+            format!("name={name}"),
+            format!("vermagic={vermagic}"),
+        ];
+        let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let image = tiny_module(&modinfo_bytes(&refs), goblin::elf::header::ET_REL);
+        PackageModule {
+            path: PathBuf::from(format!("{name}.ko")),
+            name: name.to_owned(),
+            info: ModInfo::from_elf(&image).expect("valid"),
+            image,
+        }
+    }
+
+    const VM: &str = "6.1.0-47-amd64 SMP preempt mod_unload modversions ";
+
+    fn no_host() -> Host {
+        Host {
+            loaded: vec![],
+            available: vec![],
+        }
+    }
+
+    #[test]
+    fn vermagic_must_name_the_running_release() {
+        let m = module("example_driver", VM, "");
+        check_vermagic(&m, "6.1.0-47-amd64", None).expect("same release");
+        let err = check_vermagic(&m, "6.1.0-50-amd64", None).expect_err("other release");
+        assert_eq!(err.kind(), crate::FailureKind::Incompatible);
+        assert!(
+            err.to_string().contains("\"6.1.0-47-amd64\"")
+                && err.to_string().contains("6.1.0-50-amd64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn full_vermagic_must_equal_the_in_tree_reference() {
+        let m = module("example_driver", VM, "");
+        check_vermagic(&m, "6.1.0-47-amd64", Some(VM)).expect("identical");
+        let err = check_vermagic(
+            &m,
+            "6.1.0-47-amd64",
+            Some("6.1.0-47-amd64 SMP mod_unload modversions "),
+        )
+        .expect_err("preempt differs");
+        assert!(err.to_string().contains("differs"), "{err}");
+        // A prefix that only looks like the release is not accepted.
+        let m = module("x", "6.1.0-47-amd64-custom SMP", "");
+        assert!(check_vermagic(&m, "6.1.0-47-amd64", None).is_err());
+    }
+
+    #[test]
+    fn dependencies_come_first_and_order_is_stable() {
+        let order = load_order(&[
+            ("c".to_owned(), vec!["b".to_owned(), "virtio".to_owned()]),
+            ("a".to_owned(), vec![]),
+            ("b".to_owned(), vec!["a".to_owned()]),
+            ("d".to_owned(), vec![]),
+        ])
+        .expect("acyclic");
+        assert_eq!(order, vec!["a", "d", "b", "c"]);
+    }
+
+    #[test]
+    fn cycles_are_refused_with_their_members() {
+        let err = load_order(&[
+            ("a".to_owned(), vec!["b".to_owned()]),
+            ("b".to_owned(), vec!["a".to_owned()]),
+            ("c".to_owned(), vec![]),
+        ])
+        .expect_err("cycle");
+        assert!(err.to_string().starts_with("module a, b:"), "{err}");
+    }
+
+    #[test]
+    fn depends_must_be_satisfiable() {
+        let host = Host {
+            loaded: vec!["virtio"],
+            available: vec!["virtio_ring"],
+        };
+        let ok = check_and_order(
+            vec![
+                module("top", VM, "helper,virtio,virtio_ring"),
+                module("helper", VM, ""),
+            ],
+            "6.1.0-47-amd64",
+            Some(VM),
+            &host,
+        )
+        .expect("all satisfiable");
+        assert_eq!(
+            ok.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            vec!["helper", "top"]
+        );
+        let err = check_and_order(
+            vec![module("top", VM, "nosuch,virtio")],
+            "6.1.0-47-amd64",
+            None,
+            &host,
+        )
+        .expect_err("missing dependency");
+        assert!(
+            err.to_string().contains("nosuch") && !err.to_string().contains("virtio,"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_modules_are_refused() {
+        let err = check_and_order(
+            vec![module("x", VM, ""), module("x", VM, "")],
+            "6.1.0-47-amd64",
+            None,
+            &no_host(),
+        )
+        .expect_err("duplicate");
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn module_file_name_must_agree_with_modinfo_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = tiny_module(
+            &modinfo_bytes(&["name=other", &format!("vermagic={VM}")]),
+            goblin::elf::header::ET_REL,
+        );
+        let path = dir.path().join("example_driver.ko");
+        std::fs::write(&path, &image).expect("write");
+        let err = PackageModule::read(&path).expect_err("name mismatch");
+        assert!(err.to_string().contains("\"other\""), "{err}");
+        let image = tiny_module(
+            &modinfo_bytes(&[&format!("vermagic={VM}")]),
+            goblin::elf::header::ET_REL,
+        );
+        std::fs::write(&path, &image).expect("write");
+        let err = PackageModule::read(&path).expect_err("no name");
+        assert!(err.to_string().contains("name="), "{err}");
+    }
+}

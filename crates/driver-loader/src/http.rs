@@ -1,0 +1,497 @@
+//! The loader's HTTP edge: a blocking client with per-request timeouts, an overall deadline, and retries
+//! with jittered exponential backoff for the failures that are worth retrying (connection refused, resets,
+//! timeouts, truncated bodies, 5xx, 429). A 404 is an answer, not a failure: the caller turns it into a
+//! build request.
+
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, warn};
+
+use crate::error::{LoaderError, Result};
+
+/// The overall time budget of one loader run.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    start: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now.
+    pub fn after(limit: Duration) -> Deadline {
+        Deadline {
+            start: Instant::now(),
+            limit,
+        }
+    }
+
+    /// Time left, zero once past.
+    pub fn remaining(&self) -> Duration {
+        self.limit.saturating_sub(self.start.elapsed())
+    }
+
+    /// An error if the deadline has passed, naming what was being done.
+    pub fn check(&self, doing: &str) -> Result<()> {
+        if self.remaining().is_zero() {
+            return Err(self.exceeded(doing));
+        }
+        Ok(())
+    }
+
+    /// The deadline error.
+    pub fn exceeded(&self, doing: &str) -> LoaderError {
+        LoaderError::Deadline {
+            seconds: self.limit.as_secs(),
+            doing: doing.to_owned(),
+        }
+    }
+}
+
+/// Retry settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per request, including the first.
+    pub attempts: u32,
+    /// Backoff before the second attempt; doubles each time.
+    pub base_delay: Duration,
+    /// Cap of one backoff.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(15),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before attempt `attempt + 1` ("equal jitter": half fixed, half random), so a fleet that
+    /// booted together does not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+            .min(self.max_delay);
+        let half = exp / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        let random = if jitter_ms == 0 {
+            0
+        } else {
+            random_u64() % (jitter_ms + 1)
+        };
+        half + Duration::from_millis(random)
+    }
+}
+
+/// Randomness for jitter only (not security): std's per-process random hash keys, mixed with the clock.
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Connect timeout of one request.
+    pub connect_timeout: Duration,
+    /// Timeout of one whole request including the body (bounded further by the deadline).
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub user_agent: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(300),
+            retry: RetryPolicy::default(),
+            user_agent: concat!("driver-loader/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// The outcome of a GET that may legitimately find nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched<T> {
+    Found(T),
+    NotFound,
+}
+
+/// One request attempt's result, before the retry decision.
+enum Attempt<T> {
+    Done(T),
+    NotFound,
+    /// Worth retrying; the optional duration is a server-requested pause (Retry-After).
+    Retry(String, Option<Duration>),
+    Fatal(String),
+}
+
+/// Blocking HTTP client with retries and deadline.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    agent: ureq::Agent,
+    settings: HttpSettings,
+}
+
+impl HttpClient {
+    pub fn new(settings: HttpSettings) -> HttpClient {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(settings.connect_timeout))
+            .user_agent(settings.user_agent.as_str())
+            .max_redirects(10)
+            .build();
+        HttpClient {
+            agent: ureq::Agent::new_with_config(config),
+            settings,
+        }
+    }
+
+    fn request_timeout(&self, deadline: &Deadline) -> Duration {
+        self.settings
+            .request_timeout
+            .min(deadline.remaining())
+            .max(Duration::from_millis(1))
+    }
+
+    /// Runs `attempt` until it is done, not found, fatal, out of attempts or out of time.
+    fn with_retries<T>(
+        &self,
+        url: &str,
+        deadline: &Deadline,
+        mut attempt: impl FnMut() -> Attempt<T>,
+    ) -> Result<Fetched<T>> {
+        let doing = format!("fetching {url}");
+        let mut last = String::new();
+        for n in 0..self.settings.retry.attempts.max(1) {
+            deadline.check(&doing)?;
+            match attempt() {
+                Attempt::Done(v) => return Ok(Fetched::Found(v)),
+                Attempt::NotFound => return Ok(Fetched::NotFound),
+                Attempt::Fatal(reason) => {
+                    return Err(LoaderError::Fetch {
+                        url: url.to_owned(),
+                        reason,
+                    });
+                }
+                Attempt::Retry(reason, server_pause) => {
+                    let is_last = n + 1 >= self.settings.retry.attempts;
+                    if is_last {
+                        last = reason;
+                        break;
+                    }
+                    let pause = server_pause.unwrap_or_else(|| self.settings.retry.backoff(n));
+                    if pause >= deadline.remaining() {
+                        return Err(LoaderError::Fetch {
+                            url: url.to_owned(),
+                            reason: format!(
+                                "{reason}; no time left for another attempt before the deadline"
+                            ),
+                        });
+                    }
+                    warn!(url, attempt = n + 1, error = %reason, pause_ms = pause.as_millis() as u64, "retrying");
+                    std::thread::sleep(pause);
+                    last = reason;
+                }
+            }
+        }
+        Err(LoaderError::Fetch {
+            url: url.to_owned(),
+            reason: format!(
+                "gave up after {} attempts: {last}",
+                self.settings.retry.attempts
+            ),
+        })
+    }
+
+    fn classify_status(status: u16, retry_after: Option<Duration>) -> Option<Attempt<()>> {
+        match status {
+            200..=299 => None,
+            404 => Some(Attempt::NotFound),
+            408 | 425 | 429 | 500..=599 => {
+                Some(Attempt::Retry(format!("HTTP {status}"), retry_after))
+            }
+            401 | 403 => Some(Attempt::Fatal(format!(
+                "HTTP {status}: access denied (check the token configuration)"
+            ))),
+            other => Some(Attempt::Fatal(format!("HTTP {other}"))),
+        }
+    }
+
+    fn transport_error(e: ureq::Error) -> Attempt<()> {
+        match e {
+            ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl => {
+                Attempt::Fatal(e.to_string())
+            }
+            other => Attempt::Retry(other.to_string(), None),
+        }
+    }
+
+    /// Streams `url` into `dest` (created/truncated per attempt), refusing bodies over `limit` bytes.
+    /// Returns the byte count.
+    pub fn download_to_file(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        dest: &Path,
+        limit: u64,
+        deadline: &Deadline,
+    ) -> Result<Fetched<u64>> {
+        self.with_retries(url, deadline, || {
+            let mut request = self
+                .agent
+                .get(url)
+                .config()
+                .timeout_global(Some(self.request_timeout(deadline)))
+                .build();
+            if let Some(token) = token {
+                request = request.header("Authorization", format!("Bearer {token}"));
+            }
+            let mut response = match request.call() {
+                Ok(r) => r,
+                Err(e) => return retype(Self::transport_error(e)),
+            };
+            if let Some(a) =
+                Self::classify_status(response.status().as_u16(), retry_after(&response))
+            {
+                return retype(a);
+            }
+            if let Some(len) = response.body().content_length()
+                && len > limit
+            {
+                return Attempt::Fatal(format!(
+                    "body of {len} bytes exceeds the limit of {limit} bytes"
+                ));
+            }
+            let mut file = match File::create(dest) {
+                Ok(f) => f,
+                Err(e) => return Attempt::Fatal(format!("creating {}: {e}", dest.display())),
+            };
+            let mut reader = response.body_mut().with_config().limit(limit + 1).reader();
+            let mut copied = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        return Attempt::Retry(
+                            format!("reading the body after {copied} bytes: {e}"),
+                            None,
+                        );
+                    }
+                };
+                copied += n as u64;
+                if copied > limit {
+                    return Attempt::Fatal(format!("body exceeds the limit of {limit} bytes"));
+                }
+                if let Err(e) = file.write_all(&buf[..n]) {
+                    return Attempt::Fatal(format!("writing {}: {e}", dest.display()));
+                }
+            }
+            if let Err(e) = file.sync_all() {
+                return Attempt::Fatal(format!("syncing {}: {e}", dest.display()));
+            }
+            debug!(url, bytes = copied, "downloaded");
+            Attempt::Done(copied)
+        })
+    }
+
+    /// GETs a small text document (digest, signature), at most `limit` bytes.
+    pub fn get_text(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        limit: u64,
+        deadline: &Deadline,
+    ) -> Result<Fetched<String>> {
+        self.with_retries(url, deadline, || {
+            let mut request = self
+                .agent
+                .get(url)
+                .config()
+                .timeout_global(Some(self.request_timeout(deadline)))
+                .build();
+            if let Some(token) = token {
+                request = request.header("Authorization", format!("Bearer {token}"));
+            }
+            let mut response = match request.call() {
+                Ok(r) => r,
+                Err(e) => return retype(Self::transport_error(e)),
+            };
+            if let Some(a) =
+                Self::classify_status(response.status().as_u16(), retry_after(&response))
+            {
+                return retype(a);
+            }
+            match response
+                .body_mut()
+                .with_config()
+                .limit(limit)
+                .read_to_string()
+            {
+                Ok(text) => Attempt::Done(text),
+                Err(e) => Attempt::Retry(format!("reading the body: {e}"), None),
+            }
+        })
+    }
+
+    /// Sends a JSON request and decodes a JSON answer; returns the status code with the body so the caller
+    /// can tell 200 from 202. 5xx and transport errors are retried; other 4xx answers are returned as
+    /// errors carrying the server's message.
+    pub fn json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: JsonMethod<'_, B>,
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+        deadline: &Deadline,
+    ) -> Result<(u16, T)> {
+        let found = self.with_retries(url, deadline, || {
+            let timeout = timeout
+                .min(deadline.remaining())
+                .max(Duration::from_millis(1));
+            let result = match &method {
+                JsonMethod::Get => {
+                    let mut request = self
+                        .agent
+                        .get(url)
+                        .config()
+                        .timeout_global(Some(timeout))
+                        .build();
+                    if let Some(token) = token {
+                        request = request.header("Authorization", format!("Bearer {token}"));
+                    }
+                    request.call()
+                }
+                JsonMethod::Post(body) => {
+                    let mut request = self
+                        .agent
+                        .post(url)
+                        .config()
+                        .timeout_global(Some(timeout))
+                        .build();
+                    if let Some(token) = token {
+                        request = request.header("Authorization", format!("Bearer {token}"));
+                    }
+                    request.send_json(body)
+                }
+            };
+            let mut response = match result {
+                Ok(r) => r,
+                Err(e) => return retype(Self::transport_error(e)),
+            };
+            let status = response.status().as_u16();
+            if matches!(status, 408 | 425 | 429 | 500..=599) {
+                return Attempt::Retry(format!("HTTP {status}"), retry_after(&response));
+            }
+            let body = match response
+                .body_mut()
+                .with_config()
+                .limit(1024 * 1024)
+                .read_to_string()
+            {
+                Ok(b) => b,
+                Err(e) => return Attempt::Retry(format!("reading the body: {e}"), None),
+            };
+            if !(200..300).contains(&status) {
+                return Attempt::Fatal(format!("HTTP {status}: {}", body.trim()));
+            }
+            match serde_json::from_str::<T>(&body) {
+                Ok(v) => Attempt::Done((status, v)),
+                Err(e) => Attempt::Fatal(format!(
+                    "HTTP {status} with an unexpected body ({e}): {}",
+                    body.trim()
+                )),
+            }
+        })?;
+        match found {
+            Fetched::Found(v) => Ok(v),
+            Fetched::NotFound => Err(LoaderError::Fetch {
+                url: url.to_owned(),
+                reason: "HTTP 404".to_owned(),
+            }),
+        }
+    }
+}
+
+/// Method and body of a JSON request.
+#[derive(Debug)]
+pub enum JsonMethod<'a, B> {
+    Get,
+    Post(&'a B),
+}
+
+fn retype<T>(attempt: Attempt<()>) -> Attempt<T> {
+    match attempt {
+        Attempt::Done(()) => Attempt::Fatal("internal: unexpected completion".to_owned()),
+        Attempt::NotFound => Attempt::NotFound,
+        Attempt::Retry(r, p) => Attempt::Retry(r, p),
+        Attempt::Fatal(r) => Attempt::Fatal(r),
+    }
+}
+
+/// A `Retry-After` in seconds, capped so a hostile server cannot park the loader.
+fn retry_after(response: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
+    let secs: u64 = response
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(60)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_within_bounds() {
+        let policy = RetryPolicy {
+            attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        };
+        for attempt in 0..10 {
+            let exp = (Duration::from_millis(100) * 2u32.pow(attempt)).min(Duration::from_secs(2));
+            for _ in 0..20 {
+                let d = policy.backoff(attempt);
+                assert!(
+                    d >= exp / 2 && d <= exp,
+                    "attempt {attempt}: {d:?} outside [{:?}, {exp:?}]",
+                    exp / 2
+                );
+            }
+        }
+        assert!(policy.backoff(1000) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn deadline_reports_what_was_being_done() {
+        let deadline = Deadline::after(Duration::ZERO);
+        let err = deadline.check("fetching x").expect_err("expired");
+        assert_eq!(err.kind(), crate::FailureKind::Fetch);
+        assert!(err.to_string().contains("fetching x"));
+        assert!(Deadline::after(Duration::from_secs(60)).check("x").is_ok());
+    }
+}

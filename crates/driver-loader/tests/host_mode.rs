@@ -1,0 +1,194 @@
+//! Host mode for real: qemu boots Debian's 6.1.0-47-amd64 into a real bookworm root (mmdebstrap, systemd
+//! as init, the kernel's modules installed) where the project's own `deploy/systemd/driver-loader.service`
+//! with an environment file runs the static loader at boot. It downloads the sample driver's package
+//! (built by driver-builder) from a loopback artifact server, verifies it, installs it with dpkg and
+//! modprobes it; a reporting unit ordered after it prints the unit's result, the dpkg status and whether
+//! `/sys/module/example_driver` exists, then powers the node off.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sample::sample_package;
+use common::*;
+use kernel_id::Arch;
+use testkit::{
+    DiskImage, Initramfs, KernelImage, QemuConfig, QemuNode, ROOT_DISK_MODULES, StandardInit,
+    debian_root,
+};
+
+const NETWORK: &str = "[Match]\nName=e*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n";
+
+const REPORT_SCRIPT: &str = r#"#!/bin/sh
+echo "HOSTMODE-UNIT $(systemctl is-active driver-loader.service) status=$(systemctl show -p ExecMainStatus --value driver-loader.service)"
+if [ -d /sys/module/example_driver ]; then echo "HOSTMODE-MODULE live srcversion=$(cat /sys/module/example_driver/srcversion)"; else echo "HOSTMODE-MODULE absent"; fi
+dpkg-query -W -f='HOSTMODE-DPKG ${Package} ${Version} ${Status}\n' 'example-driver*' 2>&1
+sed 's/^/HOSTMODE-READY /' /run/driver-loader/ready 2>&1
+journalctl -b -u driver-loader.service --no-pager -o cat | sed 's/^/HOSTMODE-JOURNAL /'
+"#;
+
+const REPORT_UNIT: &str = "[Unit]
+Description=host-mode test report
+After=driver-loader.service
+
+[Service]
+Type=oneshot
+StandardOutput=tty
+TTYPath=/dev/ttyS0
+ExecStart=/usr/local/bin/hostmode-report
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+";
+
+#[test]
+fn the_systemd_unit_installs_the_package_with_dpkg_and_the_module_goes_live() {
+    let keys = Keys::generate();
+    let package = std::fs::read(sample_package(RELEASE)).expect("sample package for 6.1.0-47");
+    let id = identity(RELEASE);
+    let file_name = id.package_file_name(&driver());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signed = dir.path().join(&file_name);
+    std::fs::write(&signed, &package).expect("write");
+    let artifact = Artifact {
+        digest: digest_text(&package, &file_name),
+        signature: Some(keys.sign(&signed)),
+        package_path: kernel_id::ReleaseLayout::PerArtifact.package_path(&driver(), &id),
+        file_name,
+        package,
+    };
+    let server = TestServer::start(move |r| artifact.answer(r).unwrap_or_else(Response::not_found));
+    let port = server.addr.port();
+
+    let kernel = KernelImage::fetch(RELEASE, Arch::X86_64).expect("kernel");
+    let root = debian_root("bookworm", Arch::X86_64, &["systemd-sysv", "kmod", "udev"])
+        .expect("mmdebstrap root");
+    let loader = testkit::musl_binary(
+        "driver-loader",
+        "driver-loader",
+        "x86_64-unknown-linux-musl",
+    )
+    .expect("loader");
+    let unit =
+        std::fs::read(testkit::workspace_root().join("deploy/systemd/driver-loader.service"))
+            .expect("unit file");
+    let env = format!(
+        "DRIVER_LOADER_DRIVER_NAME={DRIVER}\nDRIVER_LOADER_DRIVER_VERSION={VERSION}\n\
+         DRIVER_LOADER_ARTIFACT_BASE_URL=http://10.0.2.2:{port}/releases/download\n\
+         DRIVER_LOADER_PUBLIC_KEY_FILE=/etc/driver-loader/minisign.pub\nDRIVER_LOADER_DEADLINE_SECONDS=120\n"
+    );
+    let work = tempfile::tempdir().expect("work dir");
+    let disk = work.path().join("root.img");
+    DiskImage::from_root(&root)
+        .kernel_modules(&kernel)
+        .file(
+            "/usr/local/bin/driver-loader",
+            &std::fs::read(&loader).expect("loader"),
+            0o755,
+        )
+        .file("/etc/systemd/system/driver-loader.service", &unit, 0o644)
+        .symlink(
+            "/etc/systemd/system/multi-user.target.wants/driver-loader.service",
+            "/etc/systemd/system/driver-loader.service",
+        )
+        .file("/etc/default/driver-loader", env.as_bytes(), 0o644)
+        .file(
+            "/etc/driver-loader/minisign.pub",
+            &std::fs::read(&keys.public_key_file).expect("pub"),
+            0o644,
+        )
+        .file(
+            "/etc/systemd/network/10-eth.network",
+            NETWORK.as_bytes(),
+            0o644,
+        )
+        .symlink(
+            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+            "/lib/systemd/system/systemd-networkd.service",
+        )
+        .symlink(
+            "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+            "/lib/systemd/system/systemd-networkd.socket",
+        )
+        .symlink(
+            "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
+            "/lib/systemd/system/systemd-networkd-wait-online.service",
+        )
+        .file(
+            "/usr/local/bin/hostmode-report",
+            REPORT_SCRIPT.as_bytes(),
+            0o755,
+        )
+        .file(
+            "/etc/systemd/system/hostmode-report.service",
+            REPORT_UNIT.as_bytes(),
+            0o644,
+        )
+        .symlink(
+            "/etc/systemd/system/multi-user.target.wants/hostmode-report.service",
+            "/etc/systemd/system/hostmode-report.service",
+        )
+        .write(&disk)
+        .expect("disk image");
+
+    let mut image = Initramfs::new(Arch::X86_64).expect("initramfs");
+    let modules = image
+        .kernel_modules(&kernel, &ROOT_DISK_MODULES)
+        .expect("disk modules");
+    image
+        .init(
+            &StandardInit::new()
+                .modules(modules)
+                .switch_root("/dev/vda")
+                .render(),
+        )
+        .expect("init");
+    let initrd = work.path().join("initrd.gz");
+    image.write(&initrd).expect("initramfs");
+    let node = QemuNode::boot(
+        QemuConfig::new(
+            Arch::X86_64,
+            kernel.vmlinuz(),
+            &work.path().join("console.log"),
+        )
+        .initrd(&initrd)
+        .drive(&disk, "raw", false)
+        .memory_mib(1024)
+        .hard_timeout(Duration::from_secs(420)),
+    )
+    .expect("boot");
+    let console = node
+        .run_to_completion()
+        .unwrap_or_else(|e| panic!("host-mode node did not finish: {e}"));
+    let _ = std::fs::create_dir_all(testkit::cache_dir().join("driver-loader"));
+    let _ = std::fs::write(
+        testkit::cache_dir().join("driver-loader/vm-host-console.log"),
+        &console,
+    );
+
+    let unit_line = console
+        .lines()
+        .find(|l| l.contains("HOSTMODE-UNIT"))
+        .unwrap_or_else(|| panic!("{console}"));
+    assert!(
+        unit_line.contains("HOSTMODE-UNIT active status=0"),
+        "{console}"
+    );
+    assert!(console.contains("HOSTMODE-MODULE live"), "{console}");
+    assert!(
+        console.contains("install ok installed"),
+        "dpkg must have installed the package: {console}"
+    );
+    assert!(
+        console.contains(&format!(
+            "example_driver: loaded version={VERSION} built_for={RELEASE} running={RELEASE}"
+        )),
+        "{console}"
+    );
+    assert!(
+        console.contains("HOSTMODE-READY example_driver: loaded"),
+        "{console}"
+    );
+    drop(server);
+}
