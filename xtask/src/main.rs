@@ -6,6 +6,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod bench_build;
+mod bench_loader;
+mod bench_matrix;
+
 /// Crates that would bring IO into kernel-id. Its dependency tree must never contain them.
 const FORBIDDEN_IN_KERNEL_ID: &[&str] = &["tokio", "reqwest", "hyper", "sqlx", "mio", "async-std"];
 
@@ -15,19 +19,28 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
         Some("check-kernel-id-deps") => check_kernel_id_deps(&root),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("build") => bench_build::run(),
+            Some("loader") => bench_loader::run(),
+            Some("matrix") => bench_matrix::run(),
+            _ => bail!("usage: cargo xtask bench <build|loader|matrix>"),
+        },
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  ci                     fmt check, clippy -D warnings, kernel-id dependency check, all tests\n  \
-                 check-kernel-id-deps   fail if kernel-id depends on an IO crate"
+                 check-kernel-id-deps   fail if kernel-id depends on an IO crate\n  \
+                 bench build            per-phase build times for one real kernel\n  \
+                 bench loader           extraction vs dpkg-deb, loader RSS, time to module loaded in a VM\n  \
+                 bench matrix           matrix-gen on a generated 100,000-entry crawler feed"
             );
             bail!("unknown or missing command");
         }
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask sits one level below the workspace root")

@@ -1,0 +1,390 @@
+//! `cargo xtask bench loader`: what the loader costs on a node, measured in one run.
+//!
+//! 1. Extraction of the real `linux-image-6.1.0-47-amd64` .deb (~70 MB, xz data.tar) by
+//!    `driver-loader extract` versus `dpkg-deb -x` on the same file (warm cache, best of 3 each), with a
+//!    check that both trees hold the same files and bytes, and the loader's peak RSS while extracting
+//!    (VmHWM sampled from /proc every few milliseconds; it only grows, so the last sample is the peak up
+//!    to the sampling gap).
+//! 2. In a qemu VM (TCG) booting that kernel: time from start to "module loaded" for
+//!    `driver-loader run --mode container` (download, digest, signature, extraction, modinfo checks,
+//!    finit_module) versus busybox `wget; dpkg-deb -x; insmod` (no verification at all), both against the
+//!    same package of the sample driver served from host loopback, twice each, timed with the kernel's own
+//!    log clock (a marker written to /dev/kmsg, then the driver's "loaded" line).
+//!
+//! Needs: dpkg-deb, minisign, python3 (serves the artifact directory on loopback), qemu-system-x86_64,
+//! mmdebstrap (first run only, to build the sample driver in a bookworm root).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kernel_id::{
+    Arch, Distribution, DistroVersion, DriverName, DriverVersion, KernelIdentity, KernelRelease,
+    ReleaseLayout,
+};
+use testkit::initramfs::END_MARKER;
+use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardInit};
+
+const RELEASE: &str = "6.1.0-47-amd64";
+const DRIVER: &str = "example-driver";
+const VERSION: &str = "v0.1.2";
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+pub fn run() -> Result<()> {
+    let deb = testkit::download_deb(&format!("linux-image-{RELEASE}"), None)
+        .context("downloading linux-image")?;
+    let loader = testkit::musl_binary("driver-loader", "driver-loader", MUSL)?;
+    let work = std::env::temp_dir().join(format!("bench-loader-{}", std::process::id()));
+    fs::create_dir_all(&work)?;
+    let result = measure(&deb, &loader, &work);
+    let _ = fs::remove_dir_all(&work);
+    let rows = result?;
+    println!();
+    println!("| driver-loader benchmark ({RELEASE}, x86_64) | value |");
+    println!("|---|---|");
+    for (name, value) in rows {
+        println!("| {name} | {value} |");
+    }
+    Ok(())
+}
+
+fn measure(deb: &Path, loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
+    let mut rows = Vec::new();
+    let size = fs::metadata(deb)?.len();
+    rows.push((
+        "package".to_owned(),
+        format!("{} ({:.1} MB)", file_name(deb), size as f64 / 1e6),
+    ));
+
+    // Warm the page cache so neither side pays for the first read.
+    let _ = fs::read(deb)?;
+    let mut loader_times = Vec::new();
+    let mut dpkg_times = Vec::new();
+    let mut peak_rss_kib = 0u64;
+    for round in 0..3 {
+        let ours = work.join(format!("loader-{round}"));
+        let started = Instant::now();
+        let mut child = Command::new(loader)
+            .arg("extract")
+            .arg(deb)
+            .arg("--to")
+            .arg(&ours)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (status, hwm) = wait_sampling_hwm(&mut child)?;
+        loader_times.push(started.elapsed());
+        if !status.success() {
+            bail!("driver-loader extract failed ({status})");
+        }
+        peak_rss_kib = peak_rss_kib.max(hwm);
+
+        let theirs = work.join(format!("dpkg-{round}"));
+        fs::create_dir_all(&theirs)?;
+        let started = Instant::now();
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(&theirs)
+            .status()?;
+        dpkg_times.push(started.elapsed());
+        if !status.success() {
+            bail!("dpkg-deb -x failed ({status})");
+        }
+        if round == 0 {
+            let (a, b) = (tree_summary(&ours)?, tree_summary(&theirs)?);
+            rows.push((
+                "extracted tree identical to dpkg-deb -x (paths, sizes, bytes)".to_owned(),
+                if a == b {
+                    format!("yes ({} files)", a.len())
+                } else {
+                    "NO".to_owned()
+                },
+            ));
+        }
+        fs::remove_dir_all(&ours)?;
+        fs::remove_dir_all(&theirs)?;
+    }
+    let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
+    let (ours, theirs) = (best(&loader_times), best(&dpkg_times));
+    rows.push((
+        "extract: driver-loader extract (best of 3)".to_owned(),
+        format!("{:.3} s", ours.as_secs_f64()),
+    ));
+    rows.push((
+        "extract: dpkg-deb -x (best of 3)".to_owned(),
+        format!("{:.3} s", theirs.as_secs_f64()),
+    ));
+    rows.push((
+        "extract ratio driver-loader / dpkg-deb".to_owned(),
+        format!("{:.2}", ours.as_secs_f64() / theirs.as_secs_f64()),
+    ));
+    rows.push((
+        "driver-loader peak RSS while extracting".to_owned(),
+        format!("{:.1} MiB", peak_rss_kib as f64 / 1024.0),
+    ));
+
+    rows.extend(vm_load_times(loader, work)?);
+    Ok(rows)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits for `child`, sampling its VmHWM (peak resident set) until it exits.
+fn wait_sampling_hwm(child: &mut Child) -> Result<(std::process::ExitStatus, u64)> {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        if let Ok(text) = fs::read_to_string(&status_path)
+            && let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, peak));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// path -> (kind, size, content hash) of every entry below `root`.
+fn tree_summary(root: &Path) -> Result<BTreeMap<PathBuf, (char, u64, u64)>> {
+    use std::hash::{Hash, Hasher};
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path)?;
+            let relative = path.strip_prefix(root)?.to_path_buf();
+            if meta.is_dir() {
+                out.insert(relative, ('d', 0, 0));
+                stack.push(path);
+            } else if meta.file_type().is_symlink() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                fs::read_link(&path)?.hash(&mut h);
+                out.insert(relative, ('l', 0, h.finish()));
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                fs::read(&path)?.hash(&mut h);
+                out.insert(relative, ('f', meta.len(), h.finish()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn identity() -> Result<(DriverName, KernelIdentity)> {
+    let driver = DriverName::parse(DRIVER)?;
+    let identity = KernelIdentity::new(
+        KernelRelease::parse(RELEASE)?,
+        Arch::X86_64,
+        DistroVersion::supported(Distribution::parse("debian")?, "12")?,
+        DriverVersion::parse(VERSION)?,
+    )?;
+    Ok((driver, identity))
+}
+
+/// The sample driver's package for RELEASE, built once by driver-builder in a bookworm root and shared
+/// with the loader's VM test (same cache path).
+fn sample_package(driver: &DriverName, identity: &KernelIdentity) -> Result<PathBuf> {
+    let dir = testkit::cache_dir()
+        .join("driver-loader")
+        .join("sample")
+        .join(RELEASE);
+    let package = dir.join(identity.package_file_name(driver));
+    if package.exists() {
+        return Ok(package);
+    }
+    fs::create_dir_all(&dir)?;
+    let builder = testkit::musl_binary("driver-builder", "driver-builder", MUSL)?;
+    let cache = testkit::cache_dir().join("build-root");
+    let mut config = build_root::executor::ExecutorConfig::new(cache.clone());
+    config.work_dir = cache.join("work-driver-loader");
+    config.builder_binaries.insert(Arch::X86_64, builder);
+    let executor = build_root::executor::LocalExecutor::new(config);
+    let out = dir.join(".bench-out");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let source = testkit::workspace_root().join("driver/example-driver");
+    executor
+        .build(
+            identity,
+            driver,
+            &source,
+            &out,
+            &dir.join("..").join(format!("{RELEASE}.bench-build.log")),
+        )
+        .context("building the sample driver")?;
+    fs::rename(out.join(identity.package_file_name(driver)), &package)?;
+    let _ = fs::remove_dir_all(&out);
+    Ok(package)
+}
+
+fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
+    let (driver, identity) = identity()?;
+    let package = sample_package(&driver, &identity)?;
+
+    // Artifact directory in the GitHub Releases layout, signed with a fresh minisign key.
+    let site = work.join("site");
+    let relative = ReleaseLayout::PerArtifact.package_path(&driver, &identity);
+    let target = site.join("releases/download").join(&relative);
+    fs::create_dir_all(target.parent().context("parent")?)?;
+    fs::copy(&package, &target)?;
+    let keys = work.join("keys");
+    fs::create_dir_all(&keys)?;
+    let (public, secret) = (keys.join("bench.pub"), keys.join("bench.key"));
+    let ok = Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .stdout(Stdio::null())
+        .status()?
+        .success()
+        && Command::new("minisign")
+            .arg("-S")
+            .arg("-s")
+            .arg(&secret)
+            .arg("-m")
+            .arg(&target)
+            .stdout(Stdio::null())
+            .status()?
+            .success()
+        && Command::new("sh")
+            .arg("-c")
+            .arg("cd \"$(dirname \"$1\")\" && sha256sum \"$(basename \"$1\")\" > \"$1.sha256\"")
+            .arg("sh")
+            .arg(&target)
+            .status()?
+            .success();
+    if !ok {
+        bail!("preparing the signed artifact failed");
+    }
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(&site)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("python3 -m http.server")?;
+    let result = boot_and_time(loader, &public, port, &relative, &identity, &driver, work);
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn boot_and_time(
+    loader: &Path,
+    public_key: &Path,
+    port: u16,
+    relative: &str,
+    identity: &KernelIdentity,
+    driver: &DriverName,
+    work: &Path,
+) -> Result<Vec<(String, String)>> {
+    let kernel = KernelImage::fetch(RELEASE, Arch::X86_64)?;
+    let mut image = Initramfs::new(Arch::X86_64)?;
+    let modules = image.kernel_modules(&kernel, &["virtio_pci", "virtio_net"])?;
+    image
+        .file_from_host("/bin/driver-loader", loader, 0o755)?
+        .file_from_host("/etc/bench.pub", public_key, 0o644)?
+        .file("/etc/os-release", b"ID=debian\nVERSION_ID=\"12\"\n", 0o644)?;
+    let url = format!("http://10.0.2.2:{port}/releases/download/{relative}");
+    let module_path = format!("{}/example_driver.ko", identity.module_install_dir(driver));
+    let mut init = StandardInit::new()
+        .modules(modules)
+        .network(Network::Static);
+    for round in 1..=2 {
+        init = init
+            .command(format!("echo 'BENCH loader-{round} start' > /dev/kmsg"))
+            .command(format!(
+                "driver-loader --driver-version {VERSION} --artifact-base-url http://10.0.2.2:{port}/releases/download \
+                 --public-key-file /etc/bench.pub --cache-dir /tmp/cache-{round} --mode container run >/dev/null 2>&1 \
+                 || echo BENCH-LOADER-FAILED"
+            ))
+            .command("rmmod example_driver")
+            .command(format!("echo 'BENCH baseline-{round} start' > /dev/kmsg"))
+            .command(format!(
+                "wget -q -O /tmp/p-{round}.deb {url} && dpkg-deb -x /tmp/p-{round}.deb /tmp/x-{round} && \
+                 insmod /tmp/x-{round}{module_path} || echo BENCH-BASELINE-FAILED"
+            ))
+            .command("rmmod example_driver");
+    }
+    init = init.command("dmesg | grep -E 'BENCH|example_driver: loaded' | sed 's/^/KLOG /'");
+    image.init(&init.render())?;
+    let initrd = work.join("bench-initrd.gz");
+    image.write(&initrd)?;
+    let console_path = work.join("bench-console.log");
+    let node = QemuNode::boot(
+        QemuConfig::new(Arch::X86_64, kernel.vmlinuz(), &console_path)
+            .initrd(&initrd)
+            .hard_timeout(Duration::from_secs(240)),
+    )?;
+    let console = node
+        .run_to_completion()
+        .map_err(|e| anyhow::anyhow!("bench VM: {e}"))?;
+    if !console.contains(END_MARKER)
+        || console.contains("BENCH-LOADER-FAILED")
+        || console.contains("BENCH-BASELINE-FAILED")
+    {
+        bail!("bench VM run failed; console:\n{console}");
+    }
+    // KLOG [   12.345678] BENCH loader-1 start / KLOG [   12.567890] example_driver: loaded ...
+    let events: Vec<(f64, String)> = console
+        .lines()
+        .filter_map(|l| l.strip_prefix("KLOG "))
+        .filter_map(|l| {
+            let (stamp, text) = l.trim_start_matches('[').split_once(']')?;
+            Some((stamp.trim().parse().ok()?, text.trim().to_owned()))
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for round in 1..=2 {
+        for (what, label) in [
+            (
+                "loader",
+                "driver-loader run --mode container (verify + check + finit_module)",
+            ),
+            (
+                "baseline",
+                "busybox wget; dpkg-deb -x; insmod (no verification)",
+            ),
+        ] {
+            let marker = format!("BENCH {what}-{round} start");
+            let start = events
+                .iter()
+                .position(|(_, t)| *t == marker)
+                .with_context(|| format!("no {marker}"))?;
+            let loaded = events[start..]
+                .iter()
+                .find(|(_, t)| t.starts_with("example_driver: loaded"))
+                .with_context(|| format!("no load after {marker}"))?;
+            rows.push((
+                format!("VM start -> module loaded, {label}, run {round}"),
+                format!("{:.0} ms", (loaded.0 - events[start].0) * 1000.0),
+            ));
+        }
+    }
+    Ok(rows)
+}

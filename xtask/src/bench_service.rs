@@ -1,0 +1,389 @@
+//! `cargo xtask bench service`: the build-service on loopback, measured from one run.
+//!
+//! 1. Hit path (local backend, artifact published): requests/s and p50/p99 latency at a fixed
+//!    concurrency.
+//! 2. 10,000 concurrent identical misses: time until all are answered, and how many build ids
+//!    (must be one) and dispatches (must be one) they produced. The executor holds the build, so only
+//!    the service's request path is measured.
+//! 3. GitHub API calls per 1,000 hit requests: the service with the GitHub backend against the
+//!    github-sim simulator, counted by the simulator.
+//!
+//! Needs in xtask's manifest: build-service, github-sim, kernel-id, tokio, reqwest, serde (derive),
+//! serde_json, tempfile.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use build_service::local::{BuildExecutor, ExecutorJob};
+use build_service::{BackendConfig, LocalConfig, RunningService, ServiceConfig};
+use kernel_id::{DriverName, IdentityInput, KernelIdentity, ReleaseLayout};
+use serde_json::{Value, json};
+
+const HIT_REQUESTS: usize = 20_000;
+const HIT_CONCURRENCY: usize = 64;
+const MISSES: usize = 10_000;
+const GITHUB_HITS: usize = 1_000;
+const GITHUB_TOKEN: &str = "ghs_bench_token";
+
+/// Runs the three measurements and prints the table.
+pub fn run() -> Result<()> {
+    if let Some(url) = std::env::var_os(MISS_CLIENT_ENV) {
+        return miss_client(&url.to_string_lossy());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = runtime.block_on(bench());
+    // The held benchmark builds sleep on blocking threads: do not wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Set in the child process that sends the misses: the URL to send them to.
+const MISS_CLIENT_ENV: &str = "XTASK_BENCH_SERVICE_MISS_CLIENT";
+
+/// What the miss client measured.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MissReport {
+    seconds: f64,
+    build_ids: usize,
+    failures: usize,
+}
+
+/// The child process: sends the 10,000 identical misses at once and prints a [`MissReport`].
+fn miss_client(url: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let client = http_client()?;
+        let miss = Arc::new(request("v0.2.0").to_string());
+        let started = Instant::now();
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..MISSES {
+            let client = client.clone();
+            let url = url.to_owned();
+            let miss = Arc::clone(&miss);
+            requests.spawn(async move {
+                let response = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(miss.as_str().to_owned())
+                    .send()
+                    .await?;
+                let code = response.status().as_u16();
+                let answer: Value = response.json().await?;
+                ensure!(code == 202, "miss answered {code}: {answer}");
+                Ok::<_, anyhow::Error>(answer["build_id"].as_str().unwrap_or_default().to_owned())
+            });
+        }
+        let mut build_ids = HashSet::new();
+        let mut failures = 0usize;
+        while let Some(answer) = requests.join_next().await {
+            match answer? {
+                Ok(build_id) => {
+                    build_ids.insert(build_id);
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 {
+                        eprintln!("first failed miss: {error:#}");
+                    }
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(MissReport {
+            seconds: started.elapsed().as_secs_f64(),
+            build_ids: build_ids.len(),
+            failures,
+        })
+    })?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Holds every build until the bench ends: the measurements are about the request path only.
+#[derive(Debug, Default)]
+struct HoldingExecutor {
+    started: AtomicUsize,
+}
+
+impl BuildExecutor for HoldingExecutor {
+    fn build(&self, _job: &ExecutorJob) -> Result<(), String> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(600));
+        Err("benchmark build never finishes".to_owned())
+    }
+}
+
+fn request(driver_version: &str) -> Value {
+    json!({
+        "kernel_version": "6.1.0-47-amd64",
+        "architecture": "x86_64",
+        "distribution": "debian",
+        "distro_version": "12",
+        "driver_version": driver_version,
+    })
+}
+
+fn identity(body: &Value) -> Result<KernelIdentity> {
+    let input: IdentityInput = serde_json::from_value(body.clone())?;
+    Ok(KernelIdentity::from_input(&input)?)
+}
+
+fn driver() -> Result<DriverName> {
+    Ok(DriverName::parse("example-driver")?)
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(20_000)
+        .timeout(Duration::from_secs(120))
+        .build()?)
+}
+
+/// Sends `total` requests with `concurrency` in flight; returns each latency and the answers' status codes.
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    total: usize,
+    concurrency: usize,
+) -> Result<(Vec<Duration>, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let body = Arc::new(body.to_string());
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_owned();
+        let body = Arc::clone(&body);
+        let next = Arc::clone(&next);
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await?;
+                let code = response.status().as_u16();
+                let _ = response.bytes().await?;
+                if code != 200 {
+                    bail!("hit request answered {code}");
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total);
+    while let Some(done) = workers.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok((latencies, elapsed))
+}
+
+struct Row {
+    measurement: String,
+    value: String,
+}
+
+async fn bench() -> Result<()> {
+    let mut rows = Vec::new();
+    let state = tempfile::tempdir()?;
+    let driver = driver()?;
+    let executor = Arc::new(HoldingExecutor::default());
+    let mut config = ServiceConfig::new(
+        format!(
+            "sqlite://{}?mode=rwc",
+            state.path().join("builds.db").display()
+        ),
+        driver.clone(),
+        BackendConfig::Local(Box::new(LocalConfig {
+            artifact_dir: state.path().join("artifacts"),
+            builds_dir: state.path().join("builds"),
+            source_dir: state.path().to_owned(),
+            max_concurrent_builds: 1,
+            signer: None,
+            executor: executor.clone(),
+        })),
+    );
+    config.poll_interval = Some(Duration::from_millis(250));
+    let service = RunningService::start(config).await?;
+    let base = service.url();
+    let client = http_client()?;
+
+    // 1. Hit path.
+    let hit = request("v0.1.2");
+    let hit_identity = identity(&hit)?;
+    let release = state
+        .path()
+        .join("artifacts")
+        .join(ReleaseLayout::PerArtifact.release_tag(&driver, &hit_identity));
+    std::fs::create_dir_all(&release)?;
+    std::fs::write(
+        release.join(hit_identity.package_file_name(&driver)),
+        b"package",
+    )?;
+    // Warm-up: connections, caches.
+    load(
+        &client,
+        &format!("{base}/build"),
+        &hit,
+        500,
+        HIT_CONCURRENCY,
+    )
+    .await?;
+    let (latencies, elapsed) = load(
+        &client,
+        &format!("{base}/build"),
+        &hit,
+        HIT_REQUESTS,
+        HIT_CONCURRENCY,
+    )
+    .await?;
+    rows.push(Row {
+        measurement: format!(
+            "hit path, local backend ({HIT_REQUESTS} requests, concurrency {HIT_CONCURRENCY})"
+        ),
+        value: format!(
+            "{:.0} requests/s",
+            HIT_REQUESTS as f64 / elapsed.as_secs_f64()
+        ),
+    });
+    rows.push(Row {
+        measurement: "hit path latency p50 / p99".to_owned(),
+        value: format!(
+            "{:.2} ms / {:.2} ms",
+            percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+            percentile(&latencies, 0.99).as_secs_f64() * 1000.0
+        ),
+    });
+
+    // 2. 10,000 concurrent identical misses, sent by a child process: client and server each need
+    // 10,000 descriptors, more than one process may hold here.
+    let miss_url = format!("{base}/build");
+    let child = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(MISS_CLIENT_ENV, miss_url)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+    })
+    .await??;
+    let report = String::from_utf8_lossy(&child.stdout);
+    ensure!(child.status.success(), "the miss client failed: {report}");
+    let miss: MissReport = serde_json::from_str(report.lines().last().unwrap_or_default())
+        .with_context(|| format!("reading the miss client's report: {report}"))?;
+    // Let the tracker reach the backend (bounded), then count builds started.
+    for _ in 0..100 {
+        if executor.started.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows.push(Row {
+        measurement: format!("{MISSES} concurrent identical misses answered"),
+        value: format!("{:.2} s", miss.seconds),
+    });
+    rows.push(Row {
+        measurement: "  distinct build ids / builds started / failed requests".to_owned(),
+        value: format!(
+            "{} / {} / {}",
+            miss.build_ids,
+            executor.started.load(Ordering::SeqCst),
+            miss.failures
+        ),
+    });
+    service.stop().await?;
+
+    // 3. GitHub API calls per 1,000 hit requests.
+    let (calls, quota) = github_hits(&client).await?;
+    rows.push(Row {
+        measurement: format!("GitHub API calls per {GITHUB_HITS} hit requests (github-sim)"),
+        value: format!("{calls} calls, {quota} quota units"),
+    });
+
+    let width = rows
+        .iter()
+        .map(|row| row.measurement.len())
+        .max()
+        .unwrap_or(0);
+    println!("build-service benchmark (loopback, one run)");
+    println!("{:width$}  value", "measurement");
+    println!("{}  {}", "-".repeat(width), "-".repeat(24));
+    for row in &rows {
+        println!("{:width$}  {}", row.measurement, row.value);
+    }
+    ensure!(
+        build_ids.len() == 1,
+        "the misses produced {} build ids",
+        build_ids.len()
+    );
+    Ok(())
+}
+
+async fn github_hits(client: &reqwest::Client) -> Result<(u64, u64)> {
+    use build_service::github::{GitHubAuth, GitHubBackend, GitHubConfig};
+    let sim = github_sim::GithubSim::start(github_sim::SimConfig {
+        accepted_tokens: Some(vec![GITHUB_TOKEN.to_owned()]),
+        ..github_sim::SimConfig::default()
+    })
+    .await?;
+    let driver = driver()?;
+    let hit = request("v0.1.2");
+    let hit_identity = identity(&hit)?;
+    let tag = ReleaseLayout::PerArtifact.release_tag(&driver, &hit_identity);
+    let package = hit_identity.package_file_name(&driver);
+    sim.publish_release(&tag, &[(package.as_str(), b"package".as_slice())])?;
+    let mut github = GitHubConfig::new(
+        sim.owner(),
+        sim.repo(),
+        GitHubAuth::Token(GITHUB_TOKEN.to_owned()),
+        driver.clone(),
+    );
+    github.api_base_url = sim.base_url().to_owned();
+    let backend = Arc::new(GitHubBackend::new(github)?);
+    let state = tempfile::tempdir()?;
+    let config = ServiceConfig::new(
+        format!(
+            "sqlite://{}?mode=rwc",
+            state.path().join("builds.db").display()
+        ),
+        driver,
+        BackendConfig::Custom(backend),
+    );
+    let service = RunningService::start(config).await?;
+    let before = sim.stats();
+    load(
+        client,
+        &format!("{}/build", service.url()),
+        &hit,
+        GITHUB_HITS,
+        32,
+    )
+    .await?;
+    let after = sim.stats();
+    service.stop().await?;
+    let calls: u64 = after.requests.values().sum::<u64>() - before.requests.values().sum::<u64>();
+    Ok((calls, after.quota_consumed - before.quota_consumed))
+}
