@@ -1,0 +1,446 @@
+//! The command line, a contract shared with build-root's local executor and the GitHub workflow:
+//!
+//! ```text
+//! driver-builder build    --kernel-release R --arch A --distribution D [--distro-version V]
+//!                         --driver-name N --driver-version DV --source DIR --out DIR
+//!                         [--header-url URL]... [--snapshot-base URL]... [--koji-profile P]...
+//!                         [--module-sign-key PEM --module-sign-cert DER]
+//!                         [--minisign-key FILE [--minisign-password-env VAR]] [--jobs N]
+//!                         [--summary FILE]
+//! driver-builder validate <the same identity flags>      # prints the normalized identity as JSON
+//! driver-builder sign     --key FILE [--password-env VAR] PACKAGE
+//! ```
+//!
+//! Every identity flag is validated by kernel-id before anything else happens; a bad value exits
+//! with status 2 and a message naming the field and the rule. Logs go to stderr (`RUST_LOG`
+//! filters them); `build` prints a JSON summary (paths and per-phase seconds) on stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use kernel_id::{DriverName, IdentityInput, KernelIdentity, ReleaseLayout};
+use serde::Serialize;
+
+use crate::artifact::{SigningKey, sign_existing_package};
+use crate::headers::{HeaderOptions, KojiProfile};
+use crate::http::UreqHttp;
+use crate::pipeline::{BuildRequest, ModuleSigning, build};
+use crate::system::System;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "driver-builder",
+    version,
+    about = "Build one kernel driver artifact for one kernel identity"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve headers, compile, package and sign.
+    Build(Box<BuildArgs>),
+    /// Validate an identity and print it, normalized, as JSON.
+    Validate(IdentityArgs),
+    /// Write <package>.minisig and <package>.sha256 next to an existing package.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// The kernel release (`uname -r`).
+    #[arg(long)]
+    pub kernel_release: String,
+    /// x86_64|amd64|aarch64|arm64.
+    #[arg(long)]
+    pub arch: String,
+    /// ubuntu|debian|fedora|centos|amazonlinux.
+    #[arg(long)]
+    pub distribution: String,
+    /// The distribution's version; the pinned default when omitted.
+    #[arg(long)]
+    pub distro_version: Option<String>,
+    /// The driver's name ([a-z0-9-]).
+    #[arg(long)]
+    pub driver_name: String,
+    /// The driver version (v-prefixed semver).
+    #[arg(long)]
+    pub driver_version: String,
+    /// How releases group artifacts: per-artifact or per-driver-version (names the release tag).
+    #[arg(long, default_value = "per-artifact")]
+    pub release_layout: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Driver source directory.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Output directory for the package, its signature and digest.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Explicit header package URL (repeatable), tried after the package manager.
+    #[arg(long = "header-url")]
+    pub header_urls: Vec<String>,
+    /// Snapshot-style archive base URL (repeatable; Debian/Ubuntu).
+    #[arg(long = "snapshot-base")]
+    pub snapshot_bases: Vec<String>,
+    /// Koji profile (repeatable): fedora, cbs, stream, or name=<hub url>,<topurl>.
+    #[arg(long = "koji-profile")]
+    pub koji_profiles: Vec<String>,
+    /// PEM key for the kernel's sign-file.
+    #[arg(long, requires = "module_sign_cert")]
+    pub module_sign_key: Option<PathBuf>,
+    /// DER certificate for the kernel's sign-file.
+    #[arg(long, requires = "module_sign_key")]
+    pub module_sign_cert: Option<PathBuf>,
+    /// minisign secret key for the package signature.
+    #[arg(long)]
+    pub minisign_key: Option<PathBuf>,
+    /// Environment variable holding the minisign key's password.
+    #[arg(long, requires = "minisign_key")]
+    pub minisign_password_env: Option<String>,
+    /// Parallel make jobs (default: available CPUs).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Also write the JSON summary printed on stdout to this file.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    /// minisign secret key.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Environment variable holding the key's password.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// The package to sign; its file name must follow kernel-id's naming.
+    pub package: PathBuf,
+}
+
+/// The normalized identity, as `validate` prints it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ValidatedIdentity {
+    pub kernel_release: String,
+    pub arch: String,
+    pub debian_arch: String,
+    pub rpm_arch: String,
+    pub distribution: String,
+    pub distro_version: String,
+    pub package_format: String,
+    pub driver_name: String,
+    pub module_name: String,
+    pub driver_version: String,
+    pub package_name: String,
+    pub package_version: String,
+    pub package_file_name: String,
+    pub signature_file_name: String,
+    pub digest_file_name: String,
+    pub cache_key: String,
+    pub release_tag: String,
+}
+
+impl IdentityArgs {
+    /// Parses every field with kernel-id.
+    pub fn parse(&self) -> Result<(KernelIdentity, DriverName), kernel_id::IdError> {
+        let identity = KernelIdentity::from_input(&IdentityInput {
+            kernel_version: self.kernel_release.clone(),
+            architecture: self.arch.clone(),
+            distribution: self.distribution.clone(),
+            distro_version: self.distro_version.clone(),
+            driver_version: self.driver_version.clone(),
+        })?;
+        let driver = DriverName::parse(&self.driver_name)?;
+        Ok((identity, driver))
+    }
+}
+
+pub fn describe_identity(
+    identity: &KernelIdentity,
+    driver: &DriverName,
+    layout: ReleaseLayout,
+) -> ValidatedIdentity {
+    ValidatedIdentity {
+        kernel_release: identity.kernel_release().to_string(),
+        arch: identity.arch().as_str().to_owned(),
+        debian_arch: identity.arch().debian_name().to_owned(),
+        rpm_arch: identity.arch().rpm_name().to_owned(),
+        distribution: identity.distribution().as_str().to_owned(),
+        distro_version: identity.distro_version().as_str().to_owned(),
+        package_format: identity
+            .distribution()
+            .package_format()
+            .extension()
+            .to_owned(),
+        driver_name: driver.as_str().to_owned(),
+        module_name: driver.module_name(),
+        driver_version: identity.driver_version().as_str().to_owned(),
+        package_name: identity.package_name(driver),
+        package_version: identity.package_version(),
+        package_file_name: identity.package_file_name(driver),
+        signature_file_name: identity.signature_file_name(driver),
+        digest_file_name: identity.digest_file_name(driver),
+        cache_key: identity.cache_key(),
+        release_tag: layout.release_tag(driver, identity),
+    }
+}
+
+fn check_url(flag: &str, url: &str) -> Result<()> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        bail!("{flag}: '{url}' must be an http(s) URL without spaces");
+    }
+    Ok(())
+}
+
+fn password_from_env(var: Option<&String>) -> Result<Option<String>> {
+    var.map(|name| {
+        std::env::var(name).with_context(|| {
+            format!("the minisign password variable {name} is not set (or not UTF-8)")
+        })
+    })
+    .transpose()
+}
+
+fn available_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Turns validated arguments into a build request.
+pub fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
+    let (identity, driver) = args.identity.parse()?;
+    for url in &args.header_urls {
+        check_url("--header-url", url)?;
+    }
+    for url in &args.snapshot_bases {
+        check_url("--snapshot-base", url)?;
+    }
+    let koji_profiles = args
+        .koji_profiles
+        .iter()
+        .map(|spec| KojiProfile::parse(spec).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let module_signing = match (&args.module_sign_key, &args.module_sign_cert) {
+        (Some(key), Some(cert)) => Some(ModuleSigning {
+            key: key.clone(),
+            cert: cert.clone(),
+        }),
+        _ => None,
+    };
+    let minisign_key = match &args.minisign_key {
+        Some(path) => Some(SigningKey::load(
+            path,
+            password_from_env(args.minisign_password_env.as_ref())?,
+        )?),
+        None => None,
+    };
+    Ok(BuildRequest {
+        identity,
+        driver,
+        source: args.source.clone(),
+        out_dir: args.out.clone(),
+        headers: HeaderOptions {
+            header_urls: args.header_urls.clone(),
+            snapshot_bases: args.snapshot_bases.clone(),
+            koji_profiles,
+        },
+        module_signing,
+        minisign_key,
+        jobs: args.jobs.unwrap_or_else(available_jobs),
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Build logs end up in files (executor logs, CI); colour codes only help a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Validate(args) => {
+            let (identity, driver) = args.parse()?;
+            let layout = ReleaseLayout::parse(&args.release_layout)?;
+            let json =
+                serde_json::to_string_pretty(&describe_identity(&identity, &driver, layout))?;
+            println!("{json}");
+        }
+        Command::Build(args) => {
+            let request = build_request(&args)?;
+            let outcome = build(&System::local(), &UreqHttp::default(), &request)?;
+            let json = serde_json::to_string_pretty(&outcome)?;
+            if let Some(path) = &args.summary {
+                std::fs::write(path, format!("{json}\n"))
+                    .with_context(|| format!("writing the summary {}", path.display()))?;
+            }
+            println!("{json}");
+        }
+        Command::Sign(args) => {
+            let key = SigningKey::load(&args.key, password_from_env(args.password_env.as_ref())?)?;
+            let written = sign_existing_package(&args.package, &key)?;
+            if let Some(signature) = &written.signature {
+                println!("{}", signature.display());
+            }
+            println!("{}", written.digest.display());
+        }
+    }
+    Ok(())
+}
+
+/// Entry point of the binary: exit 0 on success, 2 for invalid input, 1 for a failed build.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("driver-builder: error: {error:#}");
+            if error.downcast_ref::<kernel_id::IdError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("driver-builder").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_executor_contract_parses() {
+        let cli = parse(&[
+            "build",
+            "--kernel-release",
+            "6.1.0-47-amd64",
+            "--arch",
+            "x86_64",
+            "--distribution",
+            "debian",
+            "--distro-version",
+            "12",
+            "--driver-name",
+            "example-driver",
+            "--driver-version",
+            "v0.1.2",
+            "--source",
+            "/build/src",
+            "--out",
+            "/build/out",
+            "--header-url",
+            "http://127.0.0.1:1/a.deb",
+            "--header-url",
+            "http://127.0.0.1:1/b.deb",
+        ])
+        .expect("parses");
+        let Command::Build(args) = cli.command else {
+            panic!("build expected")
+        };
+        let request = build_request(&args).expect("valid");
+        assert_eq!(request.headers.header_urls.len(), 2);
+        assert_eq!(
+            request.identity.cache_key(),
+            "debian/12/x86_64/6.1.0-47-amd64/v0.1.2"
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let cli = parse(&[
+            "validate",
+            "--kernel-release",
+            "6.1.0-47-amd64;reboot",
+            "--arch",
+            "amd64",
+            "--distribution",
+            "debian",
+            "--driver-name",
+            "example-driver",
+            "--driver-version",
+            "v0.1.2",
+        ])
+        .expect("parses");
+        let Command::Validate(args) = cli.command else {
+            panic!("validate expected")
+        };
+        let error = args.parse().expect_err("invalid release");
+        assert!(error.to_string().starts_with("kernel_version:"), "{error}");
+        // A module key without its certificate is a usage error, caught by clap.
+        assert!(
+            parse(&[
+                "build",
+                "--kernel-release",
+                "x",
+                "--arch",
+                "x",
+                "--distribution",
+                "x",
+                "--driver-name",
+                "x",
+                "--driver-version",
+                "x",
+                "--source",
+                "s",
+                "--out",
+                "o",
+                "--module-sign-key",
+                "k"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn validate_fills_the_default_distro_version() {
+        let args = IdentityArgs {
+            kernel_release: "6.1.0-47-amd64".into(),
+            arch: "amd64".into(),
+            distribution: "debian".into(),
+            distro_version: None,
+            driver_name: "example-driver".into(),
+            driver_version: "v0.1.2".into(),
+            release_layout: "per-artifact".into(),
+        };
+        let (identity, driver) = args.parse().expect("valid");
+        let described = describe_identity(&identity, &driver, ReleaseLayout::PerArtifact);
+        assert_eq!(
+            described.release_tag,
+            "example-driver-v0.1.2-debian-12-6.1.0-47-amd64-x86_64"
+        );
+        assert_eq!(described.distro_version, "12");
+        assert_eq!(described.arch, "x86_64");
+        assert_eq!(
+            described.package_file_name,
+            "example-driver-debian-12-6.1.0-47-amd64_v0.1.2_amd64.deb"
+        );
+    }
+
+    #[test]
+    fn urls_must_be_http() {
+        assert!(check_url("--header-url", "http://x/a.deb").is_ok());
+        assert!(check_url("--header-url", "file:///etc/passwd").is_err());
+        assert!(check_url("--header-url", "http://x/a b.deb").is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! One build, start to finish: resolve headers -> compile -> (sign modules) -> package -> sign,
+//! timing each phase so the benchmark and the build log can say where the time went.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use driver_package::{FileContent, PackageSpec, WriteOptions};
+use kernel_id::{DriverName, KernelIdentity};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::artifact::{ArtifactError, SidecarFiles, SigningKey, write_sidecars};
+use crate::compile::{self, CompileError};
+use crate::headers::{HeaderChain, HeaderContext, HeaderOptions, HeadersError, ResolvedHeaders};
+use crate::http::Http;
+use crate::system::System;
+
+/// Key and certificate for the kernel's `sign-file` (Secure Boot module signing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSigning {
+    /// PEM private key.
+    pub key: PathBuf,
+    /// DER X.509 certificate.
+    pub cert: PathBuf,
+}
+
+/// Everything one build needs. All identity fields were validated by kernel-id.
+#[derive(Debug)]
+pub struct BuildRequest {
+    pub identity: KernelIdentity,
+    pub driver: DriverName,
+    /// Driver source directory (as this process sees it).
+    pub source: PathBuf,
+    /// Where the package and its sidecar files go (as this process sees it).
+    pub out_dir: PathBuf,
+    pub headers: HeaderOptions,
+    pub module_signing: Option<ModuleSigning>,
+    pub minisign_key: Option<SigningKey>,
+    /// Parallel make jobs.
+    pub jobs: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Headers(#[from] HeadersError),
+    #[error("compile: {0}")]
+    Compile(#[from] CompileError),
+    #[error("package: {0}")]
+    Package(#[from] driver_package::WriteError),
+    #[error("package spec: {0}")]
+    Spec(#[from] driver_package::SpecError),
+    #[error("signature/digest: {0}")]
+    Artifact(#[from] ArtifactError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The phases reported by the build summary and the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Headers,
+    Compile,
+    ModuleSign,
+    Package,
+    Sign,
+}
+
+/// Time spent in one phase.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseTime {
+    pub phase: Phase,
+    pub seconds: f64,
+}
+
+/// What a successful build produced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BuildOutcome {
+    pub package: PathBuf,
+    pub digest: PathBuf,
+    pub signature: Option<PathBuf>,
+    pub modules: Vec<String>,
+    pub headers_dir: PathBuf,
+    pub headers_source: String,
+    pub phases: Vec<PhaseTime>,
+}
+
+fn timed<T, E>(
+    phases: &mut Vec<PhaseTime>,
+    phase: Phase,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let start = Instant::now();
+    let result = f();
+    let elapsed: Duration = start.elapsed();
+    tracing::info!(phase = ?phase, seconds = elapsed.as_secs_f64(), ok = result.is_ok(), "phase finished");
+    phases.push(PhaseTime {
+        phase,
+        seconds: elapsed.as_secs_f64(),
+    });
+    result
+}
+
+/// Runs the whole build in `system`.
+pub fn build(
+    system: &System,
+    http: &dyn Http,
+    request: &BuildRequest,
+) -> Result<BuildOutcome, BuildError> {
+    let identity = &request.identity;
+    tracing::info!(
+        identity = %identity.cache_key(),
+        driver = %request.driver,
+        "build starting"
+    );
+    let io = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| BuildError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(&request.out_dir)
+        .map_err(io("creating output directory", &request.out_dir))?;
+    let downloads = system
+        .scratch_dir("downloads")
+        .map_err(io("creating scratch directory", system.root()))?;
+    let work = system
+        .scratch_dir("build")
+        .map_err(io("creating scratch directory", system.root()))?;
+    let result = run_phases(system, http, request, &downloads, &work);
+    for dir in [&downloads.host, &work.host] {
+        if let Err(error) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), %error, "could not remove scratch directory");
+        }
+    }
+    result
+}
+
+fn run_phases(
+    system: &System,
+    http: &dyn Http,
+    request: &BuildRequest,
+    downloads: &crate::system::ScratchDir,
+    work: &crate::system::ScratchDir,
+) -> Result<BuildOutcome, BuildError> {
+    let identity = &request.identity;
+    let mut phases = Vec::new();
+    let chain = HeaderChain::for_identity(identity, &request.headers);
+    let ctx = HeaderContext {
+        identity,
+        system,
+        http,
+        downloads,
+    };
+    let headers: ResolvedHeaders = timed(&mut phases, Phase::Headers, || chain.resolve(&ctx))?;
+    let compiled = timed(&mut phases, Phase::Compile, || {
+        compile::compile(
+            system,
+            work,
+            identity,
+            &request.driver,
+            &headers.dir,
+            &request.source,
+            request.jobs,
+        )
+    })?;
+    if let Some(signing) = &request.module_signing {
+        timed(&mut phases, Phase::ModuleSign, || {
+            compile::sign_modules(
+                system,
+                work,
+                &headers.dir,
+                &compiled,
+                &signing.key,
+                &signing.cert,
+            )
+        })?;
+    }
+    let package = timed(&mut phases, Phase::Package, || {
+        write_package(
+            &request.driver,
+            identity,
+            &compiled.modules,
+            &request.out_dir,
+        )
+    })?;
+    let sidecars: SidecarFiles = timed(&mut phases, Phase::Sign, || {
+        write_sidecars(
+            &package,
+            &request.driver,
+            identity,
+            request.minisign_key.as_ref(),
+        )
+    })?;
+    let modules = compiled
+        .modules
+        .iter()
+        .filter_map(|m| m.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    tracing::info!(package = %package.display(), "build finished");
+    Ok(BuildOutcome {
+        package,
+        digest: sidecars.digest,
+        signature: sidecars.signature,
+        modules,
+        headers_dir: headers.dir,
+        headers_source: headers.source,
+        phases,
+    })
+}
+
+fn write_package(
+    driver: &DriverName,
+    identity: &KernelIdentity,
+    modules: &[PathBuf],
+    out_dir: &Path,
+) -> Result<PathBuf, BuildError> {
+    let files = modules.iter().map(|path| {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (name, FileContent::Path(path.clone()))
+    });
+    let spec = PackageSpec::for_driver(driver, identity, files)?;
+    let options = WriteOptions::default_for(spec.format);
+    let file_name = identity.package_file_name(driver);
+    Ok(driver_package::write_package_file(
+        &spec, options, out_dir, &file_name,
+    )?)
+}

@@ -1,0 +1,327 @@
+//! The Debian header chain step by step in fresh bookworm roots from build-root, with REAL Debian
+//! header packages (downloaded once through testkit's isolated apt) served from a loopback HTTP
+//! server. apt itself is exercised for real by the end-to-end builds (tests/end_to_end.rs); here
+//! the root's apt sources are emptied, the way a kernel that rolled off the mirror looks to apt,
+//! so the later steps have to deliver.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{LoopbackServer, WorkRootRunner, fresh_root, identity, sample_driver, tail};
+use driver_builder::compile;
+use driver_builder::headers::{
+    HeaderChain, HeaderContext, HeaderOptions, HeadersError, ResolvedHeaders,
+};
+use driver_builder::http::UreqHttp;
+use driver_builder::system::System;
+use kernel_id::{DriverName, KernelIdentity};
+
+const RELEASE: &str = "6.1.0-47-amd64";
+/// The Debian version of linux-headers-6.1.0-47-* in bookworm main.
+const HEADERS_VERSION: &str = "6.1.170-3";
+
+/// The real header packages of 6.1.0-47-amd64: (file name, bytes). With `compiler`, also the
+/// `linux-compiler-gcc-12-x86` metapackage the arch headers depend on, so a plain `dpkg -i`
+/// succeeds; without it the install has to fall back to `--force-depends`.
+fn real_header_debs(compiler: bool) -> Vec<(String, Vec<u8>)> {
+    let mut packages = vec![
+        ("linux-headers-6.1.0-47-amd64", Some(HEADERS_VERSION)),
+        ("linux-headers-6.1.0-47-common", Some(HEADERS_VERSION)),
+        // The shared host tools; bookworm keeps only newer uploads of it, which the headers
+        // accept (`linux-kbuild-6.1 (>= 6.1.170-3)`).
+        ("linux-kbuild-6.1", None),
+    ];
+    if compiler {
+        packages.push(("linux-compiler-gcc-12-x86", None));
+    }
+    packages
+        .into_iter()
+        .map(|(package, version)| {
+            let path = testkit::download_deb(package, version)
+                .unwrap_or_else(|error| panic!("downloading {package}: {error:#}"));
+            // The cache names files its own way; the archive's pool names them
+            // <package>_<version>_<arch>.deb, which is what the listing must show.
+            let field = |name: &str| {
+                let output = Command::new("dpkg-deb")
+                    .args(["-f"])
+                    .arg(&path)
+                    .arg(name)
+                    .output()
+                    .expect("dpkg-deb -f");
+                String::from_utf8_lossy(&output.stdout).trim().to_owned()
+            };
+            let name = format!(
+                "{}_{}_{}.deb",
+                field("Package"),
+                field("Version"),
+                field("Architecture")
+            );
+            (name, std::fs::read(&path).expect("read deb"))
+        })
+        .collect()
+}
+
+/// A fresh bookworm root whose apt knows no packages at all.
+fn root_without_apt_sources(
+    identity: &KernelIdentity,
+) -> (Arc<build_root::work::WorkRoot>, System, PathBuf) {
+    let work = Arc::new(fresh_root(identity));
+    let root = work.root_path().to_path_buf();
+    std::fs::write(root.join("etc/apt/sources.list"), "").expect("empty sources.list");
+    for dir in ["etc/apt/sources.list.d", "var/lib/apt/lists"] {
+        for entry in std::fs::read_dir(root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::remove_file(entry.path()).expect("remove apt source/list");
+            }
+        }
+    }
+    let log = work.work_dir().join("runner.log");
+    let system = System::new(
+        &root,
+        Box::new(WorkRootRunner {
+            work: Arc::clone(&work),
+            log: log.clone(),
+        }),
+    );
+    (work, system, log)
+}
+
+fn resolve(
+    identity: &KernelIdentity,
+    system: &System,
+    options: &HeaderOptions,
+) -> Result<ResolvedHeaders, HeadersError> {
+    let downloads = system.scratch_dir("downloads").expect("scratch");
+    let http = UreqHttp::default();
+    HeaderChain::for_identity(identity, options).resolve(&HeaderContext {
+        identity,
+        system,
+        http: &http,
+        downloads: &downloads,
+    })
+}
+
+fn outcomes(resolved: &ResolvedHeaders) -> Vec<String> {
+    resolved
+        .attempts
+        .iter()
+        .map(|a| {
+            format!(
+                "{} => {}",
+                a.source,
+                a.failure.as_ref().map_or("ok".into(), |f| f.to_string())
+            )
+        })
+        .collect()
+}
+
+fn modinfo(module: &Path, field: &str) -> String {
+    let output = Command::new("modinfo")
+        .args(["-F", field])
+        .arg(module)
+        .output()
+        .expect("modinfo runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
+    let identity = identity(RELEASE, "x86_64", "debian", "12");
+    let server = LoopbackServer::start();
+    let mut urls = Vec::new();
+    for (name, bytes) in real_header_debs(true) {
+        let path = format!("/pool/main/l/linux/{name}");
+        server.file(&path, bytes);
+        urls.push(server.url(&path));
+    }
+    // The arch package first: the source must install the shared parts before it anyway.
+    urls.sort();
+    let (work, system, log) = root_without_apt_sources(&identity);
+    let options = HeaderOptions {
+        header_urls: urls,
+        ..HeaderOptions::default()
+    };
+    let resolved = resolve(&identity, &system, &options)
+        .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    let outcomes = outcomes(&resolved);
+    assert_eq!(
+        resolved.dir,
+        Path::new("/usr/src/linux-headers-6.1.0-47-amd64")
+    );
+    assert_eq!(outcomes.len(), 2, "{outcomes:#?}");
+    assert!(
+        outcomes[0].starts_with("apt-get install linux-headers-6.1.0-47-amd64 => failed:")
+            && outcomes[0].contains(
+                "exit code 100: E: Couldn't find any package by glob 'linux-headers-6.1.0-47-amd64'"
+            ),
+        "{outcomes:#?}"
+    );
+    assert_eq!(outcomes[1], "explicit header URLs (4 given) => ok");
+    let log_text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !log_text.contains("--force-depends"),
+        "with every dependency served, a plain dpkg -i must do:\n{}",
+        tail(&log)
+    );
+
+    // The headers are usable: kbuild builds the sample driver against them, and the kernel's own
+    // sign-file signs it with a throwaway key.
+    let driver = DriverName::parse("example-driver").expect("driver");
+    let scratch = system.scratch_dir("build").expect("scratch");
+    let compiled = compile::compile(
+        &system,
+        &scratch,
+        &identity,
+        &driver,
+        &resolved.dir,
+        &sample_driver(),
+        2,
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    assert_eq!(compiled.modules.len(), 1);
+    let module = &compiled.modules[0];
+    assert!(modinfo(module, "vermagic").starts_with("6.1.0-47-amd64 "));
+    assert_eq!(modinfo(module, "version"), common::DRIVER_VERSION);
+
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, cert) = (keys.path().join("key.pem"), keys.path().join("cert.der"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=driver-builder test signing key/",
+            "-outform",
+            "DER",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    compile::sign_modules(&system, &scratch, &resolved.dir, &compiled, &key, &cert)
+        .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    assert_eq!(modinfo(module, "signer"), "driver-builder test signing key");
+    assert_eq!(modinfo(module, "sig_hashalgo"), "sha256");
+    drop(system);
+    Arc::try_unwrap(work)
+        .expect("only owner")
+        .remove()
+        .expect("remove root");
+}
+
+#[test]
+fn a_snapshot_archive_listing_is_used_after_a_dead_explicit_url() {
+    let identity = identity(RELEASE, "x86_64", "debian", "12");
+    let server = LoopbackServer::start();
+    let base = "/archive/debian/20250601T000000Z";
+    let mut listing = String::from(
+        "<html><head><title>Index</title></head><body><table>\n\
+         <tr><td><a href=\"../\">../</a></td></tr>\n\
+         <tr><td><a href=\"linux-headers-6.1.0-46-amd64_6.1.168-1_amd64.deb\">x</a></td></tr>\n\
+         <tr><td><a href=\"linux-headers-6.1.0-47-cloud-amd64_6.1.170-3_amd64.deb\">x</a></td></tr>\n",
+    );
+    for (name, bytes) in real_header_debs(false) {
+        server.file(&format!("{base}/pool/main/l/linux/{name}"), bytes);
+        listing.push_str(&format!(
+            "<tr><td><a href=\"{name}\">{name}</a></td></tr>\n"
+        ));
+    }
+    listing.push_str("</table></body></html>\n");
+    server.file(&format!("{base}/pool/main/l/linux/"), listing.into_bytes());
+    let (work, system, log) = root_without_apt_sources(&identity);
+    let options = HeaderOptions {
+        header_urls: vec![server.url("/gone/linux-headers-6.1.0-47-amd64_6.1.170-3_amd64.deb")],
+        snapshot_bases: vec![server.url(base)],
+        ..HeaderOptions::default()
+    };
+    let resolved = resolve(&identity, &system, &options)
+        .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    let outcomes = outcomes(&resolved);
+    assert_eq!(outcomes.len(), 3, "{outcomes:#?}");
+    assert!(outcomes[1].contains("HTTP status 404"), "{outcomes:#?}");
+    assert_eq!(outcomes[2], "snapshot archives (1 configured) => ok");
+    // linux-compiler-gcc-12-x86 is not in the listing set: the install had to force it.
+    assert!(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .contains("\"--force-depends\""),
+        "{}",
+        tail(&log)
+    );
+    let fetched: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with(&format!("GET {base}")))
+        .collect();
+    assert_eq!(fetched.len(), 4, "listing + three packages: {fetched:#?}");
+    assert!(
+        system
+            .host_path(Path::new(
+                "/usr/src/linux-headers-6.1.0-47-common/include/linux/module.h"
+            ))
+            .is_file()
+    );
+    drop(system);
+    Arc::try_unwrap(work)
+        .expect("only owner")
+        .remove()
+        .expect("remove root");
+}
+
+#[test]
+fn every_debian_failure_path_ends_in_an_error_listing_every_source() {
+    // An empty directory as the root: apt-get cannot even start there.
+    let root = tempfile::tempdir().expect("tempdir");
+    let system = System::chroot(root.path());
+    let identity = identity(RELEASE, "x86_64", "debian", "12");
+    let server = LoopbackServer::start();
+    server.file(
+        "/snap/pool/main/l/linux/",
+        b"<a href=\"linux-headers-6.1.0-46-amd64_6.1.168-1_amd64.deb\">only another ABI</a>"
+            .to_vec(),
+    );
+    let options = HeaderOptions {
+        header_urls: vec![server.url("/gone/linux-headers-6.1.0-47-amd64_6.1.170-3_amd64.deb")],
+        snapshot_bases: vec![server.url("/snap")],
+        ..HeaderOptions::default()
+    };
+    let error = resolve(&identity, &system, &options).expect_err("nothing provides headers");
+    let text = error.to_string();
+    eprintln!("{text}");
+    let lines: Vec<&str> = text.lines().map(str::trim_start).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(
+        lines[0],
+        "no kernel headers for 6.1.0-47-amd64: all 3 header sources failed"
+    );
+    assert!(
+        lines[1].starts_with(
+            "1. apt-get install linux-headers-6.1.0-47-amd64: failed: `DEBIAN_FRONTEND=noninteractive apt-get update`: exit code 127"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("2. explicit header URLs (1 given): failed: download ")
+            && lines[2].ends_with("HTTP status 404"),
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with("3. snapshot archives (1 configured): failed: ")
+            && lines[3]
+                .contains("/snap/pool/main/l/linux/: no linux-headers-6.1.0-47-amd64 for amd64")
+            && lines[3].contains("/snap/pool/updates/main/l/linux/: HTTP status 404"),
+        "{text}"
+    );
+}
