@@ -89,7 +89,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let table = fleet::sweep::render(&rows);
     print!("{table}");
     std::fs::write(fleet.dir().join("table.txt"), &table)?;
-    eprintln!("fleet: table saved to {}", fleet.dir().join("table.txt").display());
+    eprintln!(
+        "fleet: table saved to {}",
+        fleet.dir().join("table.txt").display()
+    );
     if rows.iter().any(|row| row.result != "loaded") {
         bail!("not every kernel loaded its driver (see the table)");
     }

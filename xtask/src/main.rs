@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 mod bench_build;
 mod bench_loader;
 mod bench_matrix;
+mod serve;
 
 /// Crates that would bring IO into kernel-id. Its dependency tree must never contain them.
 const FORBIDDEN_IN_KERNEL_ID: &[&str] = &["tokio", "reqwest", "hyper", "sqlx", "mio", "async-std"];
@@ -19,6 +20,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
         Some("check-kernel-id-deps") => check_kernel_id_deps(&root),
+        Some("serve") => serve::run(&root, &args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("build") => bench_build::run(),
             Some("loader") => bench_loader::run(),
@@ -30,6 +32,7 @@ fn main() -> Result<()> {
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  ci                     fmt check, clippy -D warnings, kernel-id dependency check, all tests\n  \
+                 serve [ARGS]           build-service on the embedded default (local backend, no GitHub)\n  \
                  check-kernel-id-deps   fail if kernel-id depends on an IO crate\n  \
                  bench build            per-phase build times for one real kernel\n  \
                  bench loader           extraction vs dpkg-deb, loader RSS, time to module loaded in a VM\n  \

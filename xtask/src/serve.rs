@@ -1,0 +1,73 @@
+//! `cargo xtask serve`: the build-service on its embedded default — SQLite file, local artifact
+//! directory, clean-root builder — with no GitHub and no token. It builds the static builder that runs
+//! inside the roots, makes a minisign key pair on first use, then runs the service in the foreground.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Runs the service; extra arguments go to `build-service serve` (e.g. `--listen 0.0.0.0:8080`).
+pub fn run(root: &Path, extra: &[String]) -> Result<()> {
+    let state = root.join("target").join("build-service");
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+
+    status(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "--target", MUSL_TARGET])
+            .args(["-p", "driver-builder", "--bin", "driver-builder"]),
+        "building the static driver-builder",
+    )?;
+    let builder = root
+        .join("target")
+        .join(MUSL_TARGET)
+        .join("release")
+        .join("driver-builder");
+
+    let secret = state.join("minisign.key");
+    let public = state.join("minisign.pub");
+    if !secret.exists() {
+        status(
+            Command::new("minisign")
+                .args(["-G", "-W", "-p"])
+                .arg(&public)
+                .arg("-s")
+                .arg(&secret),
+            "generating the signing key (apt-get install minisign)",
+        )?;
+    }
+    eprintln!(
+        "artifacts are signed with {}; give loaders the public key {}",
+        secret.display(),
+        public.display()
+    );
+
+    status(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["run", "--release", "-p", "build-service", "--", "serve"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--driver-source")
+            .arg(root.join("driver").join("example-driver"))
+            .arg("--builder-x86-64")
+            .arg(&builder)
+            .arg("--signing-key")
+            .arg(&secret)
+            .args(extra),
+        "running build-service",
+    )
+}
+
+fn status(command: &mut Command, what: &str) -> Result<()> {
+    let outcome = command
+        .status()
+        .with_context(|| format!("{what}: could not start"))?;
+    if !outcome.success() {
+        bail!("{what}: failed with {outcome}");
+    }
+    Ok(())
+}
