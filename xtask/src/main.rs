@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 mod bench_build;
 mod bench_loader;
 mod bench_matrix;
+mod bench_service;
 mod serve;
 
 /// Crates that would bring IO into kernel-id. Its dependency tree must never contain them.
@@ -25,7 +26,8 @@ fn main() -> Result<()> {
             Some("build") => bench_build::run(),
             Some("loader") => bench_loader::run(),
             Some("matrix") => bench_matrix::run(),
-            _ => bail!("usage: cargo xtask bench <build|loader|matrix>"),
+            Some("service") => bench_service::run(),
+            _ => bail!("usage: cargo xtask bench <build|loader|matrix|service>"),
         },
         _ => {
             eprintln!(
@@ -36,7 +38,8 @@ fn main() -> Result<()> {
                  check-kernel-id-deps   fail if kernel-id depends on an IO crate\n  \
                  bench build            per-phase build times for one real kernel\n  \
                  bench loader           extraction vs dpkg-deb, loader RSS, time to module loaded in a VM\n  \
-                 bench matrix           matrix-gen on a generated 100,000-entry crawler feed"
+                 bench matrix           matrix-gen on a generated 100,000-entry crawler feed\n  \
+                 bench service          hit-path throughput and latency, 10,000 identical misses, GitHub calls per 1,000 hits"
             );
             bail!("unknown or missing command");
         }

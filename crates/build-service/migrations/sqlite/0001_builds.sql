@@ -1,0 +1,31 @@
+-- Builds tracked by the service. `active_key` is set while a build is in flight and cleared when it
+-- ends; its UNIQUE constraint (NULLs never collide) is what makes "one in-flight build per cache key"
+-- hold across threads, processes and replicas. Times are milliseconds since the Unix epoch, because
+-- sqlx's Any driver carries only integers and strings.
+CREATE TABLE builds (
+    build_id          TEXT    PRIMARY KEY NOT NULL,
+    cache_key         TEXT    NOT NULL,
+    active_key        TEXT    UNIQUE,
+    driver_name       TEXT    NOT NULL,
+    kernel_version    TEXT    NOT NULL,
+    architecture      TEXT    NOT NULL,
+    distribution      TEXT    NOT NULL,
+    distro_version    TEXT    NOT NULL,
+    driver_version    TEXT    NOT NULL,
+    state             TEXT    NOT NULL CHECK (state IN ('dispatching', 'queued', 'in_progress', 'done', 'error', 'timed_out')),
+    run_id            TEXT,
+    run_url           TEXT,
+    download_url      TEXT,
+    error             TEXT,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    started_at        INTEGER,
+    finished_at       INTEGER,
+    deadline_at       INTEGER NOT NULL,
+    dispatch_attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner       TEXT,
+    lease_until       INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE INDEX builds_by_cache_key ON builds (cache_key, created_at);
+CREATE INDEX builds_in_flight ON builds (lease_until) WHERE active_key IS NOT NULL;

@@ -1,0 +1,781 @@
+//! The HTTP API. `POST /build` refuses anything malformed before it touches the artifact store or a
+//! backend: size, JSON syntax, exact schema (known fields, string types, no duplicate keys), then
+//! kernel-id's validation of every value. Then: artifact store first, else the in-flight build for the
+//! same cache key, else an atomic reservation that starts exactly one build.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use kernel_id::{DriverName, IdentityInput, KernelIdentity};
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::{Value, json};
+
+use crate::backend::{Backend, BackendError};
+use crate::store::{BuildRecord, NewBuild, Reservation, Store, now_ms};
+use crate::telemetry;
+use crate::tracker::{Notifier, Trackers};
+
+/// Largest accepted `POST /build` body.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// One lookup-and-reserve, awaited by every identical request that arrives while it runs.
+pub type SharedAnswer = Shared<BoxFuture<'static, Result<Answer, ApiError>>>;
+
+/// Answers being computed (or lingering), by dedup key. The trackers forget a key when its build
+/// ends, so a lingering "in flight" answer never outlives the build in this replica.
+#[derive(Default)]
+pub struct Coalesced {
+    answers: Mutex<HashMap<String, SharedAnswer>>,
+}
+
+impl fmt::Debug for Coalesced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalesced").finish_non_exhaustive()
+    }
+}
+
+impl Coalesced {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SharedAnswer>> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Drops the shared answer for `key`, if any.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    /// Builds.
+    pub store: Store,
+    /// Where artifacts are and builds run.
+    pub backend: Arc<dyn Backend>,
+    /// The driver this service builds.
+    pub driver: DriverName,
+    /// Trackers of this replica.
+    pub trackers: Trackers,
+    /// State-change announcements.
+    pub notifier: Arc<Notifier>,
+    /// How long a build may take before it is marked timed out.
+    pub build_timeout: Duration,
+    /// Upper bound of `?wait=`.
+    pub max_wait: Duration,
+    /// Re-read interval of long polls, which catches changes made by other replicas.
+    pub wait_recheck: Duration,
+    /// Turns true when the service begins to shut down: long polls answer at once then.
+    pub shutting_down: tokio::sync::watch::Receiver<bool>,
+    /// How long an in-flight answer keeps being shared after it was computed.
+    pub in_flight_linger: Duration,
+    /// Concurrent identical requests share one lookup-and-reserve.
+    pub coalesced: Arc<Coalesced>,
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("backend", &self.backend.name())
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `POST /build` answers after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The artifact is published.
+    Done {
+        /// Its download URL.
+        download_url: String,
+    },
+    /// This request started a build.
+    Dispatched {
+        /// The new build.
+        build_id: String,
+    },
+    /// A build for the same identity was already in flight.
+    InFlight {
+        /// That build.
+        build_id: String,
+    },
+}
+
+/// A refusal or failure, rendered as `{"error", "field", "rule"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<String>,
+    rule: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        error: impl Into<String>,
+        field: Option<&str>,
+        rule: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            field: field.map(str::to_owned),
+            rule: rule.into(),
+            retry_after: None,
+        }
+    }
+
+    fn invalid(field: &str, rule: impl Into<String>) -> Self {
+        let rule = rule.into();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{field}: {rule}"),
+            Some(field),
+            rule,
+        )
+    }
+
+    fn internal(error: impl fmt::Display) -> Self {
+        Self {
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error.to_string(),
+                None,
+                "the service could not answer; retry",
+            )
+        }
+    }
+
+    fn backend(error: &BackendError) -> Self {
+        match error {
+            BackendError::Transient(_) => Self {
+                retry_after: Some(10),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error.to_string(),
+                    None,
+                    "artifact store unavailable; retry",
+                )
+            },
+            BackendError::RateLimited { retry_after } => Self {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error.to_string(),
+                    None,
+                    "artifact store rate limited; retry",
+                )
+            },
+            BackendError::Permanent(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                error.to_string(),
+                None,
+                "artifact store refused the lookup",
+            ),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+/// The JSON error body used by every refusal.
+pub fn error_body(error: &str, field: Option<&str>, rule: &str) -> Json<Value> {
+    Json(json!({ "error": error, "field": field, "rule": rule }))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            error_body(&self.error, self.field.as_deref(), &self.rule),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// A route: method and path template as in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Upper-case HTTP method.
+    pub method: &'static str,
+    /// axum/OpenAPI path template.
+    pub path: &'static str,
+}
+
+/// The API routes (the local backend adds its own, see [`crate::local::ROUTES`]).
+pub const ROUTES: &[RouteInfo] = &[
+    RouteInfo {
+        method: "POST",
+        path: "/build",
+    },
+    RouteInfo {
+        method: "GET",
+        path: "/status/{build_id}",
+    },
+    RouteInfo {
+        method: "GET",
+        path: "/healthz",
+    },
+    RouteInfo {
+        method: "GET",
+        path: "/metrics",
+    },
+    RouteInfo {
+        method: "GET",
+        path: "/openapi.json",
+    },
+];
+
+/// The routes callers are limited on (auth applies to `POST /build` only).
+pub fn limited_routes(state: Arc<AppState>) -> (Router, Router) {
+    let build = Router::new()
+        .route("/build", post(build))
+        .with_state(Arc::clone(&state));
+    let status = Router::new()
+        .route("/status/{build_id}", get(status))
+        .with_state(state);
+    (build, status)
+}
+
+/// The routes every caller may use without a token or a rate limit.
+pub fn open_routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+/// The dedup key of an identity: the driver plus kernel-id's cache key (all five identity fields).
+pub fn active_key(driver: &DriverName, identity: &KernelIdentity) -> String {
+    dedup_key(driver.as_str(), &identity.cache_key())
+}
+
+/// [`active_key`] from the stored driver name and cache key.
+pub fn dedup_key(driver: &str, cache_key: &str) -> String {
+    format!("{driver}/{cache_key}")
+}
+
+async fn build(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let identity = match validate(request).await {
+        Ok(identity) => identity,
+        Err(error) => {
+            metrics::counter!(telemetry::REQUESTS, "outcome" => "invalid").increment(1);
+            tracing::info!(status = error.status.as_u16(), field = ?error.field, rule = %error.rule, "refused");
+            return error.into_response();
+        }
+    };
+    match resolve(&state, identity).await {
+        Ok(Answer::Done { download_url }) => {
+            metrics::counter!(telemetry::REQUESTS, "outcome" => "hit").increment(1);
+            metrics::counter!(telemetry::CACHE_HITS).increment(1);
+            (
+                StatusCode::OK,
+                Json(json!({ "status": "done", "download_url": download_url })),
+            )
+                .into_response()
+        }
+        Ok(Answer::Dispatched { build_id } | Answer::InFlight { build_id }) => {
+            metrics::counter!(telemetry::REQUESTS, "outcome" => "building").increment(1);
+            tracing::Span::current().record("build_id", build_id.as_str());
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "message": "workflow dispatched",
+                    "build_id": build_id,
+                    "status_url": format!("/status/{build_id}"),
+                })),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            metrics::counter!(telemetry::REQUESTS, "outcome" => "error").increment(1);
+            tracing::warn!(error = %error.error, "could not answer");
+            error.into_response()
+        }
+    }
+}
+
+/// Validates a `POST /build` request completely, without any IO beyond reading its body.
+pub async fn validate(request: Request) -> Result<KernelIdentity, ApiError> {
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let is_json = content_type
+            .to_str()
+            .ok()
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be JSON",
+                Some("content-type"),
+                "must be application/json",
+            ));
+        }
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY} bytes"),
+            None,
+            format!("at most {MAX_BODY} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let body: Bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| too_large())?;
+    parse_identity(&body)
+}
+
+/// The exact schema check, then kernel-id's validation.
+pub fn parse_identity(body: &[u8]) -> Result<KernelIdentity, ApiError> {
+    let object: StrictObject = serde_json::from_slice(body).map_err(|error| {
+        let status = if error.is_data() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let rule = if error.is_data() {
+            "must be a JSON object without duplicate keys"
+        } else {
+            "must be valid JSON"
+        };
+        ApiError::new(status, format!("body: {error}"), Some("body"), rule)
+    })?;
+    const FIELDS: [&str; 5] = [
+        "kernel_version",
+        "architecture",
+        "distribution",
+        "distro_version",
+        "driver_version",
+    ];
+    let mut strings: HashMap<&str, String> = HashMap::new();
+    for (key, value) in object.0 {
+        let Some(field) = FIELDS.iter().copied().find(|field| *field == key) else {
+            let shown: String = key.chars().take(64).collect();
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("unknown field '{}'", shown.escape_debug()),
+                Some(&shown),
+                format!("unknown field; expected one of {}", FIELDS.join(", ")),
+            ));
+        };
+        match value {
+            Value::String(text) => {
+                strings.insert(field, text);
+            }
+            Value::Null if field == "distro_version" => {}
+            other => {
+                let kind = match other {
+                    Value::Null => "null",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    Value::Array(_) => "an array",
+                    Value::Object(_) => "an object",
+                    Value::String(_) => "a string",
+                };
+                return Err(ApiError::invalid(
+                    field,
+                    format!("must be a string (found {kind})"),
+                ));
+            }
+        }
+    }
+    let mut take = |field: &str| strings.remove(field);
+    let mut required =
+        |field: &'static str| take(field).ok_or_else(|| ApiError::invalid(field, "is required"));
+    let input = IdentityInput {
+        kernel_version: required("kernel_version")?,
+        architecture: required("architecture")?,
+        distribution: required("distribution")?,
+        driver_version: required("driver_version")?,
+        distro_version: take("distro_version"),
+    };
+    KernelIdentity::from_input(&input)
+        .map_err(|error| ApiError::invalid(error.field().as_str(), error.rule()))
+}
+
+/// A JSON object kept as its key/value pairs, refusing duplicate keys (which parsers disagree on,
+/// so they could smuggle a second value past a proxy that read the first).
+struct StrictObject(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for StrictObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = StrictObject;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictObject, A::Error> {
+                let mut entries: Vec<(String, Value)> = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if entries.iter().any(|(existing, _)| *existing == key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate key '{}'",
+                            key.escape_debug()
+                        )));
+                    }
+                    if entries.len() >= 32 {
+                        return Err(serde::de::Error::custom("too many keys"));
+                    }
+                    entries.push((key, value));
+                }
+                Ok(StrictObject(entries))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Answers a valid request; concurrent identical requests in this process share one answer.
+async fn resolve(state: &Arc<AppState>, identity: KernelIdentity) -> Result<Answer, ApiError> {
+    let key = active_key(&state.driver, &identity);
+    let shared = {
+        let mut coalesced = state.coalesced.lock();
+        if let Some(existing) = coalesced.get(&key) {
+            existing.clone()
+        } else {
+            // The work runs in its own task so it completes (and the reservation gets its tracker)
+            // even when every waiting caller disconnects.
+            let task_state = Arc::clone(state);
+            let task_key = key.clone();
+            let handle = tokio::spawn(async move {
+                let answer = lookup_or_reserve(&task_state, &task_key, identity).await;
+                // An in-flight answer stays shared a moment longer: a fleet booting the same new
+                // kernel asks in waves, and each wave is then answered from memory. Errors and hits
+                // are not kept (hits are cheap; errors must be retried for real).
+                let linger = match &answer {
+                    Ok(Answer::Dispatched { .. } | Answer::InFlight { .. }) => {
+                        task_state.in_flight_linger
+                    }
+                    _ => Duration::ZERO,
+                };
+                let forget_state = Arc::clone(&task_state);
+                let forget = async move {
+                    if !linger.is_zero() {
+                        tokio::time::sleep(linger).await;
+                    }
+                    forget_state.coalesced.forget(&task_key);
+                };
+                if linger.is_zero() {
+                    forget.await;
+                } else {
+                    tokio::spawn(forget);
+                }
+                answer
+            });
+            let shared = async move {
+                handle
+                    .await
+                    .unwrap_or_else(|error| Err(ApiError::internal(error)))
+            }
+            .boxed()
+            .shared();
+            coalesced.insert(key, shared.clone());
+            shared
+        }
+    };
+    shared.await
+}
+
+async fn lookup_or_reserve(
+    state: &AppState,
+    key: &str,
+    identity: KernelIdentity,
+) -> Result<Answer, ApiError> {
+    match state.backend.find_artifact(&state.driver, &identity).await {
+        Ok(Some(artifact)) => {
+            return Ok(Answer::Done {
+                download_url: artifact.download_url,
+            });
+        }
+        Ok(None) => {}
+        Err(error) => return Err(ApiError::backend(&error)),
+    }
+    if let Some(build_id) = state
+        .store
+        .active_build(key)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Ok(Answer::InFlight { build_id });
+    }
+    let now = now_ms();
+    let build_id = uuid::Uuid::new_v4().to_string();
+    let input = identity.to_input();
+    let new = NewBuild {
+        build_id: build_id.clone(),
+        active_key: key.to_owned(),
+        cache_key: identity.cache_key(),
+        driver_name: state.driver.to_string(),
+        kernel_version: input.kernel_version,
+        architecture: input.architecture,
+        distribution: input.distribution,
+        distro_version: input.distro_version.unwrap_or_default(),
+        driver_version: input.driver_version,
+        now,
+        deadline_at: now
+            .saturating_add(i64::try_from(state.build_timeout.as_millis()).unwrap_or(i64::MAX)),
+        lease_owner: state.trackers.owner().to_owned(),
+        lease_until: now
+            .saturating_add(i64::try_from(state.trackers.lease().as_millis()).unwrap_or(i64::MAX)),
+    };
+    match state
+        .store
+        .reserve(&new)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Reservation::Created(build_id) => {
+            tracing::info!(build_id = %build_id, cache_key = %new.cache_key, "new build reserved");
+            state.trackers.track(build_id.clone()).await;
+            Ok(Answer::Dispatched { build_id })
+        }
+        Reservation::Existing(build_id) => Ok(Answer::InFlight { build_id }),
+    }
+}
+
+/// `?wait=` of `GET /status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    wait: Option<u64>,
+}
+
+async fn status(
+    State(state): State<Arc<AppState>>,
+    Path(build_id): Path<String>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return ApiError::invalid("wait", "must be a whole number of seconds").into_response();
+    };
+    if uuid::Uuid::parse_str(&build_id).is_err() {
+        return not_found(&build_id);
+    }
+    tracing::Span::current().record("build_id", build_id.as_str());
+    let record = match state.store.get(&build_id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return not_found(&build_id),
+        Err(error) => return ApiError::internal(error).into_response(),
+    };
+    let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(state.max_wait);
+    let record = if wait.is_zero() || record.state.is_terminal() {
+        record
+    } else {
+        match wait_for_change(&state, record, wait).await {
+            Ok(record) => record,
+            Err(error) => return error.into_response(),
+        }
+    };
+    (StatusCode::OK, Json(status_body(&record))).into_response()
+}
+
+fn not_found(build_id: &str) -> Response {
+    let shown: String = build_id.chars().take(64).collect();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no build '{}'", shown.escape_debug()),
+        Some("build_id"),
+        "must be the id of a build",
+    )
+    .into_response()
+}
+
+/// Waits until the build's state differs from `initial` or `wait` passes: woken at once by this
+/// replica's trackers, and re-reading the database every `wait_recheck` for changes made elsewhere.
+async fn wait_for_change(
+    state: &AppState,
+    initial: BuildRecord,
+    wait: Duration,
+) -> Result<BuildRecord, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = state.notifier.subscribe(&initial.build_id);
+    let mut latest = initial.clone();
+    let mut shutting_down = state.shutting_down.clone();
+    loop {
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(state.wait_recheck) => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(latest),
+            _ = shutting_down.wait_for(|stopping| *stopping) => return Ok(latest),
+        }
+        if let Some(record) = state
+            .store
+            .get(&initial.build_id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            latest = record;
+        }
+        if latest.state.public() != initial.state.public()
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(latest);
+        }
+    }
+}
+
+fn timestamp(ms: i64) -> Value {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map_or(Value::Null, Value::String)
+}
+
+/// The `GET /status` body.
+pub fn status_body(record: &BuildRecord) -> Value {
+    json!({
+        "build_id": record.build_id,
+        "status": record.state.public(),
+        "cache_key": record.cache_key,
+        "driver_name": record.driver_name,
+        "request": {
+            "kernel_version": record.kernel_version,
+            "architecture": record.architecture,
+            "distribution": record.distribution,
+            "distro_version": record.distro_version,
+            "driver_version": record.driver_version,
+        },
+        "run_id": record.run_id,
+        "run_url": record.run_url,
+        "log_url": record.run_url,
+        "download_url": record.download_url,
+        "error": record.error,
+        "created_at": timestamp(record.created_at),
+        "updated_at": timestamp(record.updated_at),
+        "started_at": record.started_at.map_or(Value::Null, timestamp),
+        "finished_at": record.finished_at.map_or(Value::Null, timestamp),
+        "deadline_at": timestamp(record.deadline_at),
+        "dispatch_attempts": record.dispatch_attempts,
+    })
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let store = state.store.ping().await;
+    let backend = state.backend.health().await;
+    let describe = |result: Result<(), String>| match result {
+        Ok(()) => json!("ok"),
+        Err(error) => json!({ "error": error }),
+    };
+    // Liveness follows the store only: a GitHub outage must not get every replica restarted.
+    let (code, overall) = match (&store, &backend) {
+        (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (Ok(()), Err(_)) => (StatusCode::OK, "degraded"),
+        (Ok(()), Ok(())) => (StatusCode::OK, "ok"),
+    };
+    let body = json!({
+        "status": overall,
+        "store": describe(store.map_err(|error| error.to_string())),
+        "backend": { "name": state.backend.name(), "status": describe(backend.map_err(|error| error.to_string())) },
+    });
+    (code, Json(body)).into_response()
+}
+
+async fn metrics_text() -> Response {
+    let text = telemetry::prometheus().render();
+    let mut response = Body::from(text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn openapi() -> Response {
+    let mut response = Body::from(OPENAPI).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(body: &str) -> ApiError {
+        parse_identity(body.as_bytes()).expect_err(body)
+    }
+
+    #[test]
+    fn a_valid_body_is_an_identity() {
+        let identity = parse_identity(
+            br#"{"kernel_version":"6.1.0-47-amd64","architecture":"amd64","distribution":"debian","driver_version":"v0.1.2"}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            identity.cache_key(),
+            "debian/12/x86_64/6.1.0-47-amd64/v0.1.2"
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_rule() {
+        let error = refusal(
+            r#"{"kernel_version":"6.1$(id)","architecture":"x86_64","distribution":"debian","driver_version":"v1.0.0"}"#,
+        );
+        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(error.field.as_deref(), Some("kernel_version"));
+        let error = refusal(
+            r#"{"kernel_version":"6.1.0-47-amd64","architecture":"x86_64","distribution":"debian","driver_version":"v1.0.0","x":1}"#,
+        );
+        assert_eq!(error.field.as_deref(), Some("x"));
+        let error = refusal(r#"{"kernel_version":5}"#);
+        assert_eq!(error.field.as_deref(), Some("kernel_version"));
+        assert!(error.rule.contains("string"));
+        assert_eq!(refusal("{").status, StatusCode::BAD_REQUEST);
+        assert_eq!(refusal("[]").status, StatusCode::UNPROCESSABLE_ENTITY);
+        let error = refusal(r#"{"architecture":"x86_64","architecture":"aarch64"}"#);
+        assert!(error.error.contains("duplicate"), "{error:?}");
+        let error = refusal(
+            r#"{"architecture":"x86_64","distribution":"debian","driver_version":"v1.0.0"}"#,
+        );
+        assert_eq!(error.field.as_deref(), Some("kernel_version"));
+        assert_eq!(error.rule, "is required");
+    }
+}

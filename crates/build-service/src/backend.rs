@@ -1,0 +1,99 @@
+//! The seam between the service's state machine and whatever actually builds and stores artifacts:
+//! GitHub Actions + Releases in production, the local artifact directory + clean-root executor as the
+//! embedded default. The service only ever talks to a [`Backend`]; everything backend-specific
+//! (rate limits, run lookup, signing) lives behind it.
+
+use std::time::Duration;
+
+use kernel_id::{DriverName, KernelIdentity};
+use serde::{Deserialize, Serialize};
+
+/// Where artifacts are looked up and builds are run.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Short name for logs, metrics and /healthz (`"github"`, `"local"`).
+    fn name(&self) -> &'static str;
+
+    /// Existence check: the artifact's public download URL when it is published.
+    async fn find_artifact(
+        &self,
+        driver: &DriverName,
+        identity: &KernelIdentity,
+    ) -> Result<Option<ArtifactRef>, BackendError>;
+
+    /// Starts exactly one build for `build` (idempotent per `build.build_id`: a retry after an
+    /// ambiguous failure must not start a second run).
+    async fn dispatch(&self, build: &BuildSpec) -> Result<Dispatched, BackendError>;
+
+    /// Current state of a dispatched build.
+    async fn poll(
+        &self,
+        build: &BuildSpec,
+        dispatched: &Dispatched,
+    ) -> Result<RunState, BackendError>;
+
+    /// Whether the backend is reachable (for /healthz).
+    async fn health(&self) -> Result<(), BackendError>;
+}
+
+/// One build as the service tracks it: its id (unique, also carried into the run so the run can be
+/// found again) and the exact identity it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// The service's build id (a UUID string); stable across retries and restarts.
+    pub build_id: String,
+    /// The driver being built.
+    pub driver: DriverName,
+    /// What the artifact is for.
+    pub identity: KernelIdentity,
+}
+
+/// A published artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Where a node downloads the package from.
+    pub download_url: String,
+}
+
+/// What the backend returned when it started a build. Persisted (as JSON) so a restarted service
+/// can keep polling the same run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispatched {
+    /// The backend's run id, when known at dispatch time.
+    pub run_id: Option<String>,
+    /// A human-facing URL of the run (its page or its log).
+    pub run_url: Option<String>,
+}
+
+/// The state of a dispatched build as the backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Accepted, not started.
+    Queued,
+    /// Running.
+    InProgress,
+    /// Finished and the artifact is published.
+    Succeeded,
+    /// Finished without an artifact.
+    Failed {
+        /// Why, for /status.
+        message: String,
+    },
+}
+
+/// Why a backend call did not succeed, classified by what the caller should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// Worth retrying with backoff (network error, 5xx, ...).
+    #[error("transient backend error: {0}")]
+    Transient(String),
+    /// Retry no sooner than `retry_after`.
+    #[error("backend rate limited: retry after {retry_after:?}")]
+    RateLimited {
+        /// How long to wait before the next call.
+        retry_after: Duration,
+    },
+    /// Retrying will not help (bad configuration, refused request, ...).
+    #[error("backend error: {0}")]
+    Permanent(String),
+}

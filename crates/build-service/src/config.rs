@@ -1,0 +1,494 @@
+//! Configuration: the command line / environment of `build-service serve` ([`ServeArgs`]) and the
+//! resolved [`ServiceConfig`] that [`crate::run`] takes (tests build one directly).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kernel_id::{Arch, DriverName, ReleaseLayout};
+
+use crate::access::Tokens;
+use crate::backend::Backend;
+use crate::local::{BuildExecutor, Signer};
+use crate::telemetry::LogFormat;
+
+/// Everything [`crate::run`] needs.
+pub struct ServiceConfig {
+    /// sqlx URL (`sqlite://...?mode=rwc` or `postgres://...`).
+    pub database_url: String,
+    /// The driver this service builds.
+    pub driver: DriverName,
+    /// Release naming.
+    pub layout: ReleaseLayout,
+    /// Base URL of this service as nodes reach it; default `http://<bound address>`.
+    pub public_url: Option<String>,
+    /// Pause between polls of a running build; default 15 s, or 250 ms for the local backend.
+    pub poll_interval: Option<Duration>,
+    /// A build not finished this long after its request is marked timed out.
+    pub build_timeout: Duration,
+    /// Tracker lease per build.
+    pub lease: Duration,
+    /// First retry delay after a transient backend error.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Upper bound of `GET /status?wait=`.
+    pub max_wait: Duration,
+    /// How often a long poll re-reads the database (changes made by other replicas).
+    pub wait_recheck: Duration,
+    /// How long the answer "build X is in flight" is reused for identical requests without asking the
+    /// store and database again (a caller may then see a build that ended within this window).
+    pub in_flight_linger: Duration,
+    /// Bearer tokens required for `POST /build`, when set.
+    pub tokens: Option<Tokens>,
+    /// Per-caller limit: requests per minute and burst.
+    pub rate_limit: Option<(u32, u32)>,
+    /// Lease owner name of this replica; default a fresh UUID per start.
+    pub replica_id: Option<String>,
+    /// Where artifacts are and builds run.
+    pub backend: BackendConfig,
+    /// Routes served beside the API for a custom backend (e.g. a wrapped local backend's downloads).
+    pub extra_routes: Option<axum::Router>,
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("driver", &self.driver)
+            .field("layout", &self.layout)
+            .field("public_url", &self.public_url)
+            .field("poll_interval", &self.poll_interval)
+            .field("build_timeout", &self.build_timeout)
+            .field("lease", &self.lease)
+            .field("tokens", &self.tokens)
+            .field("rate_limit", &self.rate_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hides a password in a database URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl ServiceConfig {
+    /// Defaults around a database URL and a backend: per-artifact releases, 15 min build timeout,
+    /// 60 s leases, 1 s..60 s retries, 60 s max long poll, no auth, no rate limit.
+    pub fn new(database_url: String, driver: DriverName, backend: BackendConfig) -> Self {
+        Self {
+            database_url,
+            driver,
+            layout: ReleaseLayout::PerArtifact,
+            public_url: None,
+            poll_interval: None,
+            build_timeout: Duration::from_secs(15 * 60),
+            lease: Duration::from_secs(60),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            max_wait: Duration::from_secs(60),
+            wait_recheck: Duration::from_millis(500),
+            in_flight_linger: Duration::from_millis(500),
+            tokens: None,
+            rate_limit: None,
+            replica_id: None,
+            backend,
+            extra_routes: None,
+        }
+    }
+}
+
+/// The backend to run with.
+pub enum BackendConfig {
+    /// The embedded default: artifact directory served here, builds on this host.
+    Local(Box<LocalConfig>),
+    /// Any other backend, already constructed (the GitHub backend, or a test's).
+    Custom(Arc<dyn Backend>),
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(local) => f.debug_tuple("Local").field(local).finish(),
+            Self::Custom(backend) => f.debug_tuple("Custom").field(&backend.name()).finish(),
+        }
+    }
+}
+
+/// Settings of the local backend.
+pub struct LocalConfig {
+    /// Published artifacts.
+    pub artifact_dir: PathBuf,
+    /// Per-build state, logs and outputs.
+    pub builds_dir: PathBuf,
+    /// Driver source directory.
+    pub source_dir: PathBuf,
+    /// Builds at once.
+    pub max_concurrent_builds: usize,
+    /// Signs packages the builder left unsigned.
+    pub signer: Option<Signer>,
+    /// Runs builds.
+    pub executor: Arc<dyn BuildExecutor>,
+}
+
+impl std::fmt::Debug for LocalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalConfig")
+            .field("artifact_dir", &self.artifact_dir)
+            .field("builds_dir", &self.builds_dir)
+            .field("source_dir", &self.source_dir)
+            .field("max_concurrent_builds", &self.max_concurrent_builds)
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `build-service` command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "build-service",
+    version,
+    about = "Turns a driver-artifact miss into exactly one build"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(Box<ServeArgs>),
+}
+
+/// Which backend builds and stores artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Artifact directory served by this service + clean-root builds on this host.
+    Local,
+    /// GitHub Releases + GitHub Actions `workflow_dispatch`.
+    Github,
+}
+
+/// Options of `build-service serve` (each also from the environment).
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BUILD_SERVICE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// State directory (SQLite database, local build logs and outputs, default artifact directory).
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_STATE_DIR",
+        default_value = "/var/lib/build-service"
+    )]
+    pub state_dir: PathBuf,
+    /// Database URL; default `sqlite://<state dir>/builds.db?mode=rwc`. PostgreSQL for several replicas.
+    #[arg(long, env = "BUILD_SERVICE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Backend.
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_BACKEND",
+        value_enum,
+        default_value = "local"
+    )]
+    pub backend: BackendKind,
+    /// Local backend: where published artifacts live; default `<state dir>/artifacts`.
+    #[arg(long, env = "BUILD_SERVICE_ARTIFACT_DIR")]
+    pub artifact_dir: Option<PathBuf>,
+    /// Driver name (kernel-id DriverName rules).
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_DRIVER_NAME",
+        default_value = "example-driver"
+    )]
+    pub driver_name: String,
+    /// Local backend: the driver source directory.
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_DRIVER_SOURCE",
+        default_value = "driver/example-driver"
+    )]
+    pub driver_source: PathBuf,
+    /// Release layout: per-artifact or per-driver-version.
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_RELEASE_LAYOUT",
+        default_value = "per-artifact"
+    )]
+    pub release_layout: String,
+    /// Base URL nodes reach this service at (download URLs of the local backend); default from --listen.
+    #[arg(long, env = "BUILD_SERVICE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Poll interval of running builds (e.g. 15s, 250ms); default 15s for GitHub, 250ms local.
+    #[arg(long, env = "BUILD_SERVICE_POLL_INTERVAL", value_parser = parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// A build not finished this long after its request is marked timed_out.
+    #[arg(long, env = "BUILD_SERVICE_BUILD_TIMEOUT", value_parser = parse_duration, default_value = "15m")]
+    pub build_timeout: Duration,
+    /// Tracker lease per build; another replica takes a build over when it lapses.
+    #[arg(long, env = "BUILD_SERVICE_LEASE", value_parser = parse_duration, default_value = "60s")]
+    pub lease: Duration,
+    /// Upper bound of GET /status?wait=.
+    #[arg(long, env = "BUILD_SERVICE_MAX_WAIT", value_parser = parse_duration, default_value = "60s")]
+    pub max_wait: Duration,
+    /// Local backend: builds at once.
+    #[arg(long, env = "BUILD_SERVICE_MAX_CONCURRENT_BUILDS", default_value_t = 2)]
+    pub max_concurrent_builds: usize,
+    /// Local backend: static driver-builder binary for x86_64 roots.
+    #[arg(long, env = "BUILD_SERVICE_BUILDER_X86_64")]
+    pub builder_x86_64: Option<PathBuf>,
+    /// Local backend: static driver-builder binary for aarch64 roots.
+    #[arg(long, env = "BUILD_SERVICE_BUILDER_AARCH64")]
+    pub builder_aarch64: Option<PathBuf>,
+    /// Local backend: cache of build roots; default `<state dir>/build-roots`.
+    #[arg(long, env = "BUILD_SERVICE_ROOT_CACHE")]
+    pub root_cache: Option<PathBuf>,
+    /// Local backend: minisign secret key that signs packages the builder left unsigned.
+    #[arg(long, env = "BUILD_SERVICE_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// File holding the signing key's password (for an encrypted key).
+    #[arg(long, env = "BUILD_SERVICE_SIGNING_KEY_PASSWORD_FILE")]
+    pub signing_key_password_file: Option<PathBuf>,
+    /// File of bearer tokens (one per line) required for POST /build; none means no auth.
+    #[arg(long, env = "BUILD_SERVICE_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Per-caller rate limit on the API, requests per minute (0 = off).
+    #[arg(long, env = "BUILD_SERVICE_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit_per_minute: u32,
+    /// Burst allowed above the rate.
+    #[arg(long, env = "BUILD_SERVICE_RATE_BURST", default_value_t = 30)]
+    pub rate_limit_burst: u32,
+    /// Log format.
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// GitHub backend options.
+    #[command(flatten)]
+    pub github: GithubArgs,
+}
+
+/// Options of the GitHub backend.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GithubArgs {
+    /// Repository owner holding the workflow and the releases.
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_OWNER")]
+    pub github_owner: Option<String>,
+    /// Repository name.
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_REPO")]
+    pub github_repo: Option<String>,
+    /// Workflow file dispatched.
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_WORKFLOW", default_value = crate::github::DEFAULT_WORKFLOW_FILE)]
+    pub github_workflow: String,
+    /// Branch the workflow is dispatched on.
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_REF", default_value = crate::github::DEFAULT_GIT_REF)]
+    pub github_ref: String,
+    /// REST API base URL (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_API_URL", default_value = crate::github::DEFAULT_API_BASE_URL)]
+    pub github_api_url: String,
+    /// File holding a token (PAT, fine-grained token or GITHUB_TOKEN).
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_TOKEN_FILE")]
+    pub github_token_file: Option<PathBuf>,
+    /// GitHub App id (with --github-app-key-file and --github-installation-id).
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_APP_ID")]
+    pub github_app_id: Option<u64>,
+    /// GitHub App private key (PEM).
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_APP_KEY_FILE")]
+    pub github_app_key_file: Option<PathBuf>,
+    /// GitHub App installation id.
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_INSTALLATION_ID")]
+    pub github_installation_id: Option<u64>,
+}
+
+impl GithubArgs {
+    /// The GitHub backend's configuration.
+    pub fn to_config(
+        &self,
+        driver: &DriverName,
+        layout: ReleaseLayout,
+    ) -> anyhow::Result<crate::github::GitHubConfig> {
+        let owner = self
+            .github_owner
+            .clone()
+            .context("--github-owner is required with --backend github")?;
+        let repo = self
+            .github_repo
+            .clone()
+            .context("--github-repo is required with --backend github")?;
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let auth = match (
+            &self.github_token_file,
+            self.github_app_id,
+            &self.github_app_key_file,
+            self.github_installation_id,
+        ) {
+            (Some(token_file), None, None, None) => {
+                crate::github::GitHubAuth::Token(read(token_file)?.trim().to_owned())
+            }
+            (None, Some(app_id), Some(key_file), Some(installation_id)) => {
+                crate::github::GitHubAuth::App {
+                    app_id,
+                    private_key_pem: read(key_file)?,
+                    installation_id,
+                }
+            }
+            _ => anyhow::bail!(
+                "GitHub auth: give either --github-token-file, or all of --github-app-id, --github-app-key-file \
+                 and --github-installation-id"
+            ),
+        };
+        let mut config = crate::github::GitHubConfig::new(owner, repo, auth, driver.clone());
+        config.workflow_file = self.github_workflow.clone();
+        config.git_ref = self.github_ref.clone();
+        config.api_base_url = self.github_api_url.trim_end_matches('/').to_owned();
+        config.layout = layout;
+        Ok(config)
+    }
+}
+
+/// Parses `250ms`, `15s`, `15m`, `1h` or bare seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a duration like 250ms, 15s, 15m or 1h"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(value),
+        "" | "s" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        _ => return Err(format!("'{raw}': unit must be ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err(format!("'{raw}' must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+impl ServeArgs {
+    /// Resolves the options into a [`ServiceConfig`], loading keys and token files.
+    pub fn into_config(self) -> anyhow::Result<ServiceConfig> {
+        let driver = DriverName::parse(&self.driver_name).context("--driver-name")?;
+        let layout = ReleaseLayout::parse(&self.release_layout).context("--release-layout")?;
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("creating state directory {}", self.state_dir.display()))?;
+        let database_url = self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.state_dir.join("builds.db").display()
+            )
+        });
+        let backend = match self.backend {
+            BackendKind::Local => {
+                let signer = match &self.signing_key {
+                    Some(path) => {
+                        let password = match &self.signing_key_password_file {
+                            Some(file) => Some(
+                                std::fs::read_to_string(file)
+                                    .with_context(|| format!("reading {}", file.display()))?
+                                    .trim_end_matches(['\r', '\n'])
+                                    .to_owned(),
+                            ),
+                            None => None,
+                        };
+                        Some(Signer::from_file(path, password).map_err(anyhow::Error::msg)?)
+                    }
+                    None => None,
+                };
+                let mut executor_config = build_root::executor::ExecutorConfig::new(
+                    self.root_cache
+                        .clone()
+                        .unwrap_or_else(|| self.state_dir.join("build-roots")),
+                );
+                let mut builders = BTreeMap::new();
+                if let Some(path) = &self.builder_x86_64 {
+                    builders.insert(Arch::X86_64, path.clone());
+                }
+                if let Some(path) = &self.builder_aarch64 {
+                    builders.insert(Arch::Aarch64, path.clone());
+                }
+                executor_config.builder_binaries = builders;
+                executor_config.build_timeout = self.build_timeout;
+                BackendConfig::Local(Box::new(LocalConfig {
+                    artifact_dir: self
+                        .artifact_dir
+                        .clone()
+                        .unwrap_or_else(|| self.state_dir.join("artifacts")),
+                    builds_dir: self.state_dir.join("builds"),
+                    source_dir: self.driver_source.clone(),
+                    max_concurrent_builds: self.max_concurrent_builds,
+                    signer,
+                    executor: Arc::new(build_root::executor::LocalExecutor::new(executor_config)),
+                }))
+            }
+            BackendKind::Github => {
+                let github = self.github.to_config(&driver, layout)?;
+                let backend = crate::github::GitHubBackend::new(github)
+                    .context("configuring the GitHub backend")?;
+                BackendConfig::Custom(Arc::new(backend))
+            }
+        };
+        let mut config = ServiceConfig::new(database_url, driver, backend);
+        config.layout = layout;
+        config.public_url = self.public_url.clone();
+        config.poll_interval = self.poll_interval;
+        config.build_timeout = self.build_timeout;
+        config.lease = self.lease;
+        config.max_wait = self.max_wait;
+        config.tokens = match &self.tokens_file {
+            Some(path) => Some(Tokens::from_file(path).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        config.rate_limit = (self.rate_limit_per_minute > 0)
+            .then_some((self.rate_limit_per_minute, self.rate_limit_burst));
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("15 minutes").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://svc:secret@db:5432/builds"),
+            "postgres://svc:***@db:5432/builds"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/b.db?mode=rwc"),
+            "sqlite:///var/lib/b.db?mode=rwc"
+        );
+    }
+}

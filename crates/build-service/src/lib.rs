@@ -1,0 +1,271 @@
+//! build-service: when a node boots a kernel without its driver, it asks here. The service answers
+//! at once when the artifact exists, dispatches exactly one build when it does not (however many nodes
+//! ask, across replicas), and tells every caller when it is done.
+//!
+//! - [`api`]: the HTTP API (validation before any lookup; store first, then dedup, then reservation);
+//! - [`store`]: builds in SQLite or PostgreSQL through one sqlx `Any` code path;
+//! - [`tracker`]: a task per in-flight build (dispatch once, poll, deadline, backoff, leases);
+//! - [`backend`]: the seam to GitHub ([`github`]) or the embedded [`local`] backend;
+//! - [`access`]: bearer tokens and per-caller rate limits; [`telemetry`]: metrics and logs.
+
+pub mod access;
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod github;
+pub mod local;
+pub mod store;
+pub mod telemetry;
+pub mod tracker;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Request;
+use tokio::net::TcpListener;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+pub use backend::{ArtifactRef, Backend, BackendError, BuildSpec, Dispatched, RunState};
+pub use config::{BackendConfig, LocalConfig, ServiceConfig};
+
+use crate::api::AppState;
+use crate::local::{LocalBackend, LocalSettings};
+use crate::store::Store;
+use crate::tracker::{Notifier, TrackerSettings, Trackers};
+
+/// Runs the service on `listener` until `shutdown` completes, then stops its trackers (handing their
+/// builds' leases back so the next start resumes them at once).
+pub async fn run(
+    config: ServiceConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr().context("reading the bound address")?;
+    Prepared::new(config, address)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// A service with its database open and backend ready, not yet serving.
+struct Prepared {
+    router: Router,
+    trackers: Trackers,
+    store: Store,
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Prepared {
+    async fn new(config: ServiceConfig, address: SocketAddr) -> anyhow::Result<Self> {
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let store = Store::connect(&config.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening database {}",
+                    config::redact_url(&config.database_url)
+                )
+            })?;
+        let (backend, backend_routes, default_poll): (Arc<dyn Backend>, Option<Router>, Duration) =
+            match config.backend {
+                BackendConfig::Local(local) => {
+                    let backend = Arc::new(
+                        LocalBackend::new(
+                            LocalSettings {
+                                artifact_dir: local.artifact_dir,
+                                builds_dir: local.builds_dir,
+                                source_dir: local.source_dir,
+                                driver: config.driver.clone(),
+                                layout: config.layout,
+                                public_url: public_url.clone(),
+                                max_concurrent_builds: local.max_concurrent_builds,
+                            },
+                            local.executor,
+                            local.signer,
+                        )
+                        .context("preparing the local backend's directories")?,
+                    );
+                    let routes = backend.router();
+                    (backend, Some(routes), Duration::from_millis(250))
+                }
+                BackendConfig::Custom(backend) => {
+                    (backend, config.extra_routes, Duration::from_secs(15))
+                }
+            };
+        let owner = config
+            .replica_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let notifier = Arc::new(Notifier::default());
+        let coalesced = Arc::new(api::Coalesced::default());
+        let stopping = tokio::sync::watch::channel(false).0;
+        let trackers = Trackers::new(
+            store.clone(),
+            Arc::clone(&backend),
+            owner.clone(),
+            TrackerSettings {
+                poll_interval: config.poll_interval.unwrap_or(default_poll),
+                lease: config.lease,
+                retry_base: config.retry_base,
+                retry_max: config.retry_max,
+            },
+            Arc::clone(&notifier),
+            Arc::clone(&coalesced),
+        );
+        // Install the recorder before the first metric is recorded anywhere.
+        telemetry::prometheus();
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            backend: Arc::clone(&backend),
+            driver: config.driver.clone(),
+            trackers: trackers.clone(),
+            notifier,
+            build_timeout: config.build_timeout,
+            max_wait: config.max_wait,
+            wait_recheck: config.wait_recheck,
+            in_flight_linger: config.in_flight_linger,
+            shutting_down: stopping.subscribe(),
+            coalesced,
+        });
+        let router = router(state, config.tokens, config.rate_limit, backend_routes);
+        tracing::info!(%address, backend = backend.name(), replica = %owner, "build-service ready");
+        Ok(Self {
+            router,
+            trackers,
+            store,
+            stopping,
+        })
+    }
+
+    async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let sweeper = tokio::spawn(self.trackers.clone().run_sweeper());
+        let stopping = self.stopping;
+        let served = axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Long polls answer now instead of holding the shutdown up to their wait.
+            stopping.send_replace(true);
+        })
+        .await;
+        self.trackers.shutdown().await;
+        let _ = sweeper.await;
+        self.store.close().await;
+        served.context("serving HTTP")
+    }
+}
+
+/// Assembles the routes: rate limit (outermost) and auth only where they apply.
+fn router(
+    state: Arc<AppState>,
+    tokens: Option<access::Tokens>,
+    rate_limit: Option<(u32, u32)>,
+    backend_routes: Option<Router>,
+) -> Router {
+    let (mut build, status) = api::limited_routes(Arc::clone(&state));
+    if let Some(tokens) = tokens {
+        build = build.route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokens),
+            access::require_token,
+        ));
+    }
+    let mut limited = build.merge(status);
+    if let Some((per_minute, burst)) = rate_limit {
+        let limiter = Arc::new(access::RateLimiter::new(per_minute, burst));
+        limited = limited.route_layer(axum::middleware::from_fn_with_state(
+            limiter,
+            access::rate_limit,
+        ));
+    }
+    let mut router = limited.merge(api::open_routes(state));
+    if let Some(backend_routes) = backend_routes {
+        router = router.merge(backend_routes);
+    }
+    router.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request| {
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    build_id = tracing::field::Empty,
+                )
+            })
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+    )
+}
+
+/// Binds `address` with a deep accept queue: a fleet booting at once opens thousands of connections
+/// in the same instant, and the default backlog (1024) would reset the overflow.
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(8192)
+}
+
+/// A service started in the background (tests, benchmarks).
+#[derive(Debug)]
+pub struct RunningService {
+    /// Where it listens.
+    pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningService {
+    /// Binds 127.0.0.1 on a free port and starts `config` there.
+    pub async fn start(config: ServiceConfig) -> anyhow::Result<Self> {
+        let listener =
+            bind(SocketAddr::from(([127, 0, 0, 1], 0))).context("binding 127.0.0.1:0")?;
+        Self::start_on(config, listener).await
+    }
+
+    /// Starts `config` on `listener`; returns once the database is open and the backend ready.
+    pub async fn start_on(config: ServiceConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        let address = listener.local_addr()?;
+        let prepared = Prepared::new(config, address).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(prepared.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            address,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops gracefully and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("service task")?
+    }
+}

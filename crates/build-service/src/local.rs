@@ -1,0 +1,842 @@
+//! The local backend, the embedded default: artifacts live in a directory laid out like GitHub
+//! Releases (`<tag>/<file>`, names from kernel-id's [`ReleaseLayout`]) and served by this service at
+//! `/releases/download/{tag}/{file}`; builds run on this host through a [`BuildExecutor`] (in
+//! production `build_root::LocalExecutor`: a fresh mmdebstrap root of the target's suite).
+//!
+//! Build state is kept on disk per build (`<builds>/<id>/state.json`, `build.log`, `out/`), and a
+//! running job holds an advisory lock on `<builds>/<id>/lock`. So a restarted service (or a second
+//! instance over the same directories) sees a build that is still running elsewhere as in progress,
+//! and restarts one whose process died (the lock is gone) instead of waiting for it forever.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kernel_id::{DriverName, KernelIdentity, ReleaseLayout};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::backend::{ArtifactRef, Backend, BackendError, BuildSpec, Dispatched, RunState};
+
+/// Routes of the local backend (beside [`crate::api::ROUTES`]); GET routes answer HEAD too.
+pub const ROUTES: &[crate::api::RouteInfo] = &[
+    crate::api::RouteInfo {
+        method: "GET",
+        path: "/releases/download/{tag}/{file}",
+    },
+    crate::api::RouteInfo {
+        method: "GET",
+        path: "/builds/{build_id}/log",
+    },
+];
+
+/// One build as an executor sees it.
+#[derive(Debug, Clone)]
+pub struct ExecutorJob {
+    /// The service's build id.
+    pub build_id: String,
+    /// The driver.
+    pub driver: DriverName,
+    /// What to build for.
+    pub identity: KernelIdentity,
+    /// The driver source directory.
+    pub source_dir: PathBuf,
+    /// Empty directory the package (and optionally its `.minisig` / `.sha256`) must end up in.
+    pub out_dir: PathBuf,
+    /// The build log; the executor appends everything it runs to it.
+    pub log: PathBuf,
+}
+
+/// Runs one build, blocking (it is called on a blocking thread). On success the package named
+/// `identity.package_file_name(driver)` is in `job.out_dir`.
+pub trait BuildExecutor: Send + Sync + 'static {
+    /// Builds; the error is a one-line reason for /status (details belong in the log).
+    fn build(&self, job: &ExecutorJob) -> Result<(), String>;
+}
+
+impl BuildExecutor for build_root::executor::LocalExecutor {
+    fn build(&self, job: &ExecutorJob) -> Result<(), String> {
+        build_root::executor::LocalExecutor::build(
+            self,
+            &job.identity,
+            &job.driver,
+            &job.source_dir,
+            &job.out_dir,
+            &job.log,
+        )
+        .map(|_report| ())
+        .map_err(|error| error.to_string())
+    }
+}
+
+/// Signs published packages with a minisign secret key. Holds the key, so it is deliberately not
+/// `Debug` beyond its key id.
+pub struct Signer {
+    key: minisign::SecretKey,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("keynum", &hex::encode(self.key.keynum()))
+            .finish()
+    }
+}
+
+impl Signer {
+    /// Loads a minisign secret key file; an encrypted key needs its password.
+    pub fn from_file(path: &Path, password: Option<String>) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("reading signing key {}: {error}", path.display()))?;
+        let key_box = minisign::SecretKeyBox::from_string(&text)
+            .map_err(|error| format!("signing key {}: {error}", path.display()))?;
+        let key = match password {
+            Some(password) => key_box.into_secret_key(Some(password)),
+            None => key_box.into_unencrypted_secret_key(),
+        }
+        .map_err(|error| format!("signing key {}: {error}", path.display()))?;
+        Ok(Self { key })
+    }
+
+    /// A key generated in memory (tests, and deployments that only want the digest checked).
+    pub fn from_secret_key(key: minisign::SecretKey) -> Self {
+        Self { key }
+    }
+
+    fn sign(&self, package: &Path, file_name: &str) -> Result<String, String> {
+        let file = File::open(package)
+            .map_err(|error| format!("opening {}: {error}", package.display()))?;
+        let trusted = format!("file:{file_name}");
+        minisign::sign(None, &self.key, file, Some(&trusted), None)
+            .map(|signature| signature.into_string())
+            .map_err(|error| format!("signing {file_name}: {error}"))
+    }
+}
+
+/// Settings of the local backend.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// Published artifacts, `<tag>/<file>`.
+    pub artifact_dir: PathBuf,
+    /// Per-build state, logs and outputs.
+    pub builds_dir: PathBuf,
+    /// The driver source.
+    pub source_dir: PathBuf,
+    /// The driver.
+    pub driver: DriverName,
+    /// Tag and path naming.
+    pub layout: ReleaseLayout,
+    /// Base URL of this service as nodes reach it, without a trailing slash.
+    pub public_url: String,
+    /// Builds run at once.
+    pub max_concurrent_builds: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum JobState {
+    Queued,
+    InProgress,
+    Succeeded,
+    Failed { message: String },
+}
+
+/// The local backend.
+pub struct LocalBackend {
+    settings: LocalSettings,
+    executor: Arc<dyn BuildExecutor>,
+    signer: Option<Arc<Signer>>,
+    slots: Arc<Semaphore>,
+    /// Builds whose job runs in this process.
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("settings", &self.settings)
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalBackend {
+    /// A backend over existing (or creatable) directories.
+    pub fn new(
+        settings: LocalSettings,
+        executor: Arc<dyn BuildExecutor>,
+        signer: Option<Signer>,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&settings.artifact_dir)?;
+        std::fs::create_dir_all(&settings.builds_dir)?;
+        Ok(Self {
+            slots: Arc::new(Semaphore::new(settings.max_concurrent_builds.max(1))),
+            settings,
+            executor,
+            signer: signer.map(Arc::new),
+            running: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &LocalSettings {
+        &self.settings
+    }
+
+    /// Routes this backend serves: artifact downloads and build logs.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/releases/download/{tag}/{file}", get(download))
+            .route("/builds/{build_id}/log", get(build_log))
+            .with_state(Arc::clone(self))
+    }
+
+    fn build_dir(&self, build_id: &str) -> Result<PathBuf, BackendError> {
+        // The id becomes a path component: only our own UUIDs are accepted.
+        uuid::Uuid::parse_str(build_id)
+            .map_err(|_| BackendError::Permanent(format!("build id '{build_id}' is not a UUID")))?;
+        Ok(self.settings.builds_dir.join(build_id))
+    }
+
+    fn log_url(&self, build_id: &str) -> String {
+        format!("{}/builds/{build_id}/log", self.settings.public_url)
+    }
+
+    fn artifact_path(&self, identity: &KernelIdentity) -> PathBuf {
+        let tag = self
+            .settings
+            .layout
+            .release_tag(&self.settings.driver, identity);
+        self.settings
+            .artifact_dir
+            .join(tag)
+            .join(identity.package_file_name(&self.settings.driver))
+    }
+
+    /// Starts the job for `build` in this process unless it already runs here.
+    fn start_job(&self, build: &BuildSpec, dir: PathBuf) {
+        {
+            let mut running = self
+                .running
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !running.insert(build.build_id.clone()) {
+                return;
+            }
+        }
+        let job = Job {
+            settings: self.settings.clone(),
+            executor: Arc::clone(&self.executor),
+            signer: self.signer.clone(),
+            build: build.clone(),
+            dir,
+        };
+        let slots = Arc::clone(&self.slots);
+        let running = Arc::clone(&self.running);
+        let build_id = build.build_id.clone();
+        let span = tracing::info_span!("local_build", build_id = %build_id);
+        tokio::spawn(
+            async move {
+                let permit = slots.acquire_owned().await;
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    job.run()
+                })
+                .await;
+                if let Err(error) = outcome {
+                    tracing::error!(build_id = %build_id, %error, "local build job panicked");
+                }
+                running
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(&build_id);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn find_artifact(
+        &self,
+        driver: &DriverName,
+        identity: &KernelIdentity,
+    ) -> Result<Option<ArtifactRef>, BackendError> {
+        if driver != &self.settings.driver {
+            return Err(BackendError::Permanent(format!(
+                "this service builds {}, not {driver}",
+                self.settings.driver
+            )));
+        }
+        match tokio::fs::metadata(self.artifact_path(identity)).await {
+            Ok(metadata) if metadata.is_file() => Ok(Some(ArtifactRef {
+                download_url: format!(
+                    "{}/releases/download/{}",
+                    self.settings.public_url,
+                    self.settings.layout.package_path(driver, identity)
+                ),
+            })),
+            Ok(_) => Ok(None),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(BackendError::Transient(format!("artifact store: {error}"))),
+        }
+    }
+
+    async fn dispatch(&self, build: &BuildSpec) -> Result<Dispatched, BackendError> {
+        let dir = self.build_dir(&build.build_id)?;
+        let dispatched = Dispatched {
+            run_id: Some(build.build_id.clone()),
+            run_url: Some(self.log_url(&build.build_id)),
+        };
+        // The directory is the record that a dispatch happened: creating it is the one-time step,
+        // a repeated dispatch of the same id finds it and changes nothing.
+        let state_path = dir.join("state.json");
+        let created = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {
+                        write_state(&dir, &JobState::Queued)?;
+                        Ok(true)
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        // A crash between mkdir and the state write leaves no state: treat as new.
+                        if state_path.exists() {
+                            Ok(false)
+                        } else {
+                            write_state(&dir, &JobState::Queued)?;
+                            Ok(true)
+                        }
+                    }
+                    Err(error) => Err(error),
+                }
+            })
+            .await
+            .map_err(|error| BackendError::Transient(error.to_string()))?
+            .map_err(|error| {
+                BackendError::Transient(format!("creating build directory: {error}"))
+            })?
+        };
+        if created {
+            self.start_job(build, dir);
+        }
+        Ok(dispatched)
+    }
+
+    async fn poll(
+        &self,
+        build: &BuildSpec,
+        _dispatched: &Dispatched,
+    ) -> Result<RunState, BackendError> {
+        let dir = self.build_dir(&build.build_id)?;
+        let state = match read_state(&dir) {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                return Ok(RunState::Failed {
+                    message: "the local build's state is gone (build directory removed)".to_owned(),
+                });
+            }
+            Err(error) => {
+                return Err(BackendError::Transient(format!(
+                    "reading build state: {error}"
+                )));
+            }
+        };
+        match state {
+            JobState::Succeeded => Ok(RunState::Succeeded),
+            JobState::Failed { message } => Ok(RunState::Failed { message }),
+            JobState::Queued | JobState::InProgress => {
+                let here = self
+                    .running
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .contains(&build.build_id);
+                if !here && !job_lock_held(&dir) {
+                    // Nobody runs it: the process that did died. Run it again under the same id.
+                    tracing::warn!(build_id = %build.build_id, "local build was orphaned; restarting it");
+                    write_state(&dir, &JobState::Queued).map_err(|error| {
+                        BackendError::Transient(format!("writing build state: {error}"))
+                    })?;
+                    self.start_job(build, dir);
+                    return Ok(RunState::Queued);
+                }
+                Ok(match state {
+                    JobState::InProgress => RunState::InProgress,
+                    _ => RunState::Queued,
+                })
+            }
+        }
+    }
+
+    async fn health(&self) -> Result<(), BackendError> {
+        let artifacts = tokio::fs::metadata(&self.settings.artifact_dir).await;
+        match artifacts {
+            Ok(metadata) if metadata.is_dir() => Ok(()),
+            Ok(_) => Err(BackendError::Permanent(
+                "artifact directory is not a directory".to_owned(),
+            )),
+            Err(error) => Err(BackendError::Transient(format!(
+                "artifact directory: {error}"
+            ))),
+        }
+    }
+}
+
+/// One build job in the process running it.
+struct Job {
+    settings: LocalSettings,
+    executor: Arc<dyn BuildExecutor>,
+    signer: Option<Arc<Signer>>,
+    build: BuildSpec,
+    dir: PathBuf,
+}
+
+impl Job {
+    fn run(self) {
+        let log = self.dir.join("build.log");
+        let lock = match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("lock"))
+        {
+            Ok(file) => file,
+            Err(error) => {
+                self.fail(&log, &format!("opening the job lock: {error}"));
+                return;
+            }
+        };
+        match lock.try_lock() {
+            Ok(()) => {}
+            // Another process runs this very build: leave it to that one.
+            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::Error(error)) => {
+                self.fail(&log, &format!("locking the job: {error}"));
+                return;
+            }
+        }
+        if let Err(error) = write_state(&self.dir, &JobState::InProgress) {
+            self.fail(&log, &format!("writing build state: {error}"));
+            return;
+        }
+        append_log(
+            &log,
+            &format!(
+                "build {} of {}",
+                self.build.build_id,
+                self.build.identity.cache_key()
+            ),
+        );
+        let out_dir = self.dir.join("out");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        if let Err(error) = std::fs::create_dir_all(&out_dir) {
+            self.fail(&log, &format!("creating the output directory: {error}"));
+            return;
+        }
+        let job = ExecutorJob {
+            build_id: self.build.build_id.clone(),
+            driver: self.build.driver.clone(),
+            identity: self.build.identity.clone(),
+            source_dir: self.settings.source_dir.clone(),
+            out_dir: out_dir.clone(),
+            log: log.clone(),
+        };
+        let outcome = self
+            .executor
+            .build(&job)
+            .and_then(|()| self.publish(&out_dir, &log));
+        match outcome {
+            Ok(()) => {
+                append_log(&log, "published");
+                if let Err(error) = write_state(&self.dir, &JobState::Succeeded) {
+                    tracing::error!(build_id = %self.build.build_id, %error, "could not record success");
+                }
+            }
+            Err(message) => self.fail(&log, &message),
+        }
+        drop(lock);
+    }
+
+    fn fail(&self, log: &Path, message: &str) {
+        append_log(log, &format!("FAILED: {message}"));
+        let state = JobState::Failed {
+            message: message.to_owned(),
+        };
+        if let Err(error) = write_state(&self.dir, &state) {
+            tracing::error!(build_id = %self.build.build_id, %error, "could not record failure");
+        }
+    }
+
+    /// Checks the executor's output, adds the digest and signature when the builder did not, and
+    /// publishes all three so that the package becomes visible last and nothing existing is replaced.
+    fn publish(&self, out_dir: &Path, log: &Path) -> Result<(), String> {
+        let driver = &self.settings.driver;
+        let identity = &self.build.identity;
+        let package_name = identity.package_file_name(driver);
+        let digest_name = identity.digest_file_name(driver);
+        let signature_name = identity.signature_file_name(driver);
+        let package = out_dir.join(&package_name);
+        if !package.is_file() {
+            return Err(format!("the build produced no {package_name}"));
+        }
+        let digest = sha256_file(&package)?;
+        let digest_line = format!("{digest}  {package_name}\n");
+        let digest_path = out_dir.join(&digest_name);
+        match std::fs::read_to_string(&digest_path) {
+            Ok(existing) => {
+                if existing.split_whitespace().next() != Some(digest.as_str()) {
+                    return Err(format!(
+                        "{digest_name} written by the builder does not match the package"
+                    ));
+                }
+            }
+            Err(_) => write_file(&digest_path, digest_line.as_bytes())?,
+        }
+        let signature_path = out_dir.join(&signature_name);
+        if !signature_path.is_file() {
+            match &self.signer {
+                Some(signer) => write_file(
+                    &signature_path,
+                    signer.sign(&package, &package_name)?.as_bytes(),
+                )?,
+                None => append_log(
+                    log,
+                    "no signing key configured: publishing without a signature",
+                ),
+            }
+        }
+
+        let tag = self.settings.layout.release_tag(driver, identity);
+        let release_dir = self.settings.artifact_dir.join(&tag);
+        let mut files = vec![digest_name];
+        if signature_path.is_file() {
+            files.push(signature_name);
+        }
+        files.push(package_name.clone());
+        if release_dir.join(&package_name).exists() {
+            append_log(
+                log,
+                "the artifact is already published; keeping the existing one",
+            );
+            return Ok(());
+        }
+        match self.settings.layout {
+            // One release per identity: stage the whole release and rename it into place; a rename
+            // onto an existing non-empty release fails, so a published release is never replaced.
+            ReleaseLayout::PerArtifact => {
+                let staging = self
+                    .settings
+                    .artifact_dir
+                    .join(format!(".staging-{}", self.build.build_id));
+                let _ = std::fs::remove_dir_all(&staging);
+                std::fs::create_dir_all(&staging)
+                    .map_err(|error| format!("creating staging dir: {error}"))?;
+                for file in &files {
+                    std::fs::copy(out_dir.join(file), staging.join(file))
+                        .map_err(|error| format!("staging {file}: {error}"))?;
+                    sync_file(&staging.join(file))?;
+                }
+                let renamed = std::fs::rename(&staging, &release_dir);
+                let _ = std::fs::remove_dir_all(&staging);
+                match renamed {
+                    Ok(()) => Ok(()),
+                    Err(_) if release_dir.join(&package_name).is_file() => {
+                        append_log(
+                            log,
+                            "another build published the artifact first; keeping it",
+                        );
+                        Ok(())
+                    }
+                    Err(error) => Err(format!("publishing release {tag}: {error}")),
+                }
+            }
+            // One release shared by a driver version: file by file, package last, each by a hard link
+            // that fails instead of replacing.
+            ReleaseLayout::PerDriverVersion => {
+                std::fs::create_dir_all(&release_dir)
+                    .map_err(|error| format!("creating release {tag}: {error}"))?;
+                let assets = std::fs::read_dir(&release_dir)
+                    .map_err(|error| format!("listing release {tag}: {error}"))?
+                    .filter_map(Result::ok)
+                    .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+                    .count();
+                if assets + files.len() > ReleaseLayout::MAX_ASSETS_PER_RELEASE {
+                    return Err(format!(
+                        "release {tag} would pass {} assets (the GitHub limit per release); \
+                         use the per-artifact release layout",
+                        ReleaseLayout::MAX_ASSETS_PER_RELEASE
+                    ));
+                }
+                for file in &files {
+                    let temporary =
+                        release_dir.join(format!(".tmp-{}-{file}", self.build.build_id));
+                    std::fs::copy(out_dir.join(file), &temporary)
+                        .map_err(|error| format!("staging {file}: {error}"))?;
+                    sync_file(&temporary)?;
+                    let target = release_dir.join(file);
+                    if file != &package_name {
+                        // Sidecars of a package that is not published belong to nobody: replace.
+                        std::fs::rename(&temporary, &target)
+                            .map_err(|error| format!("publishing {file}: {error}"))?;
+                        continue;
+                    }
+                    let linked = std::fs::hard_link(&temporary, &target);
+                    let _ = std::fs::remove_file(&temporary);
+                    match linked {
+                        Ok(()) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                            append_log(
+                                log,
+                                "another build published the artifact first; keeping it",
+                            );
+                        }
+                        Err(error) => return Err(format!("publishing {file}: {error}")),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_file(path: &Path, content: &[u8]) -> Result<(), String> {
+    std::fs::write(path, content).map_err(|error| format!("writing {}: {error}", path.display()))
+}
+
+fn sync_file(path: &Path) -> Result<(), String> {
+    File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|error| format!("syncing {}: {error}", path.display()))
+}
+
+fn sha256_file(path: &Path) -> Result<String, String> {
+    let mut file =
+        File::open(path).map_err(|error| format!("opening {}: {error}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .map_err(|error| format!("reading {}: {error}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn append_log(log: &Path, line: &str) {
+    if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(log) {
+        let _ = writeln!(file, "build-service: {line}");
+    }
+}
+
+/// Replaces the state file atomically (temp + rename), so a reader never sees half a state.
+fn write_state(dir: &Path, state: &JobState) -> std::io::Result<()> {
+    let json = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    let temporary = dir.join(format!(".state-{}.tmp", uuid::Uuid::new_v4()));
+    std::fs::write(&temporary, json)?;
+    std::fs::rename(&temporary, dir.join("state.json"))
+}
+
+fn read_state(dir: &Path) -> std::io::Result<Option<JobState>> {
+    match std::fs::read(dir.join("state.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether some process holds the job lock (runs the build).
+fn job_lock_held(dir: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().write(true).open(dir.join("lock")) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => false,
+        Err(TryLockError::WouldBlock) => true,
+        Err(TryLockError::Error(_)) => false,
+    }
+}
+
+/// Refuses anything that is not one of our artifact names in its own release: the decoded path
+/// segments must name a package, signature or digest of this driver whose tag is the one the layout
+/// gives its identity. Nothing else on disk is reachable.
+fn artifact_file(settings: &LocalSettings, tag: &str, file: &str) -> Option<PathBuf> {
+    let plain = |segment: &str| {
+        !segment.is_empty()
+            && segment.len() <= 255
+            && !segment.starts_with('.')
+            && !segment.contains(['/', '\\', '\0'])
+    };
+    if !plain(tag) || !plain(file) {
+        return None;
+    }
+    let package = file
+        .strip_suffix(".minisig")
+        .or_else(|| file.strip_suffix(".sha256"))
+        .unwrap_or(file);
+    let identity = KernelIdentity::parse_package_file_name(&settings.driver, package).ok()?;
+    if settings.layout.release_tag(&settings.driver, &identity) != tag {
+        return None;
+    }
+    Some(settings.artifact_dir.join(tag).join(file))
+}
+
+async fn download(
+    State(backend): State<Arc<LocalBackend>>,
+    UrlPath((tag, file)): UrlPath<(String, String)>,
+) -> Response {
+    let Some(path) = artifact_file(&backend.settings, &tag, &file) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let content_type = if file.ends_with(".minisig") || file.ends_with(".sha256") {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    stream_file(&path, content_type).await
+}
+
+async fn build_log(
+    State(backend): State<Arc<LocalBackend>>,
+    UrlPath(build_id): UrlPath<String>,
+) -> Response {
+    match backend.build_dir(&build_id) {
+        Ok(dir) => stream_file(&dir.join("build.log"), "text/plain; charset=utf-8").await,
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Streams a regular file (never through a symlink) in chunks; HEAD gets the same headers and axum
+/// drops the body.
+async fn stream_file(path: &Path, content_type: &'static str) -> Response {
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await;
+    let file = match opened {
+        Ok(file) => file,
+        Err(_) => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let length = match file.metadata().await {
+        Ok(metadata) if metadata.is_file() => metadata.len(),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; 64 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buffer)), file))
+            }
+            Err(error) => Some((Err(error), file)),
+        }
+    });
+    let mut response = Body::from_stream(chunks).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use kernel_id::IdentityInput;
+
+    use super::*;
+
+    fn settings(dir: &Path) -> LocalSettings {
+        LocalSettings {
+            artifact_dir: dir.join("artifacts"),
+            builds_dir: dir.join("builds"),
+            source_dir: dir.join("src"),
+            driver: DriverName::parse("example-driver").expect("driver"),
+            layout: ReleaseLayout::PerArtifact,
+            public_url: "http://127.0.0.1:1".to_owned(),
+            max_concurrent_builds: 1,
+        }
+    }
+
+    fn identity() -> KernelIdentity {
+        KernelIdentity::from_input(&IdentityInput {
+            kernel_version: "6.12.48+deb13-amd64".to_owned(),
+            architecture: "x86_64".to_owned(),
+            distribution: "debian".to_owned(),
+            distro_version: Some("13".to_owned()),
+            driver_version: "v0.1.2".to_owned(),
+        })
+        .expect("identity")
+    }
+
+    #[test]
+    fn only_artifact_names_in_their_own_release_are_served() {
+        let dir = Path::new("/srv");
+        let settings = settings(dir);
+        let identity = identity();
+        let tag = settings.layout.release_tag(&settings.driver, &identity);
+        let package = identity.package_file_name(&settings.driver);
+        assert!(artifact_file(&settings, &tag, &package).is_some());
+        assert!(artifact_file(&settings, &tag, &format!("{package}.minisig")).is_some());
+        assert!(artifact_file(&settings, &tag, &format!("{package}.sha256")).is_some());
+        for (bad_tag, bad_file) in [
+            ("..", package.as_str()),
+            (tag.as_str(), "../../etc/passwd"),
+            (tag.as_str(), ".."),
+            (tag.as_str(), "state.json"),
+            (tag.as_str(), &format!("{package}.tmp")),
+            ("other-tag", package.as_str()),
+            (tag.as_str(), &format!("sub/{package}")),
+            (tag.as_str(), &format!("{package}\0")),
+            ("", package.as_str()),
+        ] {
+            assert!(
+                artifact_file(&settings, bad_tag, bad_file).is_none(),
+                "{bad_tag}/{bad_file}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_files_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_state(dir.path()).expect("read"), None);
+        let failed = JobState::Failed {
+            message: "no headers".to_owned(),
+        };
+        write_state(dir.path(), &failed).expect("write");
+        assert_eq!(read_state(dir.path()).expect("read"), Some(failed));
+    }
+
+    #[test]
+    fn a_held_job_lock_is_seen_from_another_open_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!job_lock_held(dir.path()));
+        let lock = File::create(dir.path().join("lock")).expect("create");
+        lock.lock().expect("lock");
+        assert!(job_lock_held(dir.path()));
+        drop(lock);
+        assert!(!job_lock_held(dir.path()));
+    }
+}

@@ -1,0 +1,553 @@
+//! Persistence of builds through sqlx's `Any` driver: a SQLite file by default, PostgreSQL by URL, one
+//! code path of runtime queries with `$n` placeholders (both backends accept them).
+//!
+//! Two invariants live in the schema rather than in code, so they hold across replicas:
+//! - one in-flight build per cache key: `active_key` is UNIQUE, set on insert and cleared when the build
+//!   ends, and reservation is `INSERT ... ON CONFLICT DO NOTHING RETURNING`;
+//! - one tracker per build: a lease (`lease_owner`, `lease_until`) taken and renewed with conditional
+//!   updates; every state change is conditional on still holding it.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+
+use crate::backend::Dispatched;
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL names no supported backend.
+    #[error("database URL must start with sqlite: or postgres:// (got '{0}')")]
+    UnsupportedUrl(String),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row holds a value this version does not understand.
+    #[error("corrupt build row {build_id}: {problem}")]
+    Corrupt {
+        /// The row.
+        build_id: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The life cycle of a build as stored. `Dispatching` is persisted *before* the backend is called, so
+/// after a crash the tracker knows a dispatch may have happened and retries it through the backend's
+/// per-build-id idempotency instead of starting a second run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuildState {
+    /// Reserved; the dispatch call may or may not have reached the backend.
+    Dispatching,
+    /// The backend accepted the build.
+    Queued,
+    /// Running.
+    InProgress,
+    /// Published.
+    Done,
+    /// Finished without an artifact.
+    Error,
+    /// Not finished before the deadline.
+    TimedOut,
+}
+
+impl BuildState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dispatching => "dispatching",
+            Self::Queued => "queued",
+            Self::InProgress => "in_progress",
+            Self::Done => "done",
+            Self::Error => "error",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// The spelling on the API, where a build being dispatched is simply queued.
+    pub fn public(self) -> &'static str {
+        match self {
+            Self::Dispatching => "queued",
+            other => other.as_str(),
+        }
+    }
+
+    /// Whether the build has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Done | Self::Error | Self::TimedOut)
+    }
+}
+
+impl FromStr for BuildState {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(match raw {
+            "dispatching" => Self::Dispatching,
+            "queued" => Self::Queued,
+            "in_progress" => Self::InProgress,
+            "done" => Self::Done,
+            "error" => Self::Error,
+            "timed_out" => Self::TimedOut,
+            other => return Err(format!("unknown state '{other}'")),
+        })
+    }
+}
+
+/// A build as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRecord {
+    /// The build id.
+    pub build_id: String,
+    /// kernel-id's cache key of the identity.
+    pub cache_key: String,
+    /// The driver.
+    pub driver_name: String,
+    /// Identity fields, canonical spelling.
+    pub kernel_version: String,
+    /// Identity field.
+    pub architecture: String,
+    /// Identity field.
+    pub distribution: String,
+    /// Identity field.
+    pub distro_version: String,
+    /// Identity field.
+    pub driver_version: String,
+    /// Current state.
+    pub state: BuildState,
+    /// The backend's run id.
+    pub run_id: Option<String>,
+    /// The backend's run (or log) URL.
+    pub run_url: Option<String>,
+    /// Where the artifact is, once done.
+    pub download_url: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub updated_at: i64,
+    /// When the backend reported it running.
+    pub started_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+    /// When it times out.
+    pub deadline_at: i64,
+    /// How many dispatch calls were made.
+    pub dispatch_attempts: i64,
+}
+
+impl BuildRecord {
+    /// What was persisted about the dispatch, for polling.
+    pub fn dispatched(&self) -> Dispatched {
+        Dispatched {
+            run_id: self.run_id.clone(),
+            run_url: self.run_url.clone(),
+        }
+    }
+}
+
+/// A build to reserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBuild {
+    /// Fresh id.
+    pub build_id: String,
+    /// The in-flight dedup key (driver + cache key).
+    pub active_key: String,
+    /// kernel-id's cache key.
+    pub cache_key: String,
+    /// The driver.
+    pub driver_name: String,
+    /// Identity fields, canonical spelling.
+    pub kernel_version: String,
+    /// Identity field.
+    pub architecture: String,
+    /// Identity field.
+    pub distribution: String,
+    /// Identity field.
+    pub distro_version: String,
+    /// Identity field.
+    pub driver_version: String,
+    /// Now, in ms.
+    pub now: i64,
+    /// When it times out, in ms.
+    pub deadline_at: i64,
+    /// The replica reserving it takes the first lease so nobody else dispatches meanwhile.
+    pub lease_owner: String,
+    /// Lease end, in ms.
+    pub lease_until: i64,
+}
+
+/// The outcome of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// This call created the build: the caller must see it dispatched.
+    Created(String),
+    /// A build for the same key is already in flight.
+    Existing(String),
+}
+
+/// Which SQL backend the URL selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    /// SQLite file (or memory).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The builds database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    kind: DbKind,
+}
+
+const COLUMNS: &str = "build_id, cache_key, driver_name, kernel_version, architecture, distribution, \
+     distro_version, driver_version, state, run_id, run_url, download_url, error, created_at, updated_at, \
+     started_at, finished_at, deadline_at, dispatch_attempts";
+
+impl Store {
+    /// Connects, creating a SQLite file when the URL asks for it (`mode=rwc`), and applies the
+    /// migrations of the selected backend.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let kind = if url.starts_with("sqlite:") {
+            DbKind::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DbKind::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let pool = match kind {
+            // WAL lets readers run beside the single writer; the busy timeout makes concurrent
+            // writers queue instead of failing with SQLITE_BUSY.
+            DbKind::Sqlite => {
+                options
+                    .max_connections(8)
+                    .after_connect(|connection, _| {
+                        Box::pin(async move {
+                            sqlx::query("PRAGMA journal_mode = WAL")
+                                .execute(&mut *connection)
+                                .await?;
+                            sqlx::query("PRAGMA busy_timeout = 30000")
+                                .execute(&mut *connection)
+                                .await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *connection)
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            DbKind::Postgres => options.max_connections(16).connect(url).await?,
+        };
+        let store = Self { pool, kind };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The backend in use.
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let sql = match self.kind {
+            DbKind::Sqlite => include_str!("../migrations/sqlite/0001_builds.sql"),
+            DbKind::Postgres => include_str!("../migrations/postgres/0001_builds.sql"),
+        };
+        let migrator = Migrator::with_migrations(vec![Migration::new(
+            1,
+            Cow::Borrowed("builds"),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        )]);
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The in-flight build for a dedup key.
+    pub async fn active_build(&self, active_key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT build_id FROM builds WHERE active_key = $1")
+            .bind(active_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| row.try_get::<String, _>("build_id"))
+            .transpose()?)
+    }
+
+    /// Inserts `build` unless a build with the same active key is in flight, which is returned instead.
+    pub async fn reserve(&self, build: &NewBuild) -> Result<Reservation, StoreError> {
+        // The select after a conflict can find nothing when the other build ended in between; then the
+        // insert is simply tried again.
+        for _ in 0..5 {
+            let inserted = sqlx::query(
+                "INSERT INTO builds (build_id, cache_key, active_key, driver_name, kernel_version, architecture, \
+                 distribution, distro_version, driver_version, state, created_at, updated_at, deadline_at, \
+                 lease_owner, lease_until) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'dispatching', $10, $10, $11, $12, $13) \
+                 ON CONFLICT DO NOTHING RETURNING build_id",
+            )
+            .bind(&build.build_id)
+            .bind(&build.cache_key)
+            .bind(&build.active_key)
+            .bind(&build.driver_name)
+            .bind(&build.kernel_version)
+            .bind(&build.architecture)
+            .bind(&build.distribution)
+            .bind(&build.distro_version)
+            .bind(&build.driver_version)
+            .bind(build.now)
+            .bind(build.deadline_at)
+            .bind(&build.lease_owner)
+            .bind(build.lease_until)
+            .fetch_optional(&self.pool)
+            .await?;
+            if inserted.is_some() {
+                return Ok(Reservation::Created(build.build_id.clone()));
+            }
+            if let Some(existing) = self.active_build(&build.active_key).await? {
+                return Ok(Reservation::Existing(existing));
+            }
+        }
+        Err(StoreError::Corrupt {
+            build_id: build.build_id.clone(),
+            problem: "reservation kept conflicting without an in-flight build".to_owned(),
+        })
+    }
+
+    /// One build.
+    pub async fn get(&self, build_id: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM builds WHERE build_id = $1"
+        )))
+        .bind(build_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| decode(&row)).transpose()
+    }
+
+    /// Takes (or keeps) the lease on an in-flight build when it is free, expired or already ours.
+    pub async fn claim(
+        &self,
+        build_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE builds SET lease_owner = $1, lease_until = $2 \
+             WHERE build_id = $3 AND active_key IS NOT NULL AND (lease_owner = $1 OR lease_owner IS NULL OR lease_until < $4)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(build_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Extends our lease; false when it was lost (taken over, or the build ended).
+    pub async fn renew(&self, build_id: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE builds SET lease_until = $1 WHERE build_id = $2 AND active_key IS NOT NULL AND lease_owner = $3",
+        )
+        .bind(until)
+        .bind(build_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Gives the lease up so another replica (or the next start of this one) resumes at once.
+    pub async fn release(&self, build_id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE builds SET lease_owner = NULL, lease_until = 0 WHERE build_id = $1 AND lease_owner = $2",
+        )
+        .bind(build_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts a dispatch call before it is made.
+    pub async fn count_dispatch_attempt(
+        &self,
+        build_id: &str,
+        owner: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE builds SET dispatch_attempts = dispatch_attempts + 1, updated_at = $1 \
+             WHERE build_id = $2 AND state = 'dispatching' AND lease_owner = $3",
+        )
+        .bind(now)
+        .bind(build_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Records the accepted dispatch: the build is queued with its run.
+    pub async fn set_dispatched(
+        &self,
+        build_id: &str,
+        owner: &str,
+        dispatched: &Dispatched,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE builds SET state = 'queued', run_id = $1, run_url = $2, updated_at = $3 \
+             WHERE build_id = $4 AND state = 'dispatching' AND lease_owner = $5",
+        )
+        .bind(dispatched.run_id.clone())
+        .bind(dispatched.run_url.clone())
+        .bind(now)
+        .bind(build_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Moves a dispatched build between queued and in progress.
+    pub async fn set_running_state(
+        &self,
+        build_id: &str,
+        owner: &str,
+        state: BuildState,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        debug_assert!(matches!(state, BuildState::Queued | BuildState::InProgress));
+        let result = sqlx::query(
+            "UPDATE builds SET state = $1, updated_at = $2, \
+             started_at = CASE WHEN $1 = 'in_progress' AND started_at IS NULL THEN $2 ELSE started_at END \
+             WHERE build_id = $3 AND active_key IS NOT NULL AND state <> 'dispatching' AND lease_owner = $4",
+        )
+        .bind(state.as_str())
+        .bind(now)
+        .bind(build_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Ends a build, freeing its cache key for the next one.
+    pub async fn finish(
+        &self,
+        build_id: &str,
+        owner: &str,
+        state: BuildState,
+        download_url: Option<&str>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        debug_assert!(state.is_terminal());
+        let result = sqlx::query(
+            "UPDATE builds SET state = $1, download_url = $2, error = $3, finished_at = $4, updated_at = $4, \
+             active_key = NULL, lease_owner = NULL, lease_until = 0 \
+             WHERE build_id = $5 AND active_key IS NOT NULL AND lease_owner = $6",
+        )
+        .bind(state.as_str())
+        .bind(download_url.map(str::to_owned))
+        .bind(error.map(str::to_owned))
+        .bind(now)
+        .bind(build_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// In-flight builds nobody holds a live lease on (on start: everything left by a previous run).
+    pub async fn unleased_in_flight(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT build_id FROM builds WHERE active_key IS NOT NULL AND (lease_owner IS NULL OR lease_until < $1) \
+             ORDER BY created_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<String, _>("build_id")
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
+    /// Number of builds per stored state (for tests and diagnostics).
+    pub async fn count_builds(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM builds")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<BuildRecord, StoreError> {
+    let build_id: String = row.try_get("build_id")?;
+    let raw_state: String = row.try_get("state")?;
+    let state = raw_state.parse().map_err(|problem| StoreError::Corrupt {
+        build_id: build_id.clone(),
+        problem,
+    })?;
+    Ok(BuildRecord {
+        cache_key: row.try_get("cache_key")?,
+        driver_name: row.try_get("driver_name")?,
+        kernel_version: row.try_get("kernel_version")?,
+        architecture: row.try_get("architecture")?,
+        distribution: row.try_get("distribution")?,
+        distro_version: row.try_get("distro_version")?,
+        driver_version: row.try_get("driver_version")?,
+        state,
+        run_id: row.try_get("run_id")?,
+        run_url: row.try_get("run_url")?,
+        download_url: row.try_get("download_url")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        dispatch_attempts: row.try_get("dispatch_attempts")?,
+        build_id,
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}

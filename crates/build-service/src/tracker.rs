@@ -1,0 +1,601 @@
+//! One tracker task per in-flight build: dispatches it (once: the stored `dispatching` state plus the
+//! backend's per-build-id idempotency), polls the backend, applies the deadline, retries transient
+//! errors with jittered exponential backoff and honours rate limits. A lease in the database makes
+//! one replica the tracker of a build; a sweeper takes over builds whose lease lapsed (a replica died)
+//! and, at start, everything a previous run left in flight.
+//!
+//! Every state change is announced through [`Notifier`], which is what lets `GET /status?wait=`
+//! answer the moment a build moves instead of at the next poll.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kernel_id::{DriverName, IdentityInput, KernelIdentity};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::api::Coalesced;
+use crate::backend::{Backend, BackendError, BuildSpec, RunState};
+use crate::store::{BuildRecord, BuildState, Store, StoreError, now_ms};
+use crate::telemetry;
+
+/// Timing of trackers.
+#[derive(Debug, Clone)]
+pub struct TrackerSettings {
+    /// Pause between polls of a running build.
+    pub poll_interval: Duration,
+    /// A build's lease; it is renewed at least every third of it.
+    pub lease: Duration,
+    /// First retry delay after a transient error (doubles up to `retry_max`, with jitter).
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+/// Per-build change announcements for long-polling, within this process.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    channels: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Notifier {
+    /// A receiver that changes whenever `build_id` changes state in this process.
+    pub fn subscribe(&self, build_id: &str) -> watch::Receiver<u64> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        channels
+            .entry(build_id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Announces a change.
+    pub fn notify(&self, build_id: &str) {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sender) = channels.get(build_id) {
+            sender.send_modify(|version| *version += 1);
+            if sender.receiver_count() == 0 {
+                channels.remove(build_id);
+            }
+        }
+    }
+
+    /// Drops channels nobody listens to.
+    fn prune(&self) {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        channels.retain(|_, sender| sender.receiver_count() > 0);
+    }
+}
+
+struct Inner {
+    store: Store,
+    backend: Arc<dyn Backend>,
+    owner: String,
+    settings: TrackerSettings,
+    notifier: Arc<Notifier>,
+    coalesced: Arc<Coalesced>,
+    tracked: Mutex<HashSet<String>>,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+    stop: watch::Sender<bool>,
+}
+
+/// The trackers of this replica.
+#[derive(Clone)]
+pub struct Trackers {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Trackers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trackers")
+            .field("owner", &self.inner.owner)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trackers {
+    /// Trackers for this replica (`owner` names it in leases).
+    pub fn new(
+        store: Store,
+        backend: Arc<dyn Backend>,
+        owner: String,
+        settings: TrackerSettings,
+        notifier: Arc<Notifier>,
+        coalesced: Arc<Coalesced>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                backend,
+                owner,
+                settings,
+                notifier,
+                coalesced,
+                tracked: Mutex::new(HashSet::new()),
+                tasks: tokio::sync::Mutex::new(JoinSet::new()),
+                stop: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// This replica's lease owner name.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The lease length.
+    pub fn lease(&self) -> Duration {
+        self.inner.settings.lease
+    }
+
+    /// Starts tracking `build_id` (whose lease this replica holds) unless it is tracked already.
+    pub async fn track(&self, build_id: String) {
+        {
+            let mut tracked = self
+                .inner
+                .tracked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *self.inner.stop.borrow() || !tracked.insert(build_id.clone()) {
+                return;
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        let span = tracing::info_span!("build", build_id = %build_id);
+        let mut tasks = self.inner.tasks.lock().await;
+        // Reap trackers that ended so the set only holds live ones.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(
+            async move {
+                metrics::gauge!(telemetry::BUILDS_TRACKED).increment(1.0);
+                tracing::info!("tracking build");
+                track_build(&inner, &build_id).await;
+                metrics::gauge!(telemetry::BUILDS_TRACKED).decrement(1.0);
+                inner
+                    .tracked
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(&build_id);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Takes over every in-flight build without a live lease, now and every half lease, until stopped.
+    pub async fn run_sweeper(self) {
+        let mut stop = self.inner.stop.subscribe();
+        let period = (self.inner.settings.lease / 2).max(Duration::from_millis(100));
+        loop {
+            if let Err(error) = self.sweep().await {
+                tracing::warn!(%error, "could not look for builds to resume");
+            }
+            self.inner.notifier.prune();
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+        }
+    }
+
+    /// One sweep: claim and track every unleased in-flight build.
+    pub async fn sweep(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        for build_id in self.inner.store.unleased_in_flight(now).await? {
+            let already = self
+                .inner
+                .tracked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(&build_id);
+            if already {
+                continue;
+            }
+            let until = now + millis(self.inner.settings.lease);
+            if self
+                .inner
+                .store
+                .claim(&build_id, &self.inner.owner, now, until)
+                .await?
+            {
+                tracing::info!(build_id = %build_id, "resuming build");
+                self.track(build_id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every tracker and gives their leases up so the next start (or another replica) resumes
+    /// them at once.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let mut tasks = self.inner.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the loop should do after a backend error.
+fn delay_after(
+    error: &BackendError,
+    failures: u32,
+    settings: &TrackerSettings,
+) -> Option<Duration> {
+    match error {
+        BackendError::Transient(_) => {
+            let exponential = settings
+                .retry_base
+                .saturating_mul(1u32 << failures.min(16))
+                .min(settings.retry_max);
+            // Full jitter in [50%, 100%] so replicas and builds do not retry in lockstep.
+            let factor = 0.5 + rand::random::<f64>() * 0.5;
+            Some(exponential.mul_f64(factor))
+        }
+        BackendError::RateLimited { retry_after } => Some(*retry_after),
+        BackendError::Permanent(_) => None,
+    }
+}
+
+fn error_kind(error: &BackendError) -> &'static str {
+    match error {
+        BackendError::Transient(_) => "transient",
+        BackendError::RateLimited { .. } => "rate_limited",
+        BackendError::Permanent(_) => "permanent",
+    }
+}
+
+fn spec_of(record: &BuildRecord) -> Result<BuildSpec, String> {
+    let driver = DriverName::parse(&record.driver_name).map_err(|error| error.to_string())?;
+    let identity = KernelIdentity::from_input(&IdentityInput {
+        kernel_version: record.kernel_version.clone(),
+        architecture: record.architecture.clone(),
+        distribution: record.distribution.clone(),
+        distro_version: Some(record.distro_version.clone()),
+        driver_version: record.driver_version.clone(),
+    })
+    .map_err(|error| error.to_string())?;
+    Ok(BuildSpec {
+        build_id: record.build_id.clone(),
+        driver,
+        identity,
+    })
+}
+
+/// The tracker loop of one build. Returns when the build ended, the lease was lost or the replica stops.
+async fn track_build(inner: &Inner, build_id: &str) {
+    let settings = &inner.settings;
+    let renew_every = settings.lease / 3;
+    let mut stop = inner.stop.subscribe();
+    let mut failures: u32 = 0;
+    let mut not_before = Instant::now();
+    let mut missing_artifact_polls = 0u32;
+    loop {
+        if *stop.borrow() {
+            if let Err(error) = inner.store.release(build_id, &inner.owner).await {
+                tracing::warn!(%error, "could not release the lease");
+            }
+            return;
+        }
+        let record = match inner.store.get(build_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                tracing::error!("build vanished from the database");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "database unavailable; retrying");
+                failures = failures.saturating_add(1);
+                let pause =
+                    delay_after(&BackendError::Transient(String::new()), failures, settings)
+                        .unwrap_or(settings.retry_max);
+                pause_or_stop(pause.min(renew_every), &mut stop).await;
+                continue;
+            }
+        };
+        if record.state.is_terminal() {
+            return;
+        }
+        let now = now_ms();
+        match inner
+            .store
+            .renew(build_id, &inner.owner, now + millis(settings.lease))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("lease lost: another replica tracks this build now");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "could not renew the lease"),
+        }
+        let until_deadline =
+            Duration::from_millis(u64::try_from(record.deadline_at - now).unwrap_or(0));
+        if until_deadline.is_zero() {
+            let message = format!(
+                "no result before the deadline ({} s after the request)",
+                (record.deadline_at - record.created_at) / 1000
+            );
+            finish(inner, &record, BuildState::TimedOut, None, Some(&message)).await;
+            return;
+        }
+        let waiting = not_before.saturating_duration_since(Instant::now());
+        if !waiting.is_zero() {
+            pause_or_stop(waiting.min(renew_every).min(until_deadline), &mut stop).await;
+            continue;
+        }
+        let spec = match spec_of(&record) {
+            Ok(spec) => spec,
+            Err(problem) => {
+                finish(
+                    inner,
+                    &record,
+                    BuildState::Error,
+                    None,
+                    Some(&format!("stored identity is invalid: {problem}")),
+                )
+                .await;
+                return;
+            }
+        };
+        let outcome = match record.state {
+            BuildState::Dispatching => {
+                match inner
+                    .store
+                    .count_dispatch_attempt(build_id, &inner.owner, now)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not record the dispatch attempt");
+                        pause_or_stop(settings.retry_base.min(renew_every), &mut stop).await;
+                        continue;
+                    }
+                }
+                tracing::info!(attempt = record.dispatch_attempts + 1, "dispatching");
+                match inner.backend.dispatch(&spec).await {
+                    Ok(dispatched) => {
+                        metrics::counter!(telemetry::DISPATCHES, "result" => "ok").increment(1);
+                        tracing::info!(run_id = ?dispatched.run_id, run_url = ?dispatched.run_url, "dispatched");
+                        match inner
+                            .store
+                            .set_dispatched(build_id, &inner.owner, &dispatched, now_ms())
+                            .await
+                        {
+                            Ok(_) => inner.notifier.notify(build_id),
+                            Err(error) => {
+                                tracing::warn!(%error, "could not record the dispatch; will re-dispatch idempotently")
+                            }
+                        }
+                        // A fast backend may already be done; the first poll comes after one interval.
+                        not_before = Instant::now() + settings.poll_interval;
+                        Ok(())
+                    }
+                    Err(error) => {
+                        metrics::counter!(telemetry::DISPATCHES, "result" => error_kind(&error))
+                            .increment(1);
+                        Err(error)
+                    }
+                }
+            }
+            BuildState::Queued | BuildState::InProgress => {
+                match inner.backend.poll(&spec, &record.dispatched()).await {
+                    Ok(RunState::Queued) => {
+                        running(inner, &record, BuildState::Queued, &mut not_before).await
+                    }
+                    Ok(RunState::InProgress) => {
+                        running(inner, &record, BuildState::InProgress, &mut not_before).await
+                    }
+                    Ok(RunState::Failed { message }) => {
+                        finish(inner, &record, BuildState::Error, None, Some(&message)).await;
+                        return;
+                    }
+                    Ok(RunState::Succeeded) => match inner
+                        .backend
+                        .find_artifact(&spec.driver, &spec.identity)
+                        .await
+                    {
+                        Ok(Some(artifact)) => {
+                            finish(
+                                inner,
+                                &record,
+                                BuildState::Done,
+                                Some(&artifact.download_url),
+                                None,
+                            )
+                            .await;
+                            return;
+                        }
+                        Ok(None) => {
+                            // Publication can trail the run's conclusion by a moment on GitHub.
+                            missing_artifact_polls += 1;
+                            if missing_artifact_polls >= 5 {
+                                finish(
+                                    inner,
+                                    &record,
+                                    BuildState::Error,
+                                    None,
+                                    Some("the build succeeded but its artifact was not published"),
+                                )
+                                .await;
+                                return;
+                            }
+                            not_before = Instant::now() + settings.poll_interval;
+                            Ok(())
+                        }
+                        Err(error) => Err(error),
+                    },
+                    Err(error) => Err(error),
+                }
+            }
+            BuildState::Done | BuildState::Error | BuildState::TimedOut => return,
+        };
+        match outcome {
+            Ok(()) => failures = 0,
+            Err(error) => {
+                metrics::counter!(telemetry::BACKEND_ERRORS, "kind" => error_kind(&error))
+                    .increment(1);
+                match delay_after(&error, failures, settings) {
+                    Some(pause) => {
+                        tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "backend call failed; retrying");
+                        failures = failures.saturating_add(1);
+                        not_before = Instant::now() + pause;
+                    }
+                    None => {
+                        let message = error.to_string();
+                        finish(inner, &record, BuildState::Error, None, Some(&message)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn running(
+    inner: &Inner,
+    record: &BuildRecord,
+    state: BuildState,
+    not_before: &mut Instant,
+) -> Result<(), BackendError> {
+    if record.state != state {
+        match inner
+            .store
+            .set_running_state(&record.build_id, &inner.owner, state, now_ms())
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(state = state.as_str(), "build state changed");
+                inner.notifier.notify(&record.build_id);
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "could not record the state"),
+        }
+    }
+    *not_before = Instant::now() + inner.settings.poll_interval;
+    Ok(())
+}
+
+async fn finish(
+    inner: &Inner,
+    record: &BuildRecord,
+    state: BuildState,
+    download_url: Option<&str>,
+    error: Option<&str>,
+) {
+    let now = now_ms();
+    match inner
+        .store
+        .finish(
+            &record.build_id,
+            &inner.owner,
+            state,
+            download_url,
+            error,
+            now,
+        )
+        .await
+    {
+        Ok(true) => {
+            let seconds = (now - record.created_at).max(0) as f64 / 1000.0;
+            metrics::counter!(telemetry::BUILDS_FINISHED, "state" => state.as_str()).increment(1);
+            metrics::histogram!(telemetry::BUILD_DURATION, "state" => state.as_str())
+                .record(seconds);
+            match error {
+                Some(error) => {
+                    tracing::warn!(state = state.as_str(), seconds, %error, "build ended")
+                }
+                None => {
+                    tracing::info!(state = state.as_str(), seconds, download_url, "build ended")
+                }
+            }
+        }
+        Ok(false) => tracing::info!("build was ended elsewhere"),
+        Err(error) => tracing::error!(%error, "could not record the end of the build; will retry"),
+    }
+    inner.coalesced.forget(&crate::api::dedup_key(
+        &record.driver_name,
+        &record.cache_key,
+    ));
+    inner.notifier.notify(&record.build_id);
+}
+
+async fn pause_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> TrackerSettings {
+        TrackerSettings {
+            poll_interval: Duration::from_secs(15),
+            lease: Duration::from_secs(60),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn transient_errors_back_off_exponentially_with_jitter_up_to_the_cap() {
+        let settings = settings();
+        let error = BackendError::Transient("502".to_owned());
+        for failures in 0..20 {
+            let delay = delay_after(&error, failures, &settings).expect("retried");
+            let full = Duration::from_secs(1u64 << failures.min(16)).min(settings.retry_max);
+            assert!(
+                delay <= full && delay >= full / 2,
+                "{failures}: {delay:?} vs {full:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limits_wait_exactly_as_told_and_permanent_errors_stop() {
+        let settings = settings();
+        let limited = BackendError::RateLimited {
+            retry_after: Duration::from_secs(42),
+        };
+        assert_eq!(
+            delay_after(&limited, 3, &settings),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            delay_after(
+                &BackendError::Permanent("bad token".to_owned()),
+                0,
+                &settings
+            ),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn notifier_wakes_subscribers_and_forgets_unwatched_builds() {
+        let notifier = Notifier::default();
+        let mut receiver = notifier.subscribe("a");
+        notifier.notify("a");
+        receiver.changed().await.expect("changed");
+        drop(receiver);
+        notifier.notify("a");
+        assert!(notifier.channels.lock().expect("lock").is_empty());
+    }
+}

@@ -1,0 +1,205 @@
+//! End to end with the production local backend: `POST /build` for a real Debian kernel
+//! (6.1.0-47-amd64, bookworm) -> the real clean-root executor (`build_root::LocalExecutor` running
+//! the static `driver-builder` in a fresh mmdebstrap root of bookworm) builds the committed sample
+//! driver -> the service signs and publishes it -> the package is downloaded from the releases path and
+//! checked with dpkg-deb, its digest and its minisign signature -> a second request is answered
+//! `done` from the store without another build.
+//!
+//! Needs root, mmdebstrap, network access to deb.debian.org and the x86_64 musl target; base images
+//! and packages are cached under `testkit::cache_dir()/build-root` (shared with build-root's tests).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use build_service::local::Signer;
+use build_service::{BackendConfig, LocalConfig, RunningService, ServiceConfig};
+use kernel_id::{Arch, DriverName, IdentityInput, KernelIdentity};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_the_store() {
+    let builder = testkit::musl_binary(
+        "driver-builder",
+        "driver-builder",
+        "x86_64-unknown-linux-musl",
+    )
+    .expect("static driver-builder");
+    let cache_dir = testkit::cache_dir().join("build-root");
+    let mut executor_config = build_root::executor::ExecutorConfig::new(cache_dir.clone());
+    executor_config.work_dir = cache_dir.join("work-build-service");
+    executor_config.builder_binaries = BTreeMap::from([(Arch::X86_64, builder)]);
+    executor_config.build_timeout = Duration::from_secs(20 * 60);
+    let executor = Arc::new(build_root::executor::LocalExecutor::new(executor_config));
+
+    let keys = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let driver = DriverName::parse("example-driver").unwrap();
+    let mut config = ServiceConfig::new(
+        format!(
+            "sqlite://{}?mode=rwc",
+            state.path().join("builds.db").display()
+        ),
+        driver.clone(),
+        BackendConfig::Local(Box::new(LocalConfig {
+            artifact_dir: state.path().join("artifacts"),
+            builds_dir: state.path().join("builds"),
+            source_dir: testkit::workspace_root().join("driver/example-driver"),
+            max_concurrent_builds: 1,
+            signer: Some(Signer::from_secret_key(keys.sk)),
+            executor,
+        })),
+    );
+    config.build_timeout = Duration::from_secs(30 * 60);
+    config.poll_interval = Some(Duration::from_millis(500));
+    let service = RunningService::start(config).await.unwrap();
+    let base = service.url();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let request = json!({
+        "kernel_version": "6.1.0-47-amd64",
+        "architecture": "x86_64",
+        "distribution": "debian",
+        "distro_version": "12",
+        "driver_version": "v0.1.2",
+    });
+
+    let response = client
+        .post(format!("{base}/build"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let build_id = answer["build_id"].as_str().unwrap().to_owned();
+
+    let mut status = Value::Null;
+    for _ in 0..60 {
+        status = client
+            .get(format!("{base}/status/{build_id}?wait=30"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if matches!(
+            status["status"].as_str(),
+            Some("done" | "error" | "timed_out")
+        ) {
+            break;
+        }
+    }
+    let log = std::fs::read_to_string(
+        state
+            .path()
+            .join("builds")
+            .join(&build_id)
+            .join("build.log"),
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        status["status"], "done",
+        "{status}\n--- build log ---\n{log}"
+    );
+
+    let identity = KernelIdentity::from_input(
+        &serde_json::from_value::<IdentityInput>(request.clone()).unwrap(),
+    )
+    .unwrap();
+    let package_name = identity.package_file_name(&driver);
+    let download_url = status["download_url"].as_str().unwrap().to_owned();
+    assert!(
+        download_url.starts_with(&format!("{base}/releases/download/")),
+        "{download_url}"
+    );
+    assert!(download_url.ends_with(&kernel_id::percent_encode_segment(&package_name)));
+    let package = client.get(&download_url).send().await.unwrap();
+    assert_eq!(package.status().as_u16(), 200);
+    let package = package.bytes().await.unwrap();
+    let downloaded = state.path().join(&package_name);
+    std::fs::write(&downloaded, &package).unwrap();
+
+    // A real Debian package with the module for this kernel.
+    let info = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&downloaded)
+        .arg("Package")
+        .arg("Architecture")
+        .output()
+        .unwrap();
+    assert!(info.status.success());
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains(&identity.package_name(&driver)), "{info}");
+    assert!(info.contains("amd64"), "{info}");
+    let contents = Command::new("dpkg-deb")
+        .arg("--contents")
+        .arg(&downloaded)
+        .output()
+        .unwrap();
+    let contents = String::from_utf8_lossy(&contents.stdout);
+    assert!(
+        contents.contains(&format!(".{}/", identity.module_install_dir(&driver)))
+            && contents.contains(".ko"),
+        "{contents}"
+    );
+
+    // Digest and signature published beside it.
+    let digest = client
+        .get(format!("{download_url}.sha256"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        digest.split_whitespace().next().unwrap(),
+        hex::encode(sha2::Sha256::digest(&package))
+    );
+    let signature = client
+        .get(format!("{download_url}.minisig"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let signature = minisign::SignatureBox::from_string(&signature).unwrap();
+    minisign::verify(
+        &keys.pk,
+        &signature,
+        std::io::Cursor::new(&package[..]),
+        true,
+        false,
+        false,
+    )
+    .expect("the signature verifies with the service's key");
+
+    // The second request is answered from the store.
+    let again = client
+        .post(format!("{base}/build"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["status"], "done");
+    assert_eq!(again["download_url"].as_str(), Some(download_url.as_str()));
+    assert_eq!(
+        std::fs::read_dir(state.path().join("builds"))
+            .unwrap()
+            .count(),
+        1,
+        "exactly one build"
+    );
+    service.stop().await.unwrap();
+}
