@@ -303,7 +303,7 @@ fn three_vms_boot_concurrently() {
             QemuNode::boot(
                 QemuConfig::new(
                     x86_64(),
-                    kernel.vmlinuz(),
+                    kernel.qemu_kernel(),
                     &dir.join(format!("node{index}.log")),
                 )
                 .initrd(&initrd)
