@@ -10,6 +10,8 @@ mod bench_build;
 mod bench_loader;
 mod bench_matrix;
 mod bench_service;
+#[path = "fleet.rs"]
+mod fleet_command;
 mod serve;
 
 /// Crates that would bring IO into kernel-id. Its dependency tree must never contain them.
@@ -22,6 +24,7 @@ fn main() -> Result<()> {
         Some("ci") => ci(&root),
         Some("check-kernel-id-deps") => check_kernel_id_deps(&root),
         Some("serve") => serve::run(&root, &args[1..]),
+        Some("fleet") => fleet_command::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("build") => bench_build::run(),
             Some("loader") => bench_loader::run(),
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
                  commands:\n  \
                  ci                     fmt check, clippy -D warnings, kernel-id dependency check, all tests\n  \
                  serve [ARGS]           build-service on the embedded default (local backend, no GitHub)\n  \
+                 fleet [--all|--kernel R..] boot real Debian kernels in qemu against a local build-service\n  \
                  check-kernel-id-deps   fail if kernel-id depends on an IO crate\n  \
                  bench build            per-phase build times for one real kernel\n  \
                  bench loader           extraction vs dpkg-deb, loader RSS, time to module loaded in a VM\n  \

@@ -30,14 +30,9 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     let secret = state.join("minisign.key");
     let public = state.join("minisign.pub");
     if !secret.exists() {
-        status(
-            Command::new("minisign")
-                .args(["-G", "-W", "-p"])
-                .arg(&public)
-                .arg("-s")
-                .arg(&secret),
-            "generating the signing key (apt-get install minisign)",
-        )?;
+        // The minisign crate, not `minisign -G -W`: that CLI writes unencrypted keys with a zero
+        // checksum the service's key reader refuses.
+        fleet::service::SigningKey::generate(&state).context("generating the signing key")?;
     }
     eprintln!(
         "artifacts are signed with {}; give loaders the public key {}",

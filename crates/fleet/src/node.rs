@@ -1,0 +1,337 @@
+//! Fleet nodes: a real Debian kernel booted under qemu (TCG) into an initramfs whose `/init` runs
+//! the static `driver-loader` in container mode against the service, then reports what happened
+//! on the serial console with markers the harness reads:
+//!
+//! - `FLEET-LOADER-EXIT rc=<code>`: the loader's exit code (see the loader's README table);
+//! - `FLEET-MODULE present|absent`: whether `/sys/module/<module>` exists afterwards;
+//! - `FLEET-DMESG: <line>`: the driver's own kernel-log lines, copied from `dmesg`;
+//! - `FLEET-RESULT loaded|refused|failed`: the verdict in one word.
+//!
+//! The judge is the kernel: a node counts as loaded only when the driver's own line
+//! (`example_driver: loaded version=... built_for=<release> running=<release>`) is on the console.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kernel_id::{Arch, DistroVersion, DriverName, DriverVersion, KernelIdentity, KernelRelease};
+use testkit::initramfs::{END_MARKER, shell_quote};
+use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardInit};
+
+use crate::service::Service;
+
+pub const LOADER_EXIT_MARKER: &str = "FLEET-LOADER-EXIT";
+pub const MODULE_MARKER: &str = "FLEET-MODULE";
+pub const DMESG_MARKER: &str = "FLEET-DMESG:";
+pub const RESULT_MARKER: &str = "FLEET-RESULT";
+
+/// Modules a node needs for qemu's virtio-net NIC (their dependencies come along).
+pub const NETWORK_MODULES: [&str; 2] = ["virtio_pci", "virtio_net"];
+
+/// One node to boot: which kernel and which Debian version its os-release claims.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// A short name for files (`cold`, `herd-2`).
+    pub name: String,
+    pub release: KernelRelease,
+    pub arch: Arch,
+    pub distro_version: DistroVersion,
+}
+
+impl NodeSpec {
+    /// A Debian amd64 node; `debian_version` is "11", "12" or "13".
+    pub fn debian(name: &str, release: &str, debian_version: &str) -> Result<NodeSpec> {
+        let debian = kernel_id::Distribution::parse("debian")?;
+        Ok(NodeSpec {
+            name: name.to_owned(),
+            release: KernelRelease::parse(release).context("kernel release")?,
+            arch: Arch::X86_64,
+            distro_version: DistroVersion::supported(debian, debian_version)
+                .context("debian version")?,
+        })
+    }
+
+    /// The identity the loader on this node will ask for.
+    pub fn identity(&self, driver_version: &DriverVersion) -> Result<KernelIdentity> {
+        Ok(KernelIdentity::new(
+            self.release.clone(),
+            self.arch,
+            self.distro_version.clone(),
+            driver_version.clone(),
+        )?)
+    }
+
+    fn os_release(&self) -> String {
+        let version = self.distro_version.as_str();
+        let codename = self.distro_version.codename().unwrap_or("unknown");
+        format!(
+            "PRETTY_NAME=\"Debian GNU/Linux {version} ({codename})\"\nNAME=\"Debian GNU/Linux\"\n\
+             VERSION_ID=\"{version}\"\nVERSION=\"{version} ({codename})\"\n\
+             VERSION_CODENAME={codename}\nID=debian\n"
+        )
+    }
+}
+
+/// What the loader is told; the same for every node of a run.
+#[derive(Debug, Clone)]
+pub struct LoaderSettings {
+    pub driver: DriverName,
+    pub driver_version: DriverVersion,
+    /// Overall loader deadline (covers waiting for an on-demand build).
+    pub deadline: Duration,
+}
+
+impl LoaderSettings {
+    pub fn new(driver: DriverName, driver_version: DriverVersion) -> LoaderSettings {
+        LoaderSettings {
+            driver,
+            driver_version,
+            deadline: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A node whose kernel and initramfs are ready to boot.
+#[derive(Debug, Clone)]
+pub struct PreparedNode {
+    pub spec: NodeSpec,
+    pub kernel: KernelImage,
+    pub initrd: PathBuf,
+    pub console: PathBuf,
+    pub announce: String,
+}
+
+/// Fetches the kernel and writes the node's initramfs into `dir`.
+pub fn prepare(
+    spec: &NodeSpec,
+    service: &Service,
+    settings: &LoaderSettings,
+    dir: &Path,
+) -> Result<PreparedNode> {
+    let kernel = KernelImage::fetch(spec.release.as_str(), spec.arch)
+        .with_context(|| format!("fetching kernel {}", spec.release))?;
+    let loader = testkit::musl_binary("driver-loader", "driver-loader", musl_target(spec.arch))
+        .context("building the static driver-loader")?;
+    let mut image = Initramfs::new(spec.arch)?;
+    let modules = image.kernel_modules(&kernel, &NETWORK_MODULES)?;
+    image
+        .file_from_host("/bin/driver-loader", &loader, 0o755)?
+        .file("/etc/os-release", spec.os_release().as_bytes(), 0o644)?
+        .file_from_host(
+            "/etc/driver-loader/minisign.pub",
+            &service.key().public_key,
+            0o644,
+        )?;
+    let module = settings.driver.module_name();
+    let loader_command = format!(
+        "/bin/driver-loader --driver-name {driver} --driver-version {version} \
+         --artifact-base-url {base} --build-service-url {service_url} \
+         --public-key-file /etc/driver-loader/minisign.pub --cache-dir /var/cache/driver-loader \
+         --mode container --deadline-seconds {deadline} --ready-file /run/driver-loader/ready run",
+        driver = shell_quote(settings.driver.as_str()),
+        version = shell_quote(settings.driver_version.as_str()),
+        base = shell_quote(&service.node_artifact_base()),
+        service_url = shell_quote(&service.node_url()),
+        deadline = settings.deadline.as_secs().max(1),
+    );
+    let init = StandardInit::new()
+        .modules(modules)
+        .network(Network::Static)
+        .command(format!(
+            "{loader_command}; rc=$?; echo \"{LOADER_EXIT_MARKER} rc=$rc\""
+        ))
+        .command(format!(
+            "if [ -d /sys/module/{module} ]; then echo \"{MODULE_MARKER} present\"; \
+             else echo \"{MODULE_MARKER} absent\"; fi"
+        ))
+        .command(format!(
+            "dmesg | grep '{module}:' | sed 's/^/{DMESG_MARKER} /'"
+        ))
+        .command(format!(
+            "if [ \"$rc\" = 0 ] && [ -d /sys/module/{module} ]; then echo \"{RESULT_MARKER} loaded\"; \
+             elif [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ]; then echo \"{RESULT_MARKER} refused\"; \
+             else echo \"{RESULT_MARKER} failed\"; fi"
+        ))
+        .render();
+    image.init(&init)?;
+    std::fs::create_dir_all(dir)?;
+    let initrd = dir.join(format!("{}.initrd.gz", spec.name));
+    image.write(&initrd)?;
+    let announce = format!(
+        "{module}: loaded version={} built_for={release} running={release}",
+        settings.driver_version,
+        release = spec.release
+    );
+    Ok(PreparedNode {
+        spec: spec.clone(),
+        kernel,
+        initrd,
+        console: dir.join(format!("{}.console.log", spec.name)),
+        announce,
+    })
+}
+
+fn musl_target(arch: Arch) -> &'static str {
+    if arch.debian_name() == "arm64" {
+        "aarch64-unknown-linux-musl"
+    } else {
+        "x86_64-unknown-linux-musl"
+    }
+}
+
+/// A booted node and when it was started.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub prepared: PreparedNode,
+    pub vm: QemuNode,
+    pub started: Instant,
+}
+
+/// Boots `prepared`; the VM is killed at `hard_timeout` whatever happens.
+pub fn boot(prepared: &PreparedNode, hard_timeout: Duration) -> Result<RunningNode> {
+    let vm = QemuNode::boot(
+        QemuConfig::new(
+            prepared.spec.arch,
+            prepared.kernel.qemu_kernel(),
+            &prepared.console,
+        )
+        .initrd(&prepared.initrd)
+        .memory_mib(512)
+        .hard_timeout(hard_timeout),
+    )?;
+    Ok(RunningNode {
+        prepared: prepared.clone(),
+        vm,
+        started: Instant::now(),
+    })
+}
+
+/// What a node's console says.
+#[derive(Debug, Clone)]
+pub struct NodeOutcome {
+    pub name: String,
+    pub release: KernelRelease,
+    pub console_path: PathBuf,
+    pub console: String,
+    /// The loader's exit code, when it got that far.
+    pub loader_exit: Option<i32>,
+    /// `loaded`, `refused` or `failed`, as the node's init judged it.
+    pub result: Option<String>,
+    /// Whether `/sys/module/<module>` existed after the loader.
+    pub module_present: bool,
+    /// The driver's own line with this node's release on both sides, as printed by the kernel.
+    pub driver_line: Option<String>,
+    /// From qemu start to the driver's line on the console.
+    pub time_to_driver_live: Option<Duration>,
+    /// From qemu start to the node powering off (or being killed).
+    pub total: Duration,
+    /// Why the node did not finish normally (hard timeout, qemu error), if it did not.
+    pub vm_error: Option<String>,
+}
+
+impl NodeOutcome {
+    /// Loaded, and the kernel printed the driver's line for this release.
+    pub fn loaded(&self) -> bool {
+        self.loader_exit == Some(0)
+            && self.module_present
+            && self.driver_line.is_some()
+            && self.result.as_deref() == Some("loaded")
+    }
+
+    /// A one-paragraph account for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "node {} ({}): loader_exit={:?} result={:?} module_present={} driver_line={:?} \
+             time_to_driver_live={:?} vm_error={:?} console={}",
+            self.name,
+            self.release,
+            self.loader_exit,
+            self.result,
+            self.module_present,
+            self.driver_line,
+            self.time_to_driver_live,
+            self.vm_error,
+            self.console_path.display()
+        )
+    }
+}
+
+/// Follows the console until the node powers off (or is killed at its hard timeout), noting when
+/// the driver's line appeared.
+pub fn observe(node: RunningNode) -> NodeOutcome {
+    let RunningNode {
+        prepared,
+        vm,
+        started,
+    } = node;
+    let mut time_to_driver_live = None;
+    let mut vm_error = None;
+    // Wait for the driver's line first (to time it), then for the node to power off.
+    match vm.wait_for_line(&prepared.announce, vm.config().hard_timeout) {
+        Ok(_) => time_to_driver_live = Some(started.elapsed()),
+        Err(testkit::VmError::Exited { .. }) => {}
+        Err(error) => vm_error = Some(error.to_string()),
+    }
+    let console = match vm.run_to_completion() {
+        Ok(text) => text,
+        Err(error) => {
+            vm_error.get_or_insert_with(|| error.to_string());
+            std::fs::read(&prepared.console)
+                .map(|bytes| String::from_utf8_lossy(&bytes).replace('\r', ""))
+                .unwrap_or_default()
+        }
+    };
+    let total = started.elapsed();
+    let marker_value = |marker: &str| {
+        console.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix(marker)
+                .map(|v| v.trim().to_owned())
+        })
+    };
+    let loader_exit = marker_value(LOADER_EXIT_MARKER)
+        .and_then(|value| value.strip_prefix("rc=").and_then(|rc| rc.parse().ok()));
+    let driver_line = console
+        .lines()
+        .find(|line| line.contains(&prepared.announce) && !line.contains(DMESG_MARKER))
+        .map(|line| line.trim().to_owned());
+    if driver_line.is_none() {
+        time_to_driver_live = None;
+    }
+    if vm_error.is_none() && !console.contains(END_MARKER) {
+        vm_error = Some("the node powered off without its end marker".to_owned());
+    }
+    NodeOutcome {
+        name: prepared.spec.name.clone(),
+        release: prepared.spec.release.clone(),
+        console_path: prepared.console.clone(),
+        loader_exit,
+        result: marker_value(RESULT_MARKER),
+        module_present: marker_value(MODULE_MARKER).as_deref() == Some("present"),
+        driver_line,
+        time_to_driver_live,
+        total,
+        vm_error,
+        console,
+    }
+}
+
+/// Boots every node at the same moment and observes them all (one thread per node).
+pub fn boot_together(nodes: &[PreparedNode], hard_timeout: Duration) -> Result<Vec<NodeOutcome>> {
+    let running: Vec<RunningNode> = nodes
+        .iter()
+        .map(|node| boot(node, hard_timeout))
+        .collect::<Result<_>>()?;
+    let handles: Vec<_> = running
+        .into_iter()
+        .map(|node| std::thread::spawn(move || observe(node)))
+        .collect();
+    handles
+        .into_iter()
+        .map(|handle| {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a node observer panicked"))
+        })
+        .collect()
+}

@@ -1,0 +1,444 @@
+//! The real `build-service` binary on loopback with the local backend, as the fleet's nodes reach
+//! it: a fresh state directory (SQLite, artifact directory, per-build logs) inside the run's log
+//! directory, the shared build-root cache, the static musl `driver-builder`, and a minisign key made
+//! for the run by the `minisign` CLI.
+//!
+//! Nodes talk to it through qemu's user network, where the host's loopback is 10.0.2.2: so the
+//! service announces `http://10.0.2.2:<port>` as its public URL, and the harness itself talks to
+//! `http://127.0.0.1:<port>`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cargo_binary;
+
+/// Address of the host's loopback as seen from a qemu user-network guest.
+pub const GUEST_HOST_ADDRESS: &str = "10.0.2.2";
+
+/// A minisign key pair generated for one run.
+///
+/// Made with the `minisign` crate rather than `minisign -G -W`: the CLI (0.11) writes unencrypted
+/// secret keys with an all-zero checksum, which the crate the service reads keys with (0.10)
+/// rejects as "Corrupted key"; an encrypted CLI key would cost the service a full scrypt
+/// derivation at every start.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub secret_key: PathBuf,
+    pub public_key: PathBuf,
+}
+
+impl SigningKey {
+    /// A fresh unencrypted key pair in `dir` (`minisign.key`, `minisign.pub`).
+    pub fn generate(dir: &Path) -> Result<SigningKey> {
+        fs::create_dir_all(dir)?;
+        let key = SigningKey {
+            secret_key: dir.join("minisign.key"),
+            public_key: dir.join("minisign.pub"),
+        };
+        let pair = minisign::KeyPair::generate_unencrypted_keypair()
+            .map_err(|error| anyhow::anyhow!("generating a minisign key pair: {error}"))?;
+        let secret = pair
+            .sk
+            .to_box(None)
+            .map_err(|error| anyhow::anyhow!("encoding the secret key: {error}"))?;
+        let public = pair
+            .pk
+            .to_box()
+            .map_err(|error| anyhow::anyhow!("encoding the public key: {error}"))?;
+        fs::write(&key.secret_key, secret.to_string())?;
+        fs::write(&key.public_key, public.to_string())?;
+        Ok(key)
+    }
+
+    /// Signs `file` the way the service does (trusted comment `file:<name>`), writing
+    /// `<file>.minisig`. Used by the refusal scenario to make a correctly signed package of the
+    /// wrong kernel.
+    pub fn sign(&self, file: &Path, trusted_file_name: &str) -> Result<()> {
+        let text = fs::read_to_string(&self.secret_key)?;
+        let secret = minisign::SecretKeyBox::from_string(&text)
+            .and_then(|boxed| boxed.into_unencrypted_secret_key())
+            .map_err(|error| anyhow::anyhow!("reading {}: {error}", self.secret_key.display()))?;
+        let data = fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let signature = minisign::sign(
+            None,
+            &secret,
+            data,
+            Some(&format!("file:{trusted_file_name}")),
+            None,
+        )
+        .map_err(|error| anyhow::anyhow!("signing {}: {error}", file.display()))?;
+        let mut path = file.as_os_str().to_owned();
+        path.push(".minisig");
+        fs::write(PathBuf::from(path), signature.into_string())?;
+        Ok(())
+    }
+}
+
+/// A running build-service process. Dropping it stops the process.
+#[derive(Debug)]
+pub struct Service {
+    child: Option<Child>,
+    port: u16,
+    state_dir: PathBuf,
+    log_file: PathBuf,
+    key: SigningKey,
+    agent: ureq::Agent,
+}
+
+impl Service {
+    /// Builds (if needed) and starts the service with its state under `dir`.
+    pub fn start(dir: &Path) -> Result<Service> {
+        let binary = cargo_binary("build-service", "build-service", None)?;
+        let builder = testkit::musl_binary(
+            "driver-builder",
+            "driver-builder",
+            "x86_64-unknown-linux-musl",
+        )
+        .context("building the static driver-builder")?;
+        let key = SigningKey::generate(&dir.join("keys"))?;
+        let state_dir = dir.join("service");
+        fs::create_dir_all(&state_dir)?;
+        let log_file = dir.join("service.log");
+        let root_cache = testkit::cache_dir().join("build-root");
+        let source = testkit::workspace_root().join("driver/example-driver");
+        // The port is chosen here (not by the service) because the public URL carries it; a lost
+        // race for it is retried with another port.
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_file)?;
+            let child = Command::new(&binary)
+                .arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .args(["--backend", "local"])
+                .args([
+                    "--public-url",
+                    &format!("http://{GUEST_HOST_ADDRESS}:{port}"),
+                ])
+                .arg("--driver-source")
+                .arg(&source)
+                .arg("--builder-x86-64")
+                .arg(&builder)
+                .arg("--root-cache")
+                .arg(&root_cache)
+                .arg("--signing-key")
+                .arg(&key.secret_key)
+                .args(["--poll-interval", "250ms", "--build-timeout", "20m"])
+                .args(["--max-concurrent-builds", "2", "--max-wait", "30s"])
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(30)))
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut service = Service {
+                child: Some(child),
+                port,
+                state_dir: state_dir.clone(),
+                log_file: log_file.clone(),
+                key: key.clone(),
+                agent,
+            };
+            match service.wait_healthy(Duration::from_secs(60)) {
+                Ok(()) => return Ok(service),
+                Err(error) => {
+                    service.stop();
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("build-service did not start")))
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "build-service exited ({status}) before answering /healthz; log {}:\n{}",
+                    self.log_file.display(),
+                    fs::read_to_string(&self.log_file).unwrap_or_default()
+                );
+            }
+            if let Ok(mut response) = self.agent.get(format!("{}/healthz", self.url())).call()
+                && response.status().is_success()
+            {
+                let _ = response.body_mut().read_to_string();
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "build-service did not answer /healthz within {timeout:?}; log {}",
+                    self.log_file.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`: the harness's view.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://10.0.2.2:<port>`: the nodes' view.
+    pub fn node_url(&self) -> String {
+        format!("http://{GUEST_HOST_ADDRESS}:{}", self.port)
+    }
+
+    /// The artifact base nodes download from.
+    pub fn node_artifact_base(&self) -> String {
+        format!("{}/releases/download", self.node_url())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Published artifacts, laid out `<tag>/<file>`.
+    pub fn artifact_dir(&self) -> PathBuf {
+        self.state_dir.join("artifacts")
+    }
+
+    /// Per-build state and `build.log`.
+    pub fn builds_dir(&self) -> PathBuf {
+        self.state_dir.join("builds")
+    }
+
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// The current `/metrics`.
+    pub fn metrics(&self) -> Result<Metrics> {
+        let text = self.get_text("/metrics")?;
+        Ok(Metrics::parse(&text))
+    }
+
+    /// `GET /status/<id>` as JSON.
+    pub fn status(&self, build_id: &str) -> Result<serde_json::Value> {
+        let text = self.get_text(&format!("/status/{build_id}"))?;
+        serde_json::from_str(&text).with_context(|| format!("/status/{build_id}: {text}"))
+    }
+
+    fn get_text(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.url());
+        let mut response = self
+            .agent
+            .get(&url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading {url}"))?;
+        if !status.is_success() {
+            bail!("GET {url}: {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// `POST /build` for `identity` as a node would send it; returns the build id (`None` when
+    /// the artifact already exists).
+    pub fn request_build(&self, identity: &kernel_id::KernelIdentity) -> Result<Option<String>> {
+        let url = format!("{}/build", self.url());
+        let mut response = self
+            .agent
+            .post(&url)
+            .send_json(identity.to_input())
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let body = response.body_mut().read_to_string()?;
+        if !status.is_success() {
+            bail!("POST {url}: {status}: {body}");
+        }
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("POST {url}: {body}"))?;
+        Ok(answer["build_id"].as_str().map(str::to_owned))
+    }
+
+    /// Long-polls `/status/<id>` until the build ends (`timeout` at most) and returns the last answer.
+    pub fn wait_build(&self, build_id: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.get_text(&format!("/status/{build_id}?wait=20"))?;
+            let status: serde_json::Value = serde_json::from_str(&text)?;
+            let state = status["status"].as_str().unwrap_or_default();
+            if matches!(state, "done" | "error" | "timed_out") {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("build {build_id} not finished within {timeout:?}: {status}");
+            }
+        }
+    }
+
+    /// Builds the local backend knows of (ids), oldest first by directory name order.
+    pub fn build_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(self.builds_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok())
+                    .filter(|entry| entry.path().is_dir())
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Wall time of a finished build from its `/status` timestamps (request to end).
+    pub fn build_duration(&self, build_id: &str) -> Result<Duration> {
+        let status = self.status(build_id)?;
+        let at = |field: &str| -> Result<time::OffsetDateTime> {
+            let text = status[field]
+                .as_str()
+                .with_context(|| format!("/status/{build_id} has no {field}: {status}"))?;
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("/status/{build_id} {field} '{text}'"))
+        };
+        let elapsed = at("finished_at")? - at("created_at")?;
+        Ok(Duration::from_secs_f64(elapsed.as_seconds_f64().max(0.0)))
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after 10 s). Idempotent.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A Prometheus text exposition, reduced to `series -> value` (the series with its labels as
+/// rendered, e.g. `build_dispatches_total{result="ok"}`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    series: BTreeMap<String, f64>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let series = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                Some((name.trim().to_owned(), value.trim().parse::<f64>().ok()?))
+            })
+            .collect();
+        Metrics { series }
+    }
+
+    /// Sum of every series of `name` whose labels include all of `labels` (`("result", "ok")`).
+    /// Absent series count as 0, as Prometheus counters do before their first increment.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.series
+            .iter()
+            .filter(|(series, _)| {
+                let (series_name, series_labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series.as_str(), ""),
+                };
+                series_name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    /// The counters that move when a build is started: dispatches and finished builds.
+    pub fn build_counters(&self) -> BuildCounters {
+        BuildCounters {
+            dispatches_ok: self.sum("build_dispatches_total", &[("result", "ok")]),
+            builds_done: self.sum("builds_finished_total", &[("state", "done")]),
+            builds_finished: self.sum("builds_finished_total", &[]),
+            cache_hits: self.sum("build_cache_hits_total", &[]),
+        }
+    }
+}
+
+/// The service's build counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuildCounters {
+    pub dispatches_ok: f64,
+    pub builds_done: f64,
+    pub builds_finished: f64,
+    pub cache_hits: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_is_summed_by_labels() {
+        let text = "# HELP build_dispatches_total x\n\
+                    # TYPE build_dispatches_total counter\n\
+                    build_dispatches_total{result=\"ok\"} 2\n\
+                    build_dispatches_total{result=\"transient\"} 1\n\
+                    builds_finished_total{state=\"done\"} 2\n\
+                    build_cache_hits_total 5\n";
+        let metrics = Metrics::parse(text);
+        assert_eq!(metrics.sum("build_dispatches_total", &[]), 3.0);
+        assert_eq!(
+            metrics.sum("build_dispatches_total", &[("result", "ok")]),
+            2.0
+        );
+        assert_eq!(metrics.sum("absent_total", &[]), 0.0);
+        let counters = metrics.build_counters();
+        assert_eq!(counters.builds_done, 2.0);
+        assert_eq!(counters.cache_hits, 5.0);
+    }
+}
