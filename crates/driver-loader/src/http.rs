@@ -235,6 +235,29 @@ impl HttpClient {
         }
     }
 
+    /// Sends one GET and sorts out everything but a successful answer, which it returns.
+    fn get(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        deadline: &Deadline,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, Attempt<()>> {
+        let mut request = self
+            .agent
+            .get(url)
+            .config()
+            .timeout_global(Some(self.request_timeout(deadline)))
+            .build();
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = request.call().map_err(Self::transport_error)?;
+        match Self::classify_status(response.status().as_u16(), retry_after(&response)) {
+            Some(attempt) => Err(attempt),
+            None => Ok(response),
+        }
+    }
+
     fn transport_error(e: ureq::Error) -> Attempt<()> {
         match e {
             ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl => {
@@ -255,24 +278,10 @@ impl HttpClient {
         deadline: &Deadline,
     ) -> Result<Fetched<u64>> {
         self.with_retries(url, deadline, || {
-            let mut request = self
-                .agent
-                .get(url)
-                .config()
-                .timeout_global(Some(self.request_timeout(deadline)))
-                .build();
-            if let Some(token) = token {
-                request = request.header("Authorization", format!("Bearer {token}"));
-            }
-            let mut response = match request.call() {
-                Ok(r) => r,
-                Err(e) => return retype(Self::transport_error(e)),
+            let mut response = match self.get(url, token, deadline) {
+                Ok(response) => response,
+                Err(attempt) => return retype(attempt),
             };
-            if let Some(a) =
-                Self::classify_status(response.status().as_u16(), retry_after(&response))
-            {
-                return retype(a);
-            }
             if let Some(len) = response.body().content_length()
                 && len > limit
             {
@@ -323,24 +332,10 @@ impl HttpClient {
         deadline: &Deadline,
     ) -> Result<Fetched<String>> {
         self.with_retries(url, deadline, || {
-            let mut request = self
-                .agent
-                .get(url)
-                .config()
-                .timeout_global(Some(self.request_timeout(deadline)))
-                .build();
-            if let Some(token) = token {
-                request = request.header("Authorization", format!("Bearer {token}"));
-            }
-            let mut response = match request.call() {
-                Ok(r) => r,
-                Err(e) => return retype(Self::transport_error(e)),
+            let mut response = match self.get(url, token, deadline) {
+                Ok(response) => response,
+                Err(attempt) => return retype(attempt),
             };
-            if let Some(a) =
-                Self::classify_status(response.status().as_u16(), retry_after(&response))
-            {
-                return retype(a);
-            }
             match response
                 .body_mut()
                 .with_config()
