@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use kernel_id::Arch;
+
 use crate::error::{LoaderError, Result};
 use crate::modinfo::{ModInfo, module_name_from_file_name};
 
@@ -65,12 +67,15 @@ pub trait HostModules {
 
 /// Checks every module against the running kernel and returns them in load order (dependencies first).
 ///
+/// - the module's ELF machine must be the running machine's `arch` (checked first: an x86_64 module
+///   offered to an arm64 node is refused as such, whatever else it claims);
 /// - `vermagic` must start with the running release; when `reference_vermagic` (the vermagic of an
 ///   in-tree module of the running kernel) is known, the whole string must equal it, so a module built
 ///   with another configuration (SMP, preempt model, modversions) is refused too.
 /// - every `depends=` entry must be in the package, loaded, or available on the host.
 pub fn check_and_order(
     modules: Vec<PackageModule>,
+    arch: Arch,
     running_release: &str,
     reference_vermagic: Option<&str>,
     host: &dyn HostModules,
@@ -83,6 +88,7 @@ pub fn check_and_order(
                 "appears twice in the package",
             ));
         }
+        check_machine(module, arch)?;
         check_vermagic(module, running_release, reference_vermagic)?;
     }
     let in_package: HashSet<&str> = modules.iter().map(|m| m.name.as_str()).collect();
@@ -119,6 +125,26 @@ pub fn check_and_order(
         .into_iter()
         .filter_map(|name| by_name.remove(&name))
         .collect())
+}
+
+/// The architecture rule alone: the ELF header's `e_machine` must be `arch`'s. vermagic cannot be
+/// relied on for this (x86_64's names no architecture), and the kernel's own refusal ("Invalid ELF
+/// header") would come only after the module was handed to it.
+pub fn check_machine(module: &PackageModule, arch: Arch) -> Result<()> {
+    let header = goblin::elf::Elf::parse_header(&module.image).map_err(|e| {
+        LoaderError::incompatible(&module.name, format!("unreadable ELF header: {e}"))
+    })?;
+    if header.e_machine == arch.elf_machine() {
+        return Ok(());
+    }
+    let built_for = Arch::from_elf_machine(header.e_machine).map_or_else(
+        || format!("ELF machine {}", header.e_machine),
+        |other| other.as_str().to_owned(),
+    );
+    Err(LoaderError::incompatible(
+        &module.name,
+        format!("was compiled for {built_for} but this machine is {arch} (architecture mismatch)"),
+    ))
 }
 
 /// The vermagic rule alone.
@@ -231,6 +257,35 @@ mod tests {
 
     const VM: &str = "6.1.0-47-amd64 SMP preempt mod_unload modversions ";
 
+    #[test]
+    fn module_for_another_architecture_is_refused_before_vermagic() {
+        // tiny_module writes EM_X86_64; the vermagic is right for the release, so only the
+        // machine can be the reason.
+        let m = module("example_driver", VM, "");
+        check_machine(&m, Arch::X86_64).expect("same machine");
+        let err = check_machine(&m, Arch::Aarch64).expect_err("x86_64 module on arm64");
+        assert_eq!(err.kind(), crate::FailureKind::Incompatible);
+        assert!(
+            err.to_string()
+                .contains("was compiled for x86_64 but this machine is aarch64"),
+            "{err}"
+        );
+        let err = check_and_order(
+            vec![m],
+            Arch::Aarch64,
+            "6.1.0-47-amd64",
+            Some(VM),
+            &no_host(),
+        )
+        .expect_err("refused by check_and_order too");
+        assert!(err.to_string().contains("architecture mismatch"), "{err}");
+
+        let mut foreign = module("example_driver", VM, "");
+        foreign.image[18..20].copy_from_slice(&40u16.to_le_bytes()); // EM_ARM (32-bit)
+        let err = check_machine(&foreign, Arch::Aarch64).expect_err("EM_ARM");
+        assert!(err.to_string().contains("ELF machine 40"), "{err}");
+    }
+
     fn no_host() -> Host {
         Host {
             loaded: vec![],
@@ -301,6 +356,7 @@ mod tests {
                 module("top", VM, "helper,virtio,virtio_ring"),
                 module("helper", VM, ""),
             ],
+            Arch::X86_64,
             "6.1.0-47-amd64",
             Some(VM),
             &host,
@@ -312,6 +368,7 @@ mod tests {
         );
         let err = check_and_order(
             vec![module("top", VM, "nosuch,virtio")],
+            Arch::X86_64,
             "6.1.0-47-amd64",
             None,
             &host,
@@ -327,6 +384,7 @@ mod tests {
     fn duplicate_modules_are_refused() {
         let err = check_and_order(
             vec![module("x", VM, ""), module("x", VM, "")],
+            Arch::X86_64,
             "6.1.0-47-amd64",
             None,
             &no_host(),

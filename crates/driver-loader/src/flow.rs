@@ -179,6 +179,7 @@ pub fn prepare_modules(
     }
     check_and_order(
         modules,
+        identity.arch(),
         identity.kernel_release().as_str(),
         reference.as_ref().map(|(_, v)| v.as_str()),
         index,

@@ -80,7 +80,12 @@ impl Fleet {
     }
 
     pub fn prepare(&self, spec: &NodeSpec) -> Result<PreparedNode> {
-        node::prepare(spec, &self.service, &self.settings, &self.dir.join("nodes"))
+        self.prepare_with(spec, &self.settings)
+    }
+
+    /// Like [`prepare`](Self::prepare) with other loader settings (another driver version).
+    pub fn prepare_with(&self, spec: &NodeSpec, settings: &LoaderSettings) -> Result<PreparedNode> {
+        node::prepare(spec, &self.service, settings, &self.dir.join("nodes"))
     }
 
     /// Boots one node and follows it to the end (cold timeout: it may wait for a build).
@@ -126,6 +131,67 @@ impl Fleet {
             }
         }
     }
+}
+
+/// What a published `.deb` says about its architecture, read with the real `dpkg-deb`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageArch {
+    /// The control file's `Architecture:` field.
+    pub control: String,
+    /// The ELF `e_machine` of every kernel module in it.
+    pub module_machines: Vec<u16>,
+}
+
+/// Reads `package`'s `Architecture:` and extracts it under `scratch` (emptied first) to read each
+/// module's ELF machine.
+pub fn package_arch(package: &Path, scratch: &Path) -> Result<PackageArch> {
+    let field = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(package)
+        .arg("Architecture")
+        .output()
+        .context("running dpkg-deb -f")?;
+    if !field.status.success() {
+        bail!(
+            "dpkg-deb -f {}: {}",
+            package.display(),
+            String::from_utf8_lossy(&field.stderr)
+        );
+    }
+    if scratch.exists() {
+        std::fs::remove_dir_all(scratch)?;
+    }
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(package)
+        .arg(scratch)
+        .status()
+        .context("running dpkg-deb -x")?;
+    if !status.success() {
+        bail!("dpkg-deb -x {} failed ({status})", package.display());
+    }
+    let mut module_machines = Vec::new();
+    let mut pending = vec![scratch.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "ko") {
+                let bytes = std::fs::read(&path)?;
+                // e_machine: a little-endian u16 at offset 18 of the ELF header.
+                let machine = bytes
+                    .get(18..20)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .with_context(|| format!("{}: too short for an ELF header", path.display()))?;
+                module_machines.push(machine);
+            }
+        }
+    }
+    Ok(PackageArch {
+        control: String::from_utf8_lossy(&field.stdout).trim().to_owned(),
+        module_machines,
+    })
 }
 
 /// `<workspace>/target/fleet-logs/<scenario>-<UTC timestamp>-<pid>/`, created.

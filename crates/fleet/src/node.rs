@@ -41,11 +41,21 @@ pub struct NodeSpec {
 impl NodeSpec {
     /// A Debian amd64 node; `debian_version` is "11", "12" or "13".
     pub fn debian(name: &str, release: &str, debian_version: &str) -> Result<NodeSpec> {
+        NodeSpec::debian_on(Arch::X86_64, name, release, debian_version)
+    }
+
+    /// A Debian node of `arch` (booted with qemu-system-x86_64 or qemu-system-aarch64).
+    pub fn debian_on(
+        arch: Arch,
+        name: &str,
+        release: &str,
+        debian_version: &str,
+    ) -> Result<NodeSpec> {
         let debian = kernel_id::Distribution::parse("debian")?;
         Ok(NodeSpec {
             name: name.to_owned(),
             release: KernelRelease::parse(release).context("kernel release")?,
-            arch: Arch::X86_64,
+            arch,
             distro_version: DistroVersion::supported(debian, debian_version)
                 .context("debian version")?,
         })
@@ -172,10 +182,9 @@ pub fn prepare(
 }
 
 fn musl_target(arch: Arch) -> &'static str {
-    if arch.debian_name() == "arm64" {
-        "aarch64-unknown-linux-musl"
-    } else {
-        "x86_64-unknown-linux-musl"
+    match arch {
+        Arch::Aarch64 => "aarch64-unknown-linux-musl",
+        Arch::X86_64 => "x86_64-unknown-linux-musl",
     }
 }
 
@@ -187,18 +196,20 @@ pub struct RunningNode {
     pub started: Instant,
 }
 
-/// Boots `prepared`; the VM is killed at `hard_timeout` whatever happens.
+/// Boots `prepared`; the VM is killed at `hard_timeout` whatever happens. x86_64 nodes get 512 MiB,
+/// arm64 nodes testkit's 1 GiB default for the `virt` machine.
 pub fn boot(prepared: &PreparedNode, hard_timeout: Duration) -> Result<RunningNode> {
-    let vm = QemuNode::boot(
-        QemuConfig::new(
-            prepared.spec.arch,
-            prepared.kernel.qemu_kernel(),
-            &prepared.console,
-        )
-        .initrd(&prepared.initrd)
-        .memory_mib(512)
-        .hard_timeout(hard_timeout),
-    )?;
+    let mut config = QemuConfig::new(
+        prepared.spec.arch,
+        prepared.kernel.qemu_kernel(),
+        &prepared.console,
+    )
+    .initrd(&prepared.initrd)
+    .hard_timeout(hard_timeout);
+    if prepared.spec.arch == Arch::X86_64 {
+        config = config.memory_mib(512);
+    }
+    let vm = QemuNode::boot(config)?;
     Ok(RunningNode {
         prepared: prepared.clone(),
         vm,

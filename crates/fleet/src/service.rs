@@ -95,12 +95,18 @@ impl Service {
     /// Builds (if needed) and starts the service with its state under `dir`.
     pub fn start(dir: &Path) -> Result<Service> {
         let binary = cargo_binary("build-service", "build-service", None)?;
-        let builder = testkit::musl_binary(
+        let builder_x86_64 = testkit::musl_binary(
             "driver-builder",
             "driver-builder",
             "x86_64-unknown-linux-musl",
         )
-        .context("building the static driver-builder")?;
+        .context("building the static x86_64 driver-builder")?;
+        let builder_aarch64 = testkit::musl_binary(
+            "driver-builder",
+            "driver-builder",
+            "aarch64-unknown-linux-musl",
+        )
+        .context("building the static aarch64 driver-builder (needs gcc-aarch64-linux-gnu)")?;
         let key = SigningKey::generate(&dir.join("keys"))?;
         let state_dir = dir.join("service");
         fs::create_dir_all(&state_dir)?;
@@ -129,7 +135,9 @@ impl Service {
                 .arg("--driver-source")
                 .arg(&source)
                 .arg("--builder-x86-64")
-                .arg(&builder)
+                .arg(&builder_x86_64)
+                .arg("--builder-aarch64")
+                .arg(&builder_aarch64)
                 .arg("--root-cache")
                 .arg(&root_cache)
                 .arg("--signing-key")
@@ -220,6 +228,17 @@ impl Service {
     /// Published artifacts, laid out `<tag>/<file>`.
     pub fn artifact_dir(&self) -> PathBuf {
         self.state_dir.join("artifacts")
+    }
+
+    /// Where the package of `identity` is published (whether or not it exists yet).
+    pub fn published_package(
+        &self,
+        driver: &kernel_id::DriverName,
+        identity: &kernel_id::KernelIdentity,
+    ) -> PathBuf {
+        self.artifact_dir()
+            .join(kernel_id::ReleaseLayout::PerArtifact.release_tag(driver, identity))
+            .join(identity.package_file_name(driver))
     }
 
     /// Per-build state and `build.log`.

@@ -53,6 +53,22 @@ impl Arch {
     pub fn rpm_name(self) -> &'static str {
         self.as_str()
     }
+
+    /// The ELF `e_machine` of code for this architecture (the System V gABI registry), which is
+    /// how a kernel module says what it was compiled for.
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            Arch::X86_64 => 62,
+            Arch::Aarch64 => 183,
+        }
+    }
+
+    /// The architecture whose ELF `e_machine` is `machine`, if it is one of ours.
+    pub fn from_elf_machine(machine: u16) -> Option<Arch> {
+        Arch::ALL
+            .into_iter()
+            .find(|arch| arch.elf_machine() == machine)
+    }
 }
 
 /// Keeps error messages short when someone sends a 10 KB string.
@@ -110,5 +126,16 @@ mod tests {
         assert_eq!(Arch::parse("arm64").unwrap(), Arch::Aarch64);
         assert_eq!(Arch::Aarch64.debian_name(), "arm64");
         assert_eq!(Arch::X86_64.rpm_name(), "x86_64");
+    }
+
+    #[test]
+    fn elf_machines_round_trip_and_foreign_ones_are_none() {
+        // EM_X86_64 = 62 and EM_AARCH64 = 183 in <elf.h>.
+        assert_eq!(Arch::X86_64.elf_machine(), 62);
+        assert_eq!(Arch::Aarch64.elf_machine(), 183);
+        for arch in Arch::ALL {
+            assert_eq!(Arch::from_elf_machine(arch.elf_machine()), Some(arch));
+        }
+        assert_eq!(Arch::from_elf_machine(3), None, "EM_386");
     }
 }
