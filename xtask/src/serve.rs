@@ -1,6 +1,8 @@
 //! `cargo xtask serve`: the build-service on its embedded default — SQLite file, local artifact
 //! directory, clean-root builder — with no GitHub and no token. It builds the static builder that runs
-//! inside the roots, makes a minisign key pair on first use, then runs the service in the foreground.
+//! inside the roots (also the aarch64 one when Debian's cross compiler is installed, so arm64
+//! identities build in emulated arm64 roots), makes a minisign key pair on first use, then runs the
+//! service in the foreground.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,6 +29,24 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         .join("release")
         .join("driver-builder");
 
+    let builder_aarch64 = if std::env::consts::ARCH == "aarch64" || on_path("aarch64-linux-gnu-gcc")
+    {
+        Some(
+            testkit::musl_binary(
+                "driver-builder",
+                "driver-builder",
+                "aarch64-unknown-linux-musl",
+            )
+            .context("building the static aarch64 driver-builder")?,
+        )
+    } else {
+        eprintln!(
+            "arm64 builds are off: apt-get install gcc-aarch64-linux-gnu qemu-user-static \
+             binfmt-support to build for aarch64 identities too"
+        );
+        None
+    };
+
     let secret = state.join("minisign.key");
     let public = state.join("minisign.pub");
     if !secret.exists() {
@@ -40,10 +60,15 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         public.display()
     );
 
+    let mut serve = Command::new("cargo");
+    serve
+        .current_dir(root)
+        .args(["run", "--release", "-p", "build-service", "--", "serve"]);
+    if let Some(builder) = &builder_aarch64 {
+        serve.arg("--builder-aarch64").arg(builder);
+    }
     status(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["run", "--release", "-p", "build-service", "--", "serve"])
+        serve
             .arg("--state-dir")
             .arg(&state)
             .arg("--driver-source")
@@ -55,6 +80,11 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
             .args(extra),
         "running build-service",
     )
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 fn status(command: &mut Command, what: &str) -> Result<()> {

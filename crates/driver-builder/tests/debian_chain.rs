@@ -155,7 +155,7 @@ fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
         resolved.dir,
         Path::new("/usr/src/linux-headers-6.1.0-47-amd64")
     );
-    assert_eq!(outcomes.len(), 2, "{outcomes:#?}");
+    assert_eq!(outcomes.len(), 3, "{outcomes:#?}");
     assert!(
         outcomes[0].starts_with("apt-get install linux-headers-6.1.0-47-amd64 => failed:")
             && outcomes[0].contains(
@@ -163,7 +163,13 @@ fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
             ),
         "{outcomes:#?}"
     );
-    assert_eq!(outcomes[1], "explicit header URLs (4 given) => ok");
+    // With no archive in the root's sources there is no backports pocket to add.
+    assert_eq!(
+        outcomes[1],
+        "apt-get install -t bookworm-backports linux-headers-6.1.0-47-amd64 => skipped: \
+         /etc/apt/sources.list has no `deb <archive> bookworm` line to take the archive from"
+    );
+    assert_eq!(outcomes[2], "explicit header URLs (4 given) => ok");
     let log_text = std::fs::read_to_string(&log).expect("log");
     assert!(
         !log_text.contains("--force-depends"),
@@ -249,9 +255,10 @@ fn a_snapshot_archive_listing_is_used_after_a_dead_explicit_url() {
     let resolved = resolve(&identity, &system, &options)
         .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
     let outcomes = outcomes(&resolved);
-    assert_eq!(outcomes.len(), 3, "{outcomes:#?}");
-    assert!(outcomes[1].contains("HTTP status 404"), "{outcomes:#?}");
-    assert_eq!(outcomes[2], "snapshot archives (1 configured) => ok");
+    assert_eq!(outcomes.len(), 4, "{outcomes:#?}");
+    assert!(outcomes[1].contains("skipped"), "{outcomes:#?}");
+    assert!(outcomes[2].contains("HTTP status 404"), "{outcomes:#?}");
+    assert_eq!(outcomes[3], "snapshot archives (1 configured) => ok");
     // linux-compiler-gcc-12-x86 is not in the listing set: the install had to force it.
     assert!(
         std::fs::read_to_string(&log)
@@ -301,10 +308,10 @@ fn every_debian_failure_path_ends_in_an_error_listing_every_source() {
     let text = error.to_string();
     eprintln!("{text}");
     let lines: Vec<&str> = text.lines().map(str::trim_start).collect();
-    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
     assert_eq!(
         lines[0],
-        "no kernel headers for 6.1.0-47-amd64: all 3 header sources failed"
+        "no kernel headers for 6.1.0-47-amd64: all 4 header sources failed"
     );
     assert!(
         lines[1].starts_with(
@@ -313,15 +320,107 @@ fn every_debian_failure_path_ends_in_an_error_listing_every_source() {
         "{text}"
     );
     assert!(
-        lines[2].starts_with("2. explicit header URLs (1 given): failed: download ")
-            && lines[2].ends_with("HTTP status 404"),
+        lines[2].starts_with(
+            "2. apt-get install -t bookworm-backports linux-headers-6.1.0-47-amd64: skipped: "
+        ),
         "{text}"
     );
     assert!(
-        lines[3].starts_with("3. snapshot archives (1 configured): failed: ")
-            && lines[3]
-                .contains("/snap/pool/main/l/linux/: no linux-headers-6.1.0-47-amd64 for amd64")
-            && lines[3].contains("/snap/pool/updates/main/l/linux/: HTTP status 404"),
+        lines[3].starts_with("3. explicit header URLs (1 given): failed: download ")
+            && lines[3].ends_with("HTTP status 404"),
         "{text}"
     );
+    assert!(
+        lines[4].starts_with("4. snapshot archives (1 configured): failed: ")
+            && lines[4]
+                .contains("/snap/pool/main/l/linux/: no linux-headers-6.1.0-47-amd64 for amd64")
+            && lines[4].contains("/snap/pool/updates/main/l/linux/: HTTP status 404"),
+        "{text}"
+    );
+}
+
+/// The newest bookworm-backports kernel whose headers the mirror serves (backports keeps one ABI,
+/// and which one moves with Debian, so it is looked up rather than pinned).
+fn current_backports_kernel() -> String {
+    let suite = testkit::Suite::new("bookworm-backports").expect("suite");
+    let images = testkit::list_kernel_images(kernel_id::Arch::X86_64, &[suite])
+        .expect("bookworm-backports kernel images");
+    images
+        .iter()
+        .rev()
+        .filter(|info| info.flavor == "amd64")
+        .map(|info| info.release.to_string())
+        .find(|release| testkit::download_deb(&format!("linux-headers-{release}"), None).is_ok())
+        .unwrap_or_else(|| panic!("no bookworm-backports amd64 kernel with headers: {images:#?}"))
+}
+
+#[test]
+fn a_backports_kernel_gets_its_headers_from_the_backports_pocket_of_the_roots_archive() {
+    let release = current_backports_kernel();
+    let identity = identity(&release, "x86_64", "debian", "12");
+    let work = Arc::new(fresh_root(&identity));
+    let root = work.root_path().to_path_buf();
+    let sources_before =
+        std::fs::read_to_string(root.join("etc/apt/sources.list")).expect("sources.list");
+    assert!(
+        !sources_before.contains("backports"),
+        "the root itself never takes packages from backports:\n{sources_before}"
+    );
+    let log = work.work_dir().join("runner.log");
+    let system = System::new(
+        &root,
+        Box::new(WorkRootRunner {
+            work: Arc::clone(&work),
+            log: log.clone(),
+        }),
+    );
+    let resolved = resolve(&identity, &system, &HeaderOptions::default())
+        .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    let outcomes = outcomes(&resolved);
+    assert_eq!(outcomes.len(), 2, "{outcomes:#?}");
+    assert!(
+        outcomes[0].starts_with(&format!(
+            "apt-get install linux-headers-{release} => failed:"
+        )),
+        "bookworm itself does not carry the backports kernel's headers: {outcomes:#?}"
+    );
+    assert_eq!(
+        outcomes[1],
+        format!("apt-get install -t bookworm-backports linux-headers-{release} => ok")
+    );
+    assert_eq!(
+        resolved.dir,
+        PathBuf::from(format!("/usr/src/linux-headers-{release}"))
+    );
+    assert!(
+        !root
+            .join("etc/apt/sources.list.d/kdriver-backports.list")
+            .exists(),
+        "the backports source is removed again"
+    );
+    // The headers are usable with the root's own (bookworm) compiler.
+    let driver = DriverName::parse("example-driver").expect("driver");
+    let scratch = system.scratch_dir("build").expect("scratch");
+    let compiled = compile::compile(
+        &system,
+        &scratch,
+        &identity,
+        &driver,
+        &resolved.dir,
+        &sample_driver(),
+        2,
+    )
+    .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    assert_eq!(compiled.modules.len(), 1);
+    let module = &compiled.modules[0];
+    assert!(
+        modinfo(module, "vermagic").starts_with(&format!("{release} ")),
+        "{}",
+        module.display()
+    );
+    drop(system);
+    Arc::try_unwrap(work)
+        .expect("only owner")
+        .remove()
+        .expect("remove root");
 }

@@ -133,6 +133,34 @@ impl Fleet {
     }
 }
 
+/// Replaces the published package at `target` with `bytes` and rewrites its `.sha256` to match,
+/// as someone with write access to the artifact store could; the signature is left alone (see
+/// [`SigningKey::sign`] to forge one with the run's key).
+pub fn overwrite_published(target: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(target, bytes).with_context(|| format!("writing {}", target.display()))?;
+    let name = target
+        .file_name()
+        .with_context(|| format!("{} has no file name", target.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let output = Command::new("sha256sum")
+        .arg(target)
+        .output()
+        .context("running sha256sum")?;
+    let hex = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if !output.status.success() || hex.len() != 64 {
+        bail!("sha256sum {} failed ({})", target.display(), output.status);
+    }
+    let mut digest = target.as_os_str().to_owned();
+    digest.push(".sha256");
+    std::fs::write(PathBuf::from(digest), format!("{hex}  {name}\n"))?;
+    Ok(())
+}
+
 /// What a published `.deb` says about its architecture, read with the real `dpkg-deb`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageArch {

@@ -241,6 +241,45 @@ impl Service {
             .join(identity.package_file_name(driver))
     }
 
+    /// The HTTP status a node gets when it downloads `identity`'s package from the artifact base.
+    pub fn package_download_status(
+        &self,
+        driver: &kernel_id::DriverName,
+        identity: &kernel_id::KernelIdentity,
+    ) -> Result<u16> {
+        let url = format!(
+            "{}/releases/download/{}",
+            self.url(),
+            kernel_id::ReleaseLayout::PerArtifact.package_path(driver, identity)
+        );
+        let mut response = self
+            .agent
+            .get(&url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let _ = response.body_mut().read_to_vec();
+        Ok(response.status().as_u16())
+    }
+
+    /// Requests a build of `identity` (which must not be published yet), waits for it to end
+    /// (`timeout` at most) and returns the published package's path; an error names the
+    /// build's last status.
+    pub fn build_and_wait(
+        &self,
+        driver: &kernel_id::DriverName,
+        identity: &kernel_id::KernelIdentity,
+        timeout: Duration,
+    ) -> Result<PathBuf> {
+        let id = self
+            .request_build(identity)?
+            .with_context(|| format!("{} is already published", identity.cache_key()))?;
+        let status = self.wait_build(&id, timeout)?;
+        if status["status"] != "done" {
+            bail!("build {id} of {} ended: {status}", identity.cache_key());
+        }
+        Ok(self.published_package(driver, identity))
+    }
+
     /// Per-build state and `build.log`.
     pub fn builds_dir(&self) -> PathBuf {
         self.state_dir.join("builds")

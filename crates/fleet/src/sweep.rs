@@ -1,13 +1,22 @@
-//! `cargo xtask fleet --all`: every amd64 kernel image reachable from the configured Debian suites
-//! (generic, cloud and rt flavors) gets a cold node (build on demand) and then a warm node
-//! (prebuilt hit), a bounded number of kernels at a time, and the results become a table.
+//! `cargo xtask fleet --all`: every amd64 and arm64 kernel image reachable from the configured
+//! Debian suites (generic, cloud and rt flavors) gets a cold node (build on demand) and then a warm
+//! node (prebuilt hit), a bounded number of kernels at a time, and the results become a table.
+//!
+//! "Reachable" means listed in a suite's package index. Two kinds of listed kernel cannot reach a
+//! driver here, and the table says which rather than calling them failures of the system: an image
+//! the mirror no longer serves, and a kernel whose headers are in no configured suite (Debian keeps
+//! some superseded signed images in -security after their headers are gone; in production the
+//! builder's snapshot source covers those).
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use kernel_id::Arch;
 use testkit::KernelImageInfo;
 
 use crate::node::{self, NodeOutcome, NodeSpec};
@@ -17,6 +26,7 @@ use crate::{COLD_NODE_TIMEOUT, Fleet, WARM_NODE_TIMEOUT};
 #[derive(Debug, Clone)]
 pub struct SweepRow {
     pub kernel: String,
+    pub arch: Arch,
     pub flavor: String,
     pub distro_version: String,
     pub build_time: Option<Duration>,
@@ -24,16 +34,52 @@ pub struct SweepRow {
     pub warm: Option<Duration>,
     /// `loaded` (cold and warm both loaded), or what went wrong first.
     pub result: String,
+    pub outcome: Outcome,
 }
 
-/// Every amd64 kernel image of the configured suites, oldest Debian release first.
-pub fn reachable_kernels() -> Result<Vec<KernelImageInfo>> {
-    testkit::list_kernel_images(kernel_id::Arch::X86_64, &[])
+/// How a kernel's row ended, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Cold and warm nodes both had the driver live.
+    Loaded,
+    /// The image is in a package index but the mirror does not serve it.
+    ImageUnavailable,
+    /// The build found the kernel's headers in no configured source.
+    NoHeaders,
+    /// Anything else: a real failure to look into.
+    Failed,
 }
 
-/// Runs a cold then a warm node per kernel, `jobs` kernels at a time. Kernels that were not in
-/// the cache before are evicted afterwards (about 400 MB each).
-pub fn sweep(fleet: &Fleet, kernels: &[KernelImageInfo], jobs: usize) -> Vec<SweepRow> {
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Loaded => "loaded",
+            Outcome::ImageUnavailable => "image not served by the mirror",
+            Outcome::NoHeaders => "no headers in the configured sources",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Every kernel image of `arches` in the configured suites, per architecture oldest Debian release
+/// first.
+pub fn reachable_kernels(arches: &[Arch]) -> Result<Vec<KernelImageInfo>> {
+    let mut all = Vec::new();
+    for &arch in arches {
+        all.extend(testkit::list_kernel_images(arch, &[])?);
+    }
+    Ok(all)
+}
+
+/// Runs a cold then a warm node per kernel, `jobs` kernels at a time, appending each row to
+/// `progress` as it completes (so an interrupted sweep still leaves its rows). Kernels that were
+/// not in the cache before are evicted afterwards (about 400 MB each).
+pub fn sweep(
+    fleet: &Fleet,
+    kernels: &[KernelImageInfo],
+    jobs: usize,
+    progress: &Path,
+) -> Vec<SweepRow> {
     let next = AtomicUsize::new(0);
     let rows: Mutex<BTreeMap<usize, SweepRow>> = Mutex::new(BTreeMap::new());
     std::thread::scope(|scope| {
@@ -45,16 +91,20 @@ pub fn sweep(fleet: &Fleet, kernels: &[KernelImageInfo], jobs: usize) -> Vec<Swe
                         break;
                     };
                     let row = sweep_one(fleet, info);
+                    let line = render_row(&row);
                     eprintln!(
-                        "fleet: [{}/{}] {} {} cold={} warm={} -> {}",
+                        "fleet: [{}/{}] {}",
                         index + 1,
                         kernels.len(),
-                        row.kernel,
-                        row.distro_version,
-                        seconds(row.cold),
-                        seconds(row.warm),
-                        row.result
+                        line.trim_end()
                     );
+                    if let Ok(mut file) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(progress)
+                    {
+                        let _ = file.write_all(line.as_bytes());
+                    }
                     rows.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(index, row);
@@ -62,33 +112,50 @@ pub fn sweep(fleet: &Fleet, kernels: &[KernelImageInfo], jobs: usize) -> Vec<Swe
             });
         }
     });
-    let mut rows: Vec<SweepRow> = rows
-        .into_inner()
+    rows.into_inner()
         .unwrap_or_else(|e| e.into_inner())
         .into_values()
-        .collect();
-    attach_build_times(fleet, &mut rows);
-    rows
+        .collect()
 }
 
 fn sweep_one(fleet: &Fleet, info: &KernelImageInfo) -> SweepRow {
     let mut row = SweepRow {
         kernel: info.release.to_string(),
+        arch: info.arch,
         flavor: info.flavor.clone(),
         distro_version: format!("debian {}", info.distro_version),
         build_time: None,
         cold: None,
         warm: None,
         result: String::new(),
+        outcome: Outcome::Failed,
     };
     let was_cached = testkit::cache_dir()
         .join("kernels")
         .join(info.release.as_str())
         .join(".complete")
         .exists();
-    row.result = match run_pair(fleet, info, &mut row) {
-        Ok(result) => result,
-        Err(error) => format!("error: {}", first_line(&format!("{error:#}"))),
+    let result = run_pair(fleet, info, &mut row);
+    let build = kernel_build(fleet, &row.kernel);
+    row.build_time = build.as_ref().and_then(|build| build.duration);
+    (row.outcome, row.result) = match result {
+        Ok(result) if result == "loaded" => (Outcome::Loaded, result),
+        Ok(result) if build.as_ref().is_some_and(|build| build.no_headers) => (
+            Outcome::NoHeaders,
+            format!("{}; {result}", Outcome::NoHeaders.label()),
+        ),
+        Ok(result) => (Outcome::Failed, result),
+        Err(error) => {
+            let text = format!("{error:#}");
+            if text.contains("fetching kernel") && text.contains("404") {
+                (
+                    Outcome::ImageUnavailable,
+                    format!("{} (404)", Outcome::ImageUnavailable.label()),
+                )
+            } else {
+                (Outcome::Failed, format!("error: {}", first_line(&text)))
+            }
+        }
     };
     if !was_cached {
         let _ = testkit::KernelImage::evict(info.release.as_str());
@@ -149,73 +216,105 @@ fn first_line(text: &str) -> String {
         .collect()
 }
 
-/// Build time per kernel from the service's `/status` of each build.
-fn attach_build_times(fleet: &Fleet, rows: &mut [SweepRow]) {
-    let mut by_kernel: BTreeMap<String, Duration> = BTreeMap::new();
-    for id in fleet.service.build_ids() {
-        let Ok(status) = fleet.service.status(&id) else {
-            continue;
-        };
-        if status["status"] != "done" {
-            continue;
+/// What the service did for one kernel: the wall time of its finished build and whether the build
+/// failed for want of headers.
+struct KernelBuild {
+    duration: Option<Duration>,
+    no_headers: bool,
+}
+
+/// Finds the build of `kernel` among the service's builds.
+fn kernel_build(fleet: &Fleet, kernel: &str) -> Option<KernelBuild> {
+    fleet.service.build_ids().into_iter().find_map(|id| {
+        let status = fleet.service.status(&id).ok()?;
+        if status["request"]["kernel_version"].as_str() != Some(kernel) {
+            return None;
         }
-        let Some(kernel) = status["request"]["kernel_version"].as_str() else {
-            continue;
-        };
-        if let Ok(duration) = fleet.service.build_duration(&id) {
-            by_kernel.insert(kernel.to_owned(), duration);
-        }
-    }
-    for row in rows {
-        row.build_time = by_kernel.get(&row.kernel).copied();
-    }
+        let log = std::fs::read_to_string(fleet.service.builds_dir().join(&id).join("build.log"))
+            .unwrap_or_default();
+        Some(KernelBuild {
+            duration: (status["status"] == "done")
+                .then(|| fleet.service.build_duration(&id).ok())
+                .flatten(),
+            no_headers: status["status"] == "error" && log.contains("no kernel headers for"),
+        })
+    })
 }
 
 fn seconds(duration: Option<Duration>) -> String {
     duration.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
 }
 
-/// The table and a summary: kernels, loaded, median and max time to driver live (cold, warm).
+fn render_row(row: &SweepRow) -> String {
+    format!(
+        "{:<34} {:<12} {:<10} {:>8} {:>10} {:>10}  {}\n",
+        row.kernel,
+        row.flavor,
+        row.distro_version,
+        seconds(row.build_time),
+        seconds(row.cold),
+        seconds(row.warm),
+        row.result
+    )
+}
+
+/// The table and a summary per architecture: kernels, how each ended, and the median and max
+/// build time and time to driver live (cold, warm) of the loaded ones.
 pub fn render(rows: &[SweepRow]) -> String {
     let mut out = format!(
-        "{:<34} {:<12} {:<10} {:>10} {:>10} {:>10}  {}\n",
+        "{:<34} {:<12} {:<10} {:>8} {:>10} {:>10}  {}\n",
         "kernel", "flavor", "distro", "build", "cold live", "warm live", "result"
     );
     for row in rows {
-        out.push_str(&format!(
-            "{:<34} {:<12} {:<10} {:>10} {:>10} {:>10}  {}\n",
-            row.kernel,
-            row.flavor,
-            row.distro_version,
-            seconds(row.build_time),
-            seconds(row.cold),
-            seconds(row.warm),
-            row.result
-        ));
+        out.push_str(&render_row(row));
     }
-    let loaded = rows.iter().filter(|row| row.result == "loaded").count();
-    out.push_str(&format!("\n{} kernels, {loaded} loaded\n", rows.len()));
-    for (label, values) in [
-        (
-            "cold",
-            rows.iter().filter_map(|r| r.cold).collect::<Vec<_>>(),
-        ),
-        (
-            "warm",
-            rows.iter().filter_map(|r| r.warm).collect::<Vec<_>>(),
-        ),
-        (
-            "build",
-            rows.iter().filter_map(|r| r.build_time).collect::<Vec<_>>(),
-        ),
-    ] {
-        let (median, max) = median_max(&values);
+    for arch in Arch::ALL {
+        let rows: Vec<&SweepRow> = rows.iter().filter(|row| row.arch == arch).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut by_outcome: BTreeMap<Outcome, usize> = BTreeMap::new();
+        for row in &rows {
+            *by_outcome.entry(row.outcome).or_default() += 1;
+        }
+        let counts: Vec<String> = by_outcome
+            .iter()
+            .map(|(outcome, count)| format!("{count} {}", outcome.label()))
+            .collect();
         out.push_str(&format!(
-            "{label}: n={} median={} max={}\n",
-            values.len(),
-            seconds(median),
-            seconds(max)
+            "\n{arch}: {} kernels: {}\n",
+            rows.len(),
+            counts.join(", ")
         ));
+        let loaded: Vec<&&SweepRow> = rows
+            .iter()
+            .filter(|row| row.outcome == Outcome::Loaded)
+            .collect();
+        for (label, values) in [
+            (
+                "build",
+                loaded
+                    .iter()
+                    .filter_map(|r| r.build_time)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "cold live",
+                loaded.iter().filter_map(|r| r.cold).collect::<Vec<_>>(),
+            ),
+            (
+                "warm live",
+                loaded.iter().filter_map(|r| r.warm).collect::<Vec<_>>(),
+            ),
+        ] {
+            let (median, max) = median_max(&values);
+            out.push_str(&format!(
+                "  {label}: n={} median={} max={}\n",
+                values.len(),
+                seconds(median),
+                seconds(max)
+            ));
+        }
     }
     out
 }
@@ -244,19 +343,36 @@ mod tests {
     fn table_counts_loaded_rows() {
         let row = SweepRow {
             kernel: "6.1.0-47-amd64".into(),
+            arch: Arch::X86_64,
             flavor: "amd64".into(),
             distro_version: "debian 12".into(),
             build_time: Some(Duration::from_secs(60)),
             cold: Some(Duration::from_secs(70)),
             warm: Some(Duration::from_secs(9)),
             result: "loaded".into(),
+            outcome: Outcome::Loaded,
         };
         let failed = SweepRow {
             result: "cold failed: loader exit 5".into(),
+            outcome: Outcome::NoHeaders,
             ..row.clone()
         };
-        let table = render(&[row, failed]);
-        assert!(table.contains("2 kernels, 1 loaded"), "{table}");
+        let arm = SweepRow {
+            kernel: "6.1.0-47-arm64".into(),
+            arch: Arch::Aarch64,
+            cold: Some(Duration::from_secs(90)),
+            ..row.clone()
+        };
+        let table = render(&[row, failed, arm]);
+        assert!(
+            table.contains("x86_64: 2 kernels: 1 loaded, 1 no headers in the configured sources"),
+            "{table}"
+        );
+        assert!(table.contains("aarch64: 1 kernels: 1 loaded"), "{table}");
+        assert!(
+            table.contains("  cold live: n=1 median=70.0s max=70.0s"),
+            "only loaded rows count: {table}"
+        );
         assert!(table.contains("6.1.0-47-amd64"), "{table}");
     }
 }

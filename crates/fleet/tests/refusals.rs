@@ -8,59 +8,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet::{Fleet, NodeOutcome, NodeSpec};
-use kernel_id::{KernelIdentity, ReleaseLayout};
+use kernel_id::KernelIdentity;
 
 const RELEASE: &str = "6.1.0-47-amd64";
 const OTHER_RELEASE: &str = "6.1.0-50-amd64";
 
 fn built(fleet: &Fleet, identity: &KernelIdentity) -> PathBuf {
-    let id = fleet
-        .service
-        .request_build(identity)
-        .expect("POST /build")
-        .expect("a fresh service has no artifact yet");
-    let status = fleet
-        .service
-        .wait_build(&id, Duration::from_secs(20 * 60))
-        .expect("build status");
-    assert_eq!(
-        status["status"],
-        "done",
-        "{}",
-        fleet.failure_context(&status.to_string())
-    );
-    let driver = &fleet.settings.driver;
     fleet
         .service
-        .artifact_dir()
-        .join(ReleaseLayout::PerArtifact.release_tag(driver, identity))
-        .join(identity.package_file_name(driver))
+        .build_and_wait(
+            &fleet.settings.driver,
+            identity,
+            Duration::from_secs(20 * 60),
+        )
+        .unwrap_or_else(|error| panic!("{}", fleet.failure_context(&format!("{error:#}"))))
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut text = path.as_os_str().to_owned();
-    text.push(suffix);
-    PathBuf::from(text)
-}
-
-/// Replaces the published package at `target` by `bytes` with a matching `.sha256`.
 fn publish(target: &Path, bytes: &[u8]) {
-    std::fs::write(target, bytes).expect("write package");
-    let name = target
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let output = std::process::Command::new("sha256sum")
-        .arg(target)
-        .output()
-        .expect("sha256sum");
-    let hex = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    std::fs::write(with_suffix(target, ".sha256"), format!("{hex}  {name}\n")).expect("digest");
+    fleet::overwrite_published(target, bytes).expect("overwrite the published package");
 }
 
 fn assert_refused(fleet: &Fleet, outcome: &NodeOutcome, code: i32, reason: &str) {

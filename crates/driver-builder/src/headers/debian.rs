@@ -71,6 +71,93 @@ impl HeaderSource for AptSource {
     }
 }
 
+/// Debian's backports pocket (`<codename>-backports`) of the root's own archive. Debian 12 hosts
+/// commonly run the backports kernel (6.12.*+deb12), whose headers are only there; the root keeps
+/// backports out of its sources so nothing else is ever taken from it, and this source adds it for
+/// this one install, pinned with `-t`, only after the plain apt install failed.
+#[derive(Debug, Clone)]
+pub struct BackportsSource {
+    package: String,
+    codename: Option<&'static str>,
+}
+
+/// The file this source adds to the root's apt sources.
+const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/kdriver-backports.list";
+
+impl BackportsSource {
+    pub fn new(identity: &kernel_id::KernelIdentity) -> BackportsSource {
+        BackportsSource {
+            package: format!("linux-headers-{}", identity.kernel_release()),
+            codename: identity.distro_version().codename(),
+        }
+    }
+}
+
+/// The archive URL of the `deb <url> <codename> ...` line in a one-line-style sources list.
+pub(crate) fn archive_for_suite(sources_list: &str, codename: &str) -> Option<String> {
+    sources_list.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if words.next()? != "deb" {
+            return None;
+        }
+        // Skip an options block such as `[arch=amd64 signed-by=...]`.
+        let mut url = words.next()?;
+        if url.starts_with('[') {
+            while !url.ends_with(']') {
+                url = words.next()?;
+            }
+            url = words.next()?;
+        }
+        (words.next()? == codename).then(|| url.to_owned())
+    })
+}
+
+impl HeaderSource for BackportsSource {
+    fn describe(&self) -> String {
+        match self.codename {
+            Some(codename) => format!("apt-get install -t {codename}-backports {}", self.package),
+            None => format!("backports ({})", self.package),
+        }
+    }
+
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+        let Some(codename) = self.codename else {
+            return Err(SourceFailure::Skipped(
+                "no suite codename is known for this distro version".to_owned(),
+            ));
+        };
+        let sources_path = ctx
+            .system
+            .host_path(std::path::Path::new("/etc/apt/sources.list"));
+        let sources = std::fs::read_to_string(&sources_path).unwrap_or_default();
+        let Some(archive) = archive_for_suite(&sources, codename) else {
+            return Err(SourceFailure::Skipped(format!(
+                "/etc/apt/sources.list has no `deb <archive> {codename}` line to take the archive from"
+            )));
+        };
+        let backports = format!("{codename}-backports");
+        let list = ctx.system.host_path(std::path::Path::new(BACKPORTS_LIST));
+        std::fs::write(&list, format!("deb {archive} {backports} main\n"))
+            .map_err(|e| SourceFailure::Failed(format!("writing {}: {e}", list.display())))?;
+        let result = run_step(ctx.system, &apt_get(&["update"])).and_then(|()| {
+            run_step(
+                ctx.system,
+                &apt_get(&[
+                    "install",
+                    "-y",
+                    "--no-install-recommends",
+                    "-t",
+                    &backports,
+                    &self.package,
+                ]),
+            )
+        });
+        // Leave the root's sources as they were, whatever happened.
+        let _ = std::fs::remove_file(&list);
+        result
+    }
+}
+
 /// Installs downloaded `.deb` files with `dpkg -i`, shared parts first. Dependencies outside the
 /// set (such as the `linux-compiler-gcc-*` metapackage, whose compiler the build root already
 /// has) are forced only after a plain install failed, and that is logged.
@@ -382,6 +469,31 @@ impl HeaderSource for SnapshotSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backports_archive_is_the_suite_line_of_the_root_sources() {
+        let sources = "deb http://deb.debian.org/debian bookworm main\n\
+                       deb http://deb.debian.org/debian bookworm-updates main\n\
+                       deb http://deb.debian.org/debian-security bookworm-security main\n";
+        assert_eq!(
+            archive_for_suite(sources, "bookworm").as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        assert_eq!(
+            archive_for_suite(
+                "deb [arch=arm64 signed-by=/k.gpg] http://m.example/debian trixie main\n",
+                "trixie"
+            )
+            .as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(archive_for_suite(sources, "trixie"), None);
+        assert_eq!(
+            archive_for_suite("deb-src http://x bookworm main", "bookworm"),
+            None
+        );
+        assert_eq!(archive_for_suite("deb [unterminated", "bookworm"), None);
+    }
 
     #[test]
     fn releases_split_into_abi_and_flavor() {

@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::http::Http;
 use crate::system::{CommandLine, ScratchDir, System};
 
-pub use debian::{AptSource, DebUrlSource, SnapshotSource, debian_abi_and_flavor};
+pub use debian::{AptSource, BackportsSource, DebUrlSource, SnapshotSource, debian_abi_and_flavor};
 pub use koji::{KojiProfile, KojiSource, koji_nvr};
 pub use rpm::{DnfSource, LivepatchSource, RpmUrlSource, livepatch_package_name};
 
@@ -189,6 +189,14 @@ impl HeaderChain {
             identity.distribution().as_str(),
             identity.distribution().package_format(),
         ) {
+            ("debian", PackageFormat::Deb) => {
+                sources.push(Box::new(AptSource::new(release)));
+                sources.push(Box::new(BackportsSource::new(identity)));
+                sources.push(Box::new(DebUrlSource::new(options.header_urls.clone())));
+                sources.push(Box::new(SnapshotSource::new(
+                    options.snapshot_bases.clone(),
+                )));
+            }
             (_, PackageFormat::Deb) => {
                 sources.push(Box::new(AptSource::new(release)));
                 sources.push(Box::new(DebUrlSource::new(options.header_urls.clone())));
