@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{driver, driver_spec, identity, real_module, run, sh};
+use common::{driver, driver_spec, identity, identity_on, real_module, run, sh};
 use driver_package::{Compression, ExtractOptions, WriteOptions, write_package_file};
 
 /// A Fedora 42 kernel release (the identity checks the `.fc42` marker agrees with the distro version).
@@ -75,6 +75,51 @@ fn rpm_queries_show_metadata_files_and_scriptlets() {
             "{compressor}"
         );
     }
+}
+
+#[test]
+fn aarch64_identities_make_aarch64_rpms_and_arm64_debs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let arch = kernel_id::Arch::Aarch64;
+    let fedora = identity_on(arch, "fedora", "42", "6.14.0-63.fc42.aarch64");
+    // kernel-id's artifact name uses the Debian architecture word for every format (the
+    // specified `..._{debian_arch}.{deb|rpm}`); the package metadata uses each format's own.
+    let rpm_name = fedora.package_file_name(&driver());
+    assert_eq!(
+        rpm_name,
+        "example-driver-fedora-42-6.14.0-63.fc42.aarch64_v0.1.2_arm64.rpm"
+    );
+    let rpm = write_package_file(
+        &driver_spec(&fedora, real_module()),
+        WriteOptions::default_for(fedora.distribution().package_format()),
+        dir.path(),
+        &rpm_name,
+    )
+    .expect("rpm written");
+    let info = run(Command::new("rpm").arg("-qip").arg(&rpm));
+    assert!(info.contains("Architecture: aarch64"), "{info}");
+    let rpm_arch = run(Command::new("rpm")
+        .arg("-qp")
+        .arg("--qf")
+        .arg("%{ARCH}")
+        .arg(&rpm));
+    assert_eq!(rpm_arch, "aarch64");
+
+    let debian = identity_on(arch, "debian", "12", "6.1.0-47-arm64");
+    let deb_name = debian.package_file_name(&driver());
+    assert!(deb_name.ends_with("_arm64.deb"), "{deb_name}");
+    let deb = write_package_file(
+        &driver_spec(&debian, real_module()),
+        WriteOptions::default_for(debian.distribution().package_format()),
+        dir.path(),
+        &deb_name,
+    )
+    .expect("deb written");
+    let field = run(Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(&deb)
+        .arg("Architecture"));
+    assert_eq!(field.trim(), "arm64");
 }
 
 fn rpmlint(rpm: &Path, config: Option<&Path>, home: Option<&Path>) -> String {

@@ -116,10 +116,19 @@ pub fn real_module() -> Vec<u8> {
 }
 
 pub fn identity(distribution: &str, distro_version: &str, release: &str) -> KernelIdentity {
+    identity_on(Arch::X86_64, distribution, distro_version, release)
+}
+
+pub fn identity_on(
+    arch: Arch,
+    distribution: &str,
+    distro_version: &str,
+    release: &str,
+) -> KernelIdentity {
     let distribution = Distribution::parse(distribution).expect("distribution");
     KernelIdentity::new(
         KernelRelease::parse(release).expect("release"),
-        Arch::X86_64,
+        arch,
         DistroVersion::parse(distribution, distro_version).expect("distro version"),
         DriverVersion::parse("v0.1.2").expect("driver version"),
     )
