@@ -80,12 +80,7 @@ impl Fleet {
     }
 
     pub fn prepare(&self, spec: &NodeSpec) -> Result<PreparedNode> {
-        self.prepare_with(spec, &self.settings)
-    }
-
-    /// Like [`prepare`](Self::prepare) with other loader settings (another driver version).
-    pub fn prepare_with(&self, spec: &NodeSpec, settings: &LoaderSettings) -> Result<PreparedNode> {
-        node::prepare(spec, &self.service, settings, &self.dir.join("nodes"))
+        node::prepare(spec, &self.service, &self.settings, &self.dir.join("nodes"))
     }
 
     /// Boots one node and follows it to the end (cold timeout: it may wait for a build).

@@ -329,8 +329,37 @@ fn unpack_kernel(release: &KernelRelease, arch: Arch, root: &Path) -> Result<()>
         let tree = scratch.join("tree");
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
         fs::remove_file(&deb)?;
-        let modules =
-            modules_dir_in(&tree, release).context("the package has no modules directory")?;
+        if modules_dir_in(&tree, release).is_none() {
+            // Newer Debian kernels (trixie-backports 6.17 on) ship linux-image-<release> as a small
+            // metapackage: the kernel is in linux-binary[-unsigned]-<release>, the modules in
+            // linux-modules-<release>.
+            let arch_name = arch.debian_name();
+            let binary = format!("linux-binary-{release}:{arch_name}");
+            let unsigned = format!("linux-binary-unsigned-{release}:{arch_name}");
+            if let Err(error) = apt.download_into(&binary, None, &deb) {
+                apt.download_into(&unsigned, None, &deb).with_context(|| {
+                    format!(
+                        "split packaging: neither {binary} nor {unsigned}; first error: {error:#}"
+                    )
+                })?;
+            }
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+            fs::remove_file(&deb)?;
+            let modules = format!("linux-modules-{release}:{arch_name}");
+            apt.download_into(&modules, None, &deb)
+                .with_context(|| format!("split packaging: {modules}"))?;
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+            fs::remove_file(&deb)?;
+        }
+        let modules = modules_dir_in(&tree, release).context(
+            "neither the image package nor linux-modules-<release> has a modules directory",
+        )?;
+        // Split packages keep the kernel beside its modules; this cache's layout has it in /boot.
+        let boot_vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
+        if !boot_vmlinuz.exists() && modules.join("vmlinuz").is_file() {
+            fs::create_dir_all(tree.join("boot"))?;
+            fs::rename(modules.join("vmlinuz"), &boot_vmlinuz)?;
+        }
         // depmod (kmod <= 30) only looks under <base>/lib/modules; newer kmod under
         // <base>/usr/lib/modules. Offer the tree at both places.
         for base in ["lib/modules", "usr/lib/modules"] {

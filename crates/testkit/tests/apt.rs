@@ -93,3 +93,30 @@ fn unknown_packages_fail_with_apts_message() {
     let error = download_deb("testkit-no-such-package-here", None).expect_err("does not exist");
     assert!(format!("{error:#}").contains("testkit-no-such-package-here"));
 }
+
+/// Debian's newest kernels (trixie-backports) split `linux-image-<release>` into a metapackage
+/// plus `linux-binary-<release>` (the kernel, beside its modules) and `linux-modules-<release>`;
+/// older ones ship everything in the image package. The newest trixie-backports amd64 kernel the
+/// mirror serves must come out as a usable kernel either way: a vmlinuz in the cache's /boot and a
+/// modules tree with virtio_net resolvable.
+#[test]
+fn the_newest_backports_kernel_unpacks_whatever_its_packaging() {
+    let suite = Suite::new("trixie-backports").expect("suite");
+    let images = list_kernel_images(Arch::X86_64, &[suite]).expect("trixie-backports images");
+    let newest = images
+        .iter()
+        .rev()
+        .find(|info| info.flavor == "amd64")
+        .unwrap_or_else(|| panic!("no amd64 image in trixie-backports: {images:#?}"));
+    let kernel = testkit::KernelImage::fetch(newest.release.as_str(), Arch::X86_64)
+        .unwrap_or_else(|error| panic!("fetching {}: {error:#}", newest.release));
+    assert!(kernel.vmlinuz().is_file(), "{}", kernel.vmlinuz().display());
+    let mut image = testkit::Initramfs::new(Arch::X86_64).expect("initramfs");
+    let modules = image
+        .kernel_modules(&kernel, &["virtio_net"])
+        .unwrap_or_else(|error| panic!("virtio_net of {}: {error:#}", newest.release));
+    assert!(
+        modules.iter().any(|m| format!("{m:?}").contains("virtio_net")),
+        "{modules:?}"
+    );
+}
