@@ -332,7 +332,7 @@ fn unpack_kernel(release: &KernelRelease, arch: Arch, root: &Path) -> Result<()>
         if modules_dir_in(&tree, release).is_none() {
             // Newer Debian kernels (trixie-backports 6.17 on) ship linux-image-<release> as a small
             // metapackage: the kernel is in linux-binary[-unsigned]-<release>, the modules in
-            // linux-modules-<release>.
+            // linux-modules-<release>, their indexes in linux-base-<release>.
             let arch_name = arch.debian_name();
             let binary = format!("linux-binary-{release}:{arch_name}");
             let unsigned = format!("linux-binary-unsigned-{release}:{arch_name}");
@@ -345,11 +345,14 @@ fn unpack_kernel(release: &KernelRelease, arch: Arch, root: &Path) -> Result<()>
             }
             run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
             fs::remove_file(&deb)?;
-            let modules = format!("linux-modules-{release}:{arch_name}");
-            apt.download_into(&modules, None, &deb)
-                .with_context(|| format!("split packaging: {modules}"))?;
-            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
-            fs::remove_file(&deb)?;
+            // linux-base-<release> carries modules.builtin, modules.order and the config.
+            for part in ["linux-modules", "linux-base"] {
+                let package = format!("{part}-{release}:{arch_name}");
+                apt.download_into(&package, None, &deb)
+                    .with_context(|| format!("split packaging: {package}"))?;
+                run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+                fs::remove_file(&deb)?;
+            }
         }
         let modules = modules_dir_in(&tree, release).context(
             "neither the image package nor linux-modules-<release> has a modules directory",
