@@ -166,7 +166,7 @@ fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
     // With no archive in the root's sources there is no backports pocket to add.
     assert_eq!(
         outcomes[1],
-        "apt-get install -t bookworm-backports linux-headers-6.1.0-47-amd64 => skipped: \
+        "apt-get install linux-headers-6.1.0-47-amd64 from bookworm-backports => skipped: \
          /etc/apt/sources.list has no `deb <archive> bookworm` line to take the archive from"
     );
     assert_eq!(outcomes[2], "explicit header URLs (4 given) => ok");
@@ -321,7 +321,7 @@ fn every_debian_failure_path_ends_in_an_error_listing_every_source() {
     );
     assert!(
         lines[2].starts_with(
-            "2. apt-get install -t bookworm-backports linux-headers-6.1.0-47-amd64: skipped: "
+            "2. apt-get install linux-headers-6.1.0-47-amd64 from bookworm-backports: skipped: "
         ),
         "{text}"
     );
@@ -386,7 +386,7 @@ fn a_backports_kernel_gets_its_headers_from_the_backports_pocket_of_the_roots_ar
     );
     assert_eq!(
         outcomes[1],
-        format!("apt-get install -t bookworm-backports linux-headers-{release} => ok")
+        format!("apt-get install linux-headers-{release} from bookworm-backports => ok")
     );
     assert_eq!(
         resolved.dir,

@@ -74,7 +74,7 @@ impl HeaderSource for AptSource {
 /// Debian's backports pocket (`<codename>-backports`) of the root's own archive. Debian 12 hosts
 /// commonly run the backports kernel (6.12.*+deb12), whose headers are only there; the root keeps
 /// backports out of its sources so nothing else is ever taken from it, and this source adds it for
-/// this one install, pinned with `-t`, only after the plain apt install failed.
+/// this one install only after the plain apt install failed.
 #[derive(Debug, Clone)]
 pub struct BackportsSource {
     package: String,
@@ -115,7 +115,7 @@ pub(crate) fn archive_for_suite(sources_list: &str, codename: &str) -> Option<St
 impl HeaderSource for BackportsSource {
     fn describe(&self) -> String {
         match self.codename {
-            Some(codename) => format!("apt-get install -t {codename}-backports {}", self.package),
+            Some(codename) => format!("apt-get install {} from {codename}-backports", self.package),
             None => format!("backports ({})", self.package),
         }
     }
@@ -139,17 +139,13 @@ impl HeaderSource for BackportsSource {
         let list = ctx.system.host_path(std::path::Path::new(BACKPORTS_LIST));
         std::fs::write(&list, format!("deb {archive} {backports} main\n"))
             .map_err(|e| SourceFailure::Failed(format!("writing {}: {e}", list.display())))?;
+        // No `-t <codename>-backports`: that would raise every backports version above the
+        // suite's and upgrade half the toolchain. The headers exist only in backports, so apt picks
+        // them (and their same-version companions) there and everything else from the suite.
         let result = run_step(ctx.system, &apt_get(&["update"])).and_then(|()| {
             run_step(
                 ctx.system,
-                &apt_get(&[
-                    "install",
-                    "-y",
-                    "--no-install-recommends",
-                    "-t",
-                    &backports,
-                    &self.package,
-                ]),
+                &apt_get(&["install", "-y", "--no-install-recommends", &self.package]),
             )
         });
         // Leave the root's sources as they were, whatever happened.
