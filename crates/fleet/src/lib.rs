@@ -38,8 +38,9 @@ pub const DRIVER: &str = "example-driver";
 /// The driver version nodes ask for.
 pub const DRIVER_VERSION: &str = "v0.1.2";
 
-/// Hard timeout of a node that may have to wait for a build (root creation included).
-pub const COLD_NODE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// Hard timeout of a node that may have to wait for a build (root creation included; an arm64 root
+/// under emulation takes minutes). Above the loader's own deadline, so the loader reports first.
+pub const COLD_NODE_TIMEOUT: Duration = Duration::from_secs(27 * 60);
 /// Hard timeout of a node whose artifact exists (boot + download + load).
 pub const WARM_NODE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 

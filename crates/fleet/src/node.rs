@@ -96,7 +96,7 @@ impl LoaderSettings {
         LoaderSettings {
             driver,
             driver_version,
-            deadline: Duration::from_secs(900),
+            deadline: Duration::from_secs(25 * 60),
         }
     }
 }
