@@ -245,26 +245,36 @@ fn seconds(duration: Option<Duration>) -> String {
     duration.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
 }
 
+/// One line of the table; the header and the rows share it so the columns line up.
+fn table_line(cells: [&str; 7]) -> String {
+    let [kernel, flavor, distro, build, cold, warm, result] = cells;
+    format!("{kernel:<34} {flavor:<12} {distro:<10} {build:>8} {cold:>10} {warm:>10}  {result}\n")
+}
+
 fn render_row(row: &SweepRow) -> String {
-    format!(
-        "{:<34} {:<12} {:<10} {:>8} {:>10} {:>10}  {}\n",
-        row.kernel,
-        row.flavor,
-        row.distro_version,
-        seconds(row.build_time),
-        seconds(row.cold),
-        seconds(row.warm),
-        row.result
-    )
+    table_line([
+        &row.kernel,
+        &row.flavor,
+        &row.distro_version,
+        &seconds(row.build_time),
+        &seconds(row.cold),
+        &seconds(row.warm),
+        &row.result,
+    ])
 }
 
 /// The table and a summary per architecture: kernels, how each ended, and the median and max
 /// build time and time to driver live (cold, warm) of the loaded ones.
 pub fn render(rows: &[SweepRow]) -> String {
-    let mut out = format!(
-        "{:<34} {:<12} {:<10} {:>8} {:>10} {:>10}  {}\n",
-        "kernel", "flavor", "distro", "build", "cold live", "warm live", "result"
-    );
+    let mut out = table_line([
+        "kernel",
+        "flavor",
+        "distro",
+        "build",
+        "cold live",
+        "warm live",
+        "result",
+    ]);
     for row in rows {
         out.push_str(&render_row(row));
     }
