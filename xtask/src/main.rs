@@ -12,6 +12,7 @@ mod bench_matrix;
 mod bench_service;
 #[path = "fleet.rs"]
 mod fleet_command;
+mod retries;
 mod serve;
 
 /// Crates that would bring IO into kernel-id. Its dependency tree must never contain them.
@@ -73,7 +74,15 @@ fn ci(root: &Path) -> Result<()> {
         ],
     )?;
     check_kernel_id_deps(root)?;
-    run(
+    let junit = root.join("target/nextest/default/junit.xml");
+    // A stale report from an earlier run must not stand in for this one.
+    match std::fs::remove_file(&junit) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", junit.display()));
+        }
+        _ => {}
+    }
+    let tests = run(
         root,
         "cargo",
         &[
@@ -83,8 +92,12 @@ fn ci(root: &Path) -> Result<()> {
             "--locked",
             "--no-fail-fast",
         ],
-    )?;
-    Ok(())
+    );
+    // Retries are reported whether or not the run passed: a failing run that also hid a flaky
+    // test should say both.
+    let retried = retries::report(&junit);
+    tests?;
+    retried
 }
 
 fn check_kernel_id_deps(root: &Path) -> Result<()> {
