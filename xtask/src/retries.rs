@@ -149,7 +149,8 @@ pub fn report(junit_path: &Path) -> Result<()> {
         .collect();
     anyhow::ensure!(
         outside.is_empty(),
-        "tests outside the VM scenarios needed a retry (a flaky test is a failing test): {}",
+        "tests outside the VM scenarios ({}) needed a retry (a flaky test is a failing test): {}",
+        vm_scenario_filter(),
         outside.join(", ")
     );
     Ok(())
