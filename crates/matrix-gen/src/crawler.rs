@@ -19,7 +19,8 @@ use crate::report::Report;
 pub struct CrawledKernel {
     /// The identity a node booting this kernel computes.
     pub identity: KernelIdentity,
-    /// Header package URLs, dot segments resolved.
+    /// Header package URLs, dot segments resolved; for deb kernels only the kernel's own (other
+    /// flavors' packages in the entry are left out, see `kernel_id::deb_kernel_from_headers`).
     pub headers: Vec<String>,
 }
 
@@ -210,7 +211,7 @@ fn resolve(
         );
         return None;
     };
-    let (release, distro_version) = match distribution.package_format() {
+    let (release, distro_version, headers) = match distribution.package_format() {
         kernel_id::PackageFormat::Deb => {
             let Some(kernel) = deb_kernel_from_headers(
                 distribution,
@@ -224,12 +225,12 @@ fn resolve(
                 );
                 return None;
             };
-            (kernel.release, kernel.distro_version)
+            (kernel.release, kernel.distro_version, kernel.headers)
         }
         kernel_id::PackageFormat::Rpm => {
             let release = KernelRelease::parse(&entry.kernelrelease).ok()?;
             let version = derive_distro_version(release.as_str(), Some(&entry.target));
-            (release, version)
+            (release, version, headers)
         }
     };
     let Some(distro_version) = distro_version else {
