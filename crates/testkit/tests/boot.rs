@@ -35,6 +35,13 @@ fn aarch64() -> Arch {
     Arch::parse("aarch64").expect("aarch64 is an arch")
 }
 
+/// A guest command that ends the init's command subshell with its own exit status when it fails.
+/// StandardInit closes that subshell with `:`, so without this `END_MARKER rc=` is 0 whatever the
+/// commands did, and asserting `rc=0` would prove nothing.
+fn must(command: impl AsRef<str>) -> String {
+    format!("{} || exit $?", command.as_ref())
+}
+
 /// Serves `body` to every GET on 127.0.0.1 until dropped (or for at most ten minutes).
 struct LoopbackServer {
     port: u16,
@@ -141,12 +148,14 @@ fn bookworm_amd64_boots_loads_virtio_net_and_fetches_over_http() {
     let server = LoopbackServer::start("payload-7f3e9c from the host loopback\n");
     let init = StandardInit::new()
         .network(Network::Static)
-        .command(format!(
+        .command(must(format!(
             "wget -q -O - http://10.0.2.2:{}/payload",
             server.port
+        )))
+        .command(must(
+            "grep -E '^(virtio_net|net_failover|failover) ' /proc/modules",
         ))
-        .command("grep -E '^(virtio_net|net_failover|failover) ' /proc/modules")
-        .command("/bin/probe /etc/probe.conf");
+        .command(must("/bin/probe /etc/probe.conf"));
     let initrd = initramfs_with_network(&kernel, &dir, init, |image| {
         image
             .file_from_host("/bin/probe", &probe, 0o755)
@@ -220,8 +229,8 @@ fn trixie_kernel_with_xz_modules_boots_and_loads_them() {
     );
     let init = StandardInit::new()
         .network(Network::Static)
-        .command("grep -E '^(virtio_net|failover) ' /proc/modules")
-        .command("ip -o link show eth0");
+        .command(must("grep -E '^(virtio_net|failover) ' /proc/modules"))
+        .command(must("ip -o link show eth0"));
     let initrd = initramfs_with_network(&kernel, &dir, init, |_| {});
 
     let started = Instant::now();
@@ -258,11 +267,11 @@ fn arm64_kernel_boots_under_qemu_system_aarch64_with_network() {
     let server = LoopbackServer::start("arm64-payload-51d2\n");
     let init = StandardInit::new()
         .network(Network::Static)
-        .command("/bin/probe")
-        .command(format!(
+        .command(must("/bin/probe"))
+        .command(must(format!(
             "wget -q -O - http://10.0.2.2:{}/payload",
             server.port
-        ));
+        )));
     let initrd = initramfs_with_network(&kernel, &dir, init, |image| {
         image
             .file_from_host("/bin/probe", &probe, 0o755)

@@ -1,12 +1,16 @@
 //! The executor's own contract in a real bookworm root: the configured builder runs with the
 //! identity's arguments, outputs come back, and the root is removed after success, failure and
-//! timeout alike.
+//! timeout alike; at the timeout every process of the command is gone, detached ones included.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use build_root::BuildRootError;
 use build_root::executor::LocalExecutor;
+use build_root::root::RootKey;
 use kernel_id::{Arch, DriverName};
 
 use crate::helpers;
@@ -89,14 +93,70 @@ fn a_failing_command_still_removes_the_root() {
     assert!(!scratch.path().join("out").exists());
 }
 
+/// Host pids of live processes whose command line contains `token`, with their argv[0]. The host's
+/// /proc shows the processes of the build's pid namespace too; a zombie's cmdline is empty, so only
+/// processes that still run are listed.
+fn processes_with(token: &str) -> BTreeMap<u32, String> {
+    let mut found = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(token) {
+            let argv0 = cmdline.split('\0').next().unwrap_or_default().to_owned();
+            found.insert(pid, argv0);
+        }
+    }
+    found
+}
+
 #[test]
 fn a_command_past_its_limit_is_killed_and_the_root_removed() {
+    let limit = Duration::from_secs(3);
     let mut config = helpers::config("work-timeout");
-    config.build_timeout = Duration::from_secs(3);
+    config.build_timeout = limit;
     let work_dir = config.work_dir.clone();
     let executor = LocalExecutor::new(config);
     let identity = helpers::identity("6.1.0-47-amd64", "x86_64", "12");
     let scratch = tempfile::tempdir().expect("tempdir");
+    // The base image is made (or found) before the clock starts: the bound below is about the
+    // command's limit, not about a first mmdebstrap run.
+    let (_, warm) = executor
+        .fresh_root(&RootKey::for_identity(&identity))
+        .expect("bookworm root");
+    warm.remove().expect("remove the warm-up root");
+
+    // A sleep length no other process on the host has, so /proc can tell this build's processes
+    // apart: the shell, the detached `setsid` sleep (its own session and process group, out of
+    // reach of a process-group kill) and the foreground sleep.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    let token = format!("600.{nanos:09}{:07}", std::process::id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, token) = (stop.clone(), token.clone());
+        std::thread::spawn(move || {
+            let mut seen = BTreeMap::new();
+            while !stop.load(Ordering::SeqCst) {
+                seen.extend(processes_with(&token));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
 
     let started = Instant::now();
     let error = executor
@@ -105,15 +165,38 @@ fn a_command_past_its_limit_is_killed_and_the_root_removed() {
             &helpers::sample_driver(),
             &scratch.path().join("out"),
             &scratch.path().join("build.log"),
-            &helpers::shell("setsid sleep 600 & sleep 600"),
+            &helpers::shell(&format!("setsid sleep {token} & sleep {token}")),
         )
         .expect_err("the command runs too long");
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.join().expect("watcher");
 
     assert!(matches!(error, BuildRootError::TimedOut { .. }), "{error}");
+    let sleeps = seen
+        .values()
+        .filter(|argv0| argv0.ends_with("sleep"))
+        .count();
     assert!(
-        started.elapsed() < Duration::from_secs(300),
-        "took {:?}",
-        started.elapsed()
+        sleeps >= 2,
+        "both sleeps must have run (or /proc cannot show the build's processes): {seen:?}"
+    );
+    // Unpacking the root and removing it are part of the call; 30 s covers both on a loaded 2-core
+    // machine, far below the 600 s the sleeps would run if the limit were not enforced.
+    assert!(
+        elapsed >= limit && elapsed < limit + Duration::from_secs(30),
+        "killed after {elapsed:?} for a {limit:?} limit"
+    );
+    // The pid namespace's teardown may trail the return by a moment; a survivor would run for 600 s.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut survivors = processes_with(&token);
+    while !survivors.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        survivors = processes_with(&token);
+    }
+    assert!(
+        survivors.is_empty(),
+        "processes of the timed-out command outlived it: {survivors:?} (seen while running: {seen:?})"
     );
     assert!(
         leftover_work_dirs(&work_dir).is_empty(),
