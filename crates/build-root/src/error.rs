@@ -130,6 +130,15 @@ pub enum BuildRootError {
         log: PathBuf,
     },
 
+    /// The build was cancelled (its whole process group killed) before it finished.
+    #[error("the build in the {root} root was cancelled; see {}", log.display())]
+    Cancelled {
+        /// The root's key.
+        root: String,
+        /// Its output so far.
+        log: PathBuf,
+    },
+
     /// The build left something other than files and directories in its output directory.
     #[error("build output {} is not a regular file or directory; refusing to copy it out", path.display())]
     UnexpectedOutput {

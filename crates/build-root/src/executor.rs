@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kernel_id::{Arch, DriverName, KernelIdentity};
 
 use crate::error::{BuildRootError, Result};
-use crate::process;
+use crate::process::{self, Cancel};
 use crate::root::{BaseImage, Mirrors, RootCache, RootKey};
 use crate::work::WorkRoot;
 
@@ -139,17 +139,33 @@ impl LocalExecutor {
         out_dir: &Path,
         log: &Path,
     ) -> Result<BuildReport> {
+        self.build_cancellable(identity, driver, driver_src, out_dir, log, &Cancel::new())
+    }
+
+    /// [`build`](Self::build) that stops when `cancel` is requested: a running build command is
+    /// killed with its whole process group (and so its pid namespace), no later step starts, and the
+    /// root is removed; the result is [`BuildRootError::Cancelled`].
+    pub fn build_cancellable(
+        &self,
+        identity: &KernelIdentity,
+        driver: &DriverName,
+        driver_src: &Path,
+        out_dir: &Path,
+        log: &Path,
+        cancel: &Cancel,
+    ) -> Result<BuildReport> {
         if !self.config.builder_binaries.contains_key(&identity.arch()) {
             return Err(BuildRootError::BuilderMissing {
                 arch: identity.arch(),
             });
         }
-        self.build_with_argv(
+        self.build_with_argv_cancellable(
             identity,
             driver_src,
             out_dir,
             log,
             &builder_argv(identity, driver),
+            cancel,
         )
     }
 
@@ -163,7 +179,28 @@ impl LocalExecutor {
         log: &Path,
         argv: &[String],
     ) -> Result<BuildReport> {
+        self.build_with_argv_cancellable(identity, driver_src, out_dir, log, argv, &Cancel::new())
+    }
+
+    /// [`build_with_argv`](Self::build_with_argv) that stops when `cancel` is requested (see
+    /// [`build_cancellable`](Self::build_cancellable)).
+    pub fn build_with_argv_cancellable(
+        &self,
+        identity: &KernelIdentity,
+        driver_src: &Path,
+        out_dir: &Path,
+        log: &Path,
+        argv: &[String],
+        cancel: &Cancel,
+    ) -> Result<BuildReport> {
         let key = RootKey::for_identity(identity);
+        let cancelled = || BuildRootError::Cancelled {
+            root: key.slug(),
+            log: log.to_owned(),
+        };
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         process::log_line(
             log,
             &format!(
@@ -173,7 +210,12 @@ impl LocalExecutor {
             ),
         )?;
         let started = Instant::now();
+        // Making a base image is not cancelled (other builds of the root wait for it); the build
+        // stops right after it instead, and the fresh root is removed on return.
         let (base, work) = self.fresh_root(&key)?;
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         if let Some(created_in) = base.created_in {
             process::log_line(
                 log,
@@ -189,7 +231,7 @@ impl LocalExecutor {
             .saturating_sub(base.created_in.unwrap_or_default());
         process::log_line(log, &format!("root ready in {:.1} s", unpack.as_secs_f64()))?;
 
-        let run = work.run(argv, log, self.config.build_timeout)?;
+        let run = work.run_cancellable(argv, log, self.config.build_timeout, cancel)?;
 
         let collecting = Instant::now();
         let outputs = work.copy_out(OUT_DIR, out_dir)?;

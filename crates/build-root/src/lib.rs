@@ -18,3 +18,4 @@ pub mod toolchain;
 pub mod work;
 
 pub use error::{BuildRootError, Result};
+pub use process::{CANCEL_LATENCY, Cancel, Ended, run_cancellable};

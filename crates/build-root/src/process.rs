@@ -10,6 +10,8 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -19,12 +21,41 @@ use crate::error::{BuildRootError, Result};
 
 /// How a bounded command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ended {
+pub enum Ended {
     /// It exited (or was killed by someone else) with this status.
     Exited(ExitStatus),
     /// It ran past the limit and was killed.
     TimedOut,
+    /// It was cancelled and killed.
+    Cancelled,
 }
+
+/// A request to stop a build, shared between whoever decides (the build service) and the thread that
+/// runs the build. The thread that started a command is the one that kills it: it owns the child, so
+/// the process group it kills can never be one recycled after the child was reaped.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A request not yet made.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for the build to stop: a running command's whole process group is killed within
+    /// [`CANCEL_LATENCY`], and no further command starts.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the build was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Longest time between [`Cancel::cancel`] and the kill of a running command's process group.
+pub const CANCEL_LATENCY: Duration = Duration::from_millis(200);
 
 /// The prefix that puts a command in private mount and pid namespaces tied to the unshare process.
 pub(crate) fn isolated(program: &str) -> Command {
@@ -65,6 +96,22 @@ pub(crate) fn log_line(log: &Path, line: &str) -> Result<()> {
 /// Runs `command` in its own process group with stdout and stderr appended to `log`, killing the
 /// whole group when `limit` passes.
 pub(crate) fn run_bounded(command: &mut Command, log: &Path, limit: Duration) -> Result<Ended> {
+    run_cancellable(command, log, limit, &Cancel::new())
+}
+
+/// Runs `command` in its own process group with stdout and stderr appended to `log`, killing the
+/// whole group when `limit` passes or `cancel` is requested (and not starting it at all when it
+/// already was). Every command of a build runs through here; it is public so that other executors
+/// (and tests standing in for the real one) stop their processes exactly the same way.
+pub fn run_cancellable(
+    command: &mut Command,
+    log: &Path,
+    limit: Duration,
+    cancel: &Cancel,
+) -> Result<Ended> {
+    if cancel.is_cancelled() {
+        return Ok(Ended::Cancelled);
+    }
     let stdout = open_log(log)?;
     let stderr = stdout.try_clone().map_err(BuildRootError::io(format!(
         "duplicating log {}",
@@ -80,20 +127,23 @@ pub(crate) fn run_bounded(command: &mut Command, log: &Path, limit: Duration) ->
         .map_err(BuildRootError::io(format!("starting {description}")))?;
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(10);
-    loop {
+    let ended = loop {
         if let Some(status) = child
             .try_wait()
             .map_err(BuildRootError::io(format!("waiting for {description}")))?
         {
             return Ok(Ended::Exited(status));
         }
+        if cancel.is_cancelled() {
+            break Ended::Cancelled;
+        }
         let now = Instant::now();
         if now >= deadline {
-            break;
+            break Ended::TimedOut;
         }
         std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
+        pause = (pause * 2).min(CANCEL_LATENCY);
+    };
     let group = i32::try_from(child.id()).map(Pid::from_raw);
     if group.is_err() || group.is_ok_and(|group| killpg(group, Signal::SIGKILL).is_err()) {
         // The group is gone or unknown; killing the leader still triggers --kill-child.
@@ -102,7 +152,7 @@ pub(crate) fn run_bounded(command: &mut Command, log: &Path, limit: Duration) ->
     child
         .wait()
         .map_err(BuildRootError::io(format!("reaping {description}")))?;
-    Ok(Ended::TimedOut)
+    Ok(ended)
 }
 
 #[cfg(test)]
@@ -142,5 +192,48 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_secs(3));
         assert!(!marker.exists(), "a process of the killed group survived");
+    }
+
+    #[test]
+    fn cancelling_kills_the_whole_group_and_a_cancelled_command_never_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("run.log");
+        let marker = dir.path().join("survivor");
+        let script = format!("(sleep 2; touch {}) & sleep 60", marker.display());
+        let cancel = Cancel::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                cancel.cancel();
+            })
+        };
+        let started = Instant::now();
+        let ended = run_cancellable(
+            Command::new("sh").args(["-c", &script]),
+            &log,
+            Duration::from_secs(60),
+            &cancel,
+        )
+        .expect("runs");
+        canceller.join().expect("canceller");
+        assert_eq!(ended, Ended::Cancelled);
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !marker.exists(),
+            "a process of the cancelled group survived"
+        );
+
+        let never = dir.path().join("never");
+        let ended = run_cancellable(
+            Command::new("touch").arg(&never),
+            &log,
+            Duration::from_secs(60),
+            &cancel,
+        )
+        .expect("runs");
+        assert_eq!(ended, Ended::Cancelled);
+        assert!(!never.exists(), "a command started after the cancellation");
     }
 }

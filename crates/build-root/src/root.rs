@@ -378,6 +378,11 @@ impl RootCache {
                 limit: self.creation_timeout,
                 log: log.clone(),
             }),
+            // Base images are shared by every build of the root, so nothing cancels their creation.
+            Ended::Cancelled => Err(BuildRootError::Cancelled {
+                root: slug.clone(),
+                log: log.clone(),
+            }),
         };
         if outcome.is_err() {
             let _ = std::fs::remove_file(&partial);

@@ -134,6 +134,12 @@ impl WorkRoot {
                     source: std::io::Error::new(ErrorKind::TimedOut, "tar ran longer than 600 s"),
                 });
             }
+            Ended::Cancelled => {
+                return Err(BuildRootError::Cancelled {
+                    root: work.slug.clone(),
+                    log: unpack_log,
+                });
+            }
         }
         work.prepare()?;
         Ok(work)
@@ -246,6 +252,18 @@ impl WorkRoot {
     /// Runs `argv` inside the root as root, output appended to `log`, killed after `limit`. Returns
     /// how long it ran; a non-zero exit or timeout is an error naming the log.
     pub fn run(&self, argv: &[String], log: &Path, limit: Duration) -> Result<Duration> {
+        self.run_cancellable(argv, log, limit, &process::Cancel::new())
+    }
+
+    /// [`run`](Self::run) that is also killed, its whole process group and pid namespace with it,
+    /// when `cancel` is requested (and never starts when it already was).
+    pub fn run_cancellable(
+        &self,
+        argv: &[String],
+        log: &Path,
+        limit: Duration,
+        cancel: &process::Cancel,
+    ) -> Result<Duration> {
         if argv.is_empty() {
             return Err(BuildRootError::EmptyCommand);
         }
@@ -263,7 +281,7 @@ impl WorkRoot {
                     .filter_map(|name| Some((name, std::env::var_os(name)?))),
             );
         let started = Instant::now();
-        let ended = process::run_bounded(&mut command, log, limit);
+        let ended = process::run_cancellable(&mut command, log, limit, cancel);
         let elapsed = started.elapsed();
         // Harvest even after a failure: whatever apt fetched completely is worth keeping.
         self.harvest_apt_archives();
@@ -286,6 +304,19 @@ impl WorkRoot {
                 Err(BuildRootError::CommandFailed {
                     root: self.slug.clone(),
                     status: status.to_string(),
+                    log: log.to_owned(),
+                })
+            }
+            Ended::Cancelled => {
+                process::log_line(
+                    log,
+                    &format!(
+                        "command cancelled and killed after {:.1} s",
+                        elapsed.as_secs_f64()
+                    ),
+                )?;
+                Err(BuildRootError::Cancelled {
+                    root: self.slug.clone(),
                     log: log.to_owned(),
                 })
             }

@@ -26,6 +26,8 @@ pub(crate) const DOCS_RELEASES: &str = "https://docs.github.com/rest/releases/re
 pub(crate) const DOCS_ASSETS: &str = "https://docs.github.com/rest/releases/assets";
 pub(crate) const DOCS_WORKFLOWS: &str = "https://docs.github.com/rest/actions/workflows";
 pub(crate) const DOCS_RUNS: &str = "https://docs.github.com/rest/actions/workflow-runs";
+pub(crate) const DOCS_CANCEL_RUN: &str =
+    "https://docs.github.com/rest/actions/workflow-runs#cancel-a-workflow-run";
 pub(crate) const DOCS_REST: &str = "https://docs.github.com/rest";
 pub(crate) const DOCS_APPS: &str =
     "https://docs.github.com/rest/apps/apps#create-an-installation-access-token-for-an-app";

@@ -1,12 +1,13 @@
 //! A stateful simulator of exactly the GitHub REST endpoints the build-service uses, for tests on
 //! loopback: releases by tag / id / list, release creation and publication, asset upload and download
-//! (API and browser URLs), `workflow_dispatch` with and without run details, workflow-run lists and
-//! lookups, `GET /rate_limit`; with GitHub's rate-limit headers, ETag / Last-Modified conditional requests
+//! (API and browser URLs), `workflow_dispatch` with and without run details, workflow-run lists,
+//! lookups and cancellation, `GET /rate_limit`; with GitHub's rate-limit headers, ETag / Last-Modified conditional requests
 //! (a 304 costs no quota), `Link` pagination, token auth, and faults injected at run time.
 //!
 //! Dispatched runs progress queued -> in_progress -> completed and, on success, publish the artifact the
 //! way the project's `driver-build.yml` does (draft release -> upload -> publish), as computed from the
-//! run's inputs by a hook the test supplies.
+//! run's inputs by a hook the test supplies. A cancelled run ends completed / cancelled at once and
+//! publishes nothing more.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), github_sim::SimError> {

@@ -38,6 +38,8 @@ pub enum Route {
     ListWorkflowRuns,
     /// `GET /repos/{o}/{r}/actions/runs/{id}`
     GetRun,
+    /// `POST /repos/{o}/{r}/actions/runs/{id}/cancel`
+    CancelRun,
     /// `GET|HEAD /{o}/{r}/releases/download/{tag}/{name}` (github.com, not the API)
     BrowserDownload,
     /// `GET|HEAD /_storage/{asset_id}/{name}`: where downloads redirect to (GitHub's object storage).
@@ -161,6 +163,13 @@ pub(crate) fn parse(method: &Method, path: &str) -> Target {
             },
             Err(_) => unknown,
         },
+        ["repos", o, r, "actions", "runs", id, "cancel"] if post => match id.parse() {
+            Ok(id) => Target {
+                id,
+                ..with_repo(Route::CancelRun, o, r)
+            },
+            Err(_) => unknown,
+        },
         ["_storage", id, file] if get => match id.parse() {
             Ok(id) => Target {
                 id,
@@ -223,6 +232,16 @@ mod tests {
             ),
             (Method::GET, "/repos/o/r/actions/runs", Route::ListRuns),
             (Method::GET, "/repos/o/r/actions/runs/5", Route::GetRun),
+            (
+                Method::POST,
+                "/repos/o/r/actions/runs/5/cancel",
+                Route::CancelRun,
+            ),
+            (
+                Method::GET,
+                "/repos/o/r/actions/runs/5/cancel",
+                Route::Unknown,
+            ),
             (
                 Method::HEAD,
                 "/o/r/releases/download/v1/a.deb",

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::config::{Conclusion, DispatchMode, Inputs, PublishedFile, RunStatus, WorkflowSpec};
-use crate::error::{ApiError, DOCS_WORKFLOWS};
+use crate::error::{ApiError, DOCS_CANCEL_RUN, DOCS_WORKFLOWS};
 use crate::json;
 use crate::routes::Target;
 use crate::server::{ApiResult, Reply, Shared};
@@ -270,6 +270,32 @@ pub(crate) fn dispatch(
     }
 }
 
+/// `POST .../actions/runs/{id}/cancel`: a run that has not completed is cancelled (GitHub answers
+/// `202 Accepted` with `{}`; the run ends `completed` / `cancelled` and no further step of it runs,
+/// so nothing more is published); a completed run is `409 Conflict`; an unknown one 404.
+pub(crate) fn cancel(shared: &Shared, target: &Target) -> ApiResult {
+    let mut state = shared.lock();
+    let run = state
+        .run_mut(target.id)
+        .ok_or_else(|| ApiError::not_found(DOCS_CANCEL_RUN))?;
+    if run.status == RunStatus::Completed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Cannot cancel a workflow run that is completed.",
+            DOCS_CANCEL_RUN,
+        ));
+    }
+    let t = now();
+    run.status = RunStatus::Completed;
+    run.conclusion = Some(Conclusion::Cancelled);
+    // A timer (or a test) finishing the run later finds it finishing and publishes nothing.
+    run.finishing = true;
+    run.updated_at = t;
+    drop(state);
+    tracing::debug!(run_id = target.id, "github-sim cancelled run");
+    Ok(Reply::json(StatusCode::ACCEPTED, json!({})))
+}
+
 /// Moves a run along by the configured timing; a `None` duration leaves it to the test.
 async fn progress(shared: Arc<Shared>, run_id: u64) {
     let timing = shared.lock().config.run_timing;
@@ -338,7 +364,10 @@ pub(crate) async fn finish_run(shared: &Shared, run_id: u64, conclusion: Conclus
         }
     }
     let mut state = shared.lock();
-    if let Some(run) = state.run_mut(run_id) {
+    // A run cancelled while it published stays cancelled (the step in flight still completed).
+    if let Some(run) = state.run_mut(run_id)
+        && run.status != RunStatus::Completed
+    {
         run.status = RunStatus::Completed;
         run.conclusion = Some(conclusion);
         run.failure_reason = failure_reason;

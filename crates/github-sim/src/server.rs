@@ -283,7 +283,11 @@ fn authenticate(shared: &Shared, headers: &HeaderMap, route: Route) -> Result<Ca
     };
     let write = matches!(
         route,
-        Route::CreateRelease | Route::UpdateRelease | Route::UploadAsset | Route::DispatchWorkflow
+        Route::CreateRelease
+            | Route::UpdateRelease
+            | Route::UploadAsset
+            | Route::DispatchWorkflow
+            | Route::CancelRun
     );
     if !caller.is_authenticated() && (write || state.config.require_auth) {
         return Err(ApiError::new(
@@ -523,6 +527,7 @@ fn endpoint(
             }
         }
         Route::DispatchWorkflow => runs::dispatch(shared, target, caller, &body),
+        Route::CancelRun => runs::cancel(shared, target),
         Route::ListRuns | Route::ListWorkflowRuns => list_runs(shared, target, query),
         Route::GetRun => {
             let state = shared.lock();

@@ -1307,3 +1307,110 @@ async fn per_driver_version_layout_meets_immutable_releases() {
         "{fifth:?}"
     );
 }
+
+#[tokio::test]
+async fn cancelling_a_run_answers_like_github_and_stops_its_publishing() {
+    let mut config = SimConfig {
+        accepted_tokens: Some(vec![TOKEN.to_owned()]),
+        run_timing: RunTiming {
+            publish_step: Duration::from_millis(300),
+            ..held_runs()
+        },
+        ..SimConfig::default()
+    };
+    config.publish = Arc::new(|inputs| {
+        let tag = format!("example-driver-{}", inputs["build_id"]);
+        vec![PublishedFile::new(tag, "driver.deb", b"package".to_vec())]
+    });
+    let sim = GithubSim::start(config).await.expect("simulator starts");
+    let api = Api::new(&sim);
+    let run_id = |details: &Value| details["workflow_run_id"].as_u64().expect("run id");
+
+    // A queued run: 202 with `{}`, then completed / cancelled, and it never publishes.
+    let queued = run_id(&json_of(api.dispatch(inputs("c-1"), Some(true)).await).await);
+    let cancel_path = format!("/actions/runs/{queued}/cancel");
+    let accepted = api.post(&cancel_path, json!({})).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    assert_eq!(json_of(accepted).await, json!({}));
+    let run = json_of(api.get(&format!("/actions/runs/{queued}")).await).await;
+    assert_eq!(
+        (run["status"].as_str(), run["conclusion"].as_str()),
+        (Some("completed"), Some("cancelled")),
+        "{run}"
+    );
+    assert!(!sim.finish_run(queued, Conclusion::Success).await);
+    assert!(sim.releases().is_empty());
+
+    // Cancelling it again: 409 in GitHub's error shape.
+    let conflict = api.post(&cancel_path, json!({})).await;
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let body = json_of(conflict).await;
+    assert_eq!(
+        body["message"],
+        "Cannot cancel a workflow run that is completed."
+    );
+    assert_eq!(body["status"], "409");
+    assert!(
+        body["documentation_url"]
+            .as_str()
+            .is_some_and(|url| url.contains("cancel-a-workflow-run")),
+        "{body}"
+    );
+
+    // A running run is cancelled the same way.
+    let running = run_id(&json_of(api.dispatch(inputs("c-2"), Some(true)).await).await);
+    assert!(sim.start_run(running));
+    let accepted = api
+        .post(&format!("/actions/runs/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let info = sim.run(running).expect("run");
+    assert_eq!(
+        (info.status, info.conclusion),
+        (RunStatus::Completed, Some(Conclusion::Cancelled))
+    );
+
+    // A run cancelled while it publishes stays cancelled; the step in flight still completed.
+    let publishing = run_id(&json_of(api.dispatch(inputs("c-3"), Some(true)).await).await);
+    let (finished, cancelled) =
+        tokio::join!(sim.finish_run(publishing, Conclusion::Success), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            api.post(&format!("/actions/runs/{publishing}/cancel"), json!({}))
+                .await
+                .status()
+        });
+    assert!(finished);
+    assert_eq!(cancelled, StatusCode::ACCEPTED);
+    assert_eq!(
+        sim.run(publishing).expect("run").conclusion,
+        Some(Conclusion::Cancelled)
+    );
+
+    // A completed run is a conflict; unknown runs are 404; GET is no route; writes need a token.
+    let done = run_id(&json_of(api.dispatch(inputs("c-4"), Some(true)).await).await);
+    assert!(sim.finish_run(done, Conclusion::Failure).await);
+    assert_eq!(
+        api.post(&format!("/actions/runs/{done}/cancel"), json!({}))
+            .await
+            .status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.post("/actions/runs/1/cancel", json!({})).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(&format!("/actions/runs/{done}/cancel"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let anonymous = api
+        .http
+        .post(api.url(&format!("/actions/runs/{done}/cancel")))
+        .send()
+        .await
+        .expect("anonymous cancel");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(sim.stats().requests_to(Route::CancelRun), 7);
+}

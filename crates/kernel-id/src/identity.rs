@@ -333,6 +333,12 @@ impl KernelIdentity {
         format!("{}.sha256", self.package_file_name(driver))
     }
 
+    /// The build provenance file's name (an in-toto statement per line, the SLSA convention), published
+    /// beside the package when a build produced one.
+    pub fn provenance_file_name(&self, driver: &DriverName) -> String {
+        format!("{}.intoto.jsonl", self.package_file_name(driver))
+    }
+
     /// The kernel-crawler / kernels.json target for this kernel (`debian`, `ubuntu-gcp`, ...).
     pub fn crawler_target(&self) -> String {
         self.distribution()

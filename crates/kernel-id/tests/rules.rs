@@ -422,6 +422,10 @@ fn package_metadata_is_valid_for_dpkg_and_rpm() {
         "example-driver-debian-12-6.12.115+deb12-amd64_v1.0.0-rc.1_amd64.deb.minisig"
     );
     assert_eq!(
+        id.provenance_file_name(&driver),
+        "example-driver-debian-12-6.12.115+deb12-amd64_v1.0.0-rc.1_amd64.deb.intoto.jsonl"
+    );
+    assert_eq!(
         id.add_kernel_branch(),
         "add-kernel/debian/12/x86_64/6-12-115+deb12-amd64"
     );
