@@ -8,8 +8,8 @@
 //! 3. GitHub API calls per 1,000 hit requests: the service with the GitHub backend against the
 //!    github-sim simulator, counted by the simulator.
 //!
-//! Needs in xtask's manifest: build-service, github-sim, kernel-id, tokio, reqwest, serde (derive),
-//! serde_json, tempfile.
+//! Needs in xtask's manifest: build-api, build-service, github-sim, kernel-id, tokio, reqwest,
+//! serde (derive), serde_json, tempfile.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use build_api::{BuildAccepted, BuildRequest};
 use build_service::local::{BuildExecutor, ExecutorJob};
 use build_service::{BackendConfig, LocalConfig, RunningService, ServiceConfig};
 use kernel_id::{DriverName, IdentityInput, KernelIdentity, ReleaseLayout};
-use serde_json::{Value, json};
 
 const HIT_REQUESTS: usize = 20_000;
 const HIT_CONCURRENCY: usize = 64;
@@ -63,7 +63,7 @@ fn miss_client(url: &str) -> Result<()> {
         .build()?;
     let report = runtime.block_on(async {
         let client = http_client()?;
-        let miss = Arc::new(request("v0.2.0").to_string());
+        let miss = Arc::new(serde_json::to_string(&request("v0.2.0"))?);
         let started = Instant::now();
         let mut requests = tokio::task::JoinSet::new();
         for _ in 0..MISSES {
@@ -78,9 +78,11 @@ fn miss_client(url: &str) -> Result<()> {
                     .send()
                     .await?;
                 let code = response.status().as_u16();
-                let answer: Value = response.json().await?;
+                let answer = response.text().await?;
                 ensure!(code == 202, "miss answered {code}: {answer}");
-                Ok::<_, anyhow::Error>(answer["build_id"].as_str().unwrap_or_default().to_owned())
+                let accepted: BuildAccepted = serde_json::from_str(&answer)
+                    .with_context(|| format!("miss answered {code}: {answer}"))?;
+                Ok::<_, anyhow::Error>(accepted.build_id)
             });
         }
         let mut build_ids = HashSet::new();
@@ -122,18 +124,19 @@ impl BuildExecutor for HoldingExecutor {
     }
 }
 
-fn request(driver_version: &str) -> Value {
-    json!({
-        "kernel_version": "6.1.0-47-amd64",
-        "architecture": "x86_64",
-        "distribution": "debian",
-        "distro_version": "12",
-        "driver_version": driver_version,
-    })
+fn request(driver_version: &str) -> BuildRequest {
+    BuildRequest {
+        architecture: "x86_64".to_owned(),
+        distribution: "debian".to_owned(),
+        distro_version: Some("12".to_owned()),
+        driver_version: driver_version.to_owned(),
+        kernel_version: "6.1.0-47-amd64".to_owned(),
+    }
 }
 
-fn identity(body: &Value) -> Result<KernelIdentity> {
-    let input: IdentityInput = serde_json::from_value(body.clone())?;
+/// The identity the service derives from `body` (same wire shape, read back as kernel-id's input).
+fn identity(body: &BuildRequest) -> Result<KernelIdentity> {
+    let input: IdentityInput = serde_json::from_value(serde_json::to_value(body)?)?;
     Ok(KernelIdentity::from_input(&input)?)
 }
 
@@ -160,12 +163,12 @@ fn http_client() -> Result<reqwest::Client> {
 async fn load(
     client: &reqwest::Client,
     url: &str,
-    body: &Value,
+    body: &BuildRequest,
     total: usize,
     concurrency: usize,
 ) -> Result<(Vec<Duration>, Duration)> {
     let next = Arc::new(AtomicUsize::new(0));
-    let body = Arc::new(body.to_string());
+    let body = Arc::new(serde_json::to_string(body)?);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {

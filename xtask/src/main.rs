@@ -18,6 +18,9 @@ mod serve;
 /// Crates that would bring IO into kernel-id. Its dependency tree must never contain them.
 const FORBIDDEN_IN_KERNEL_ID: &[&str] = &["tokio", "reqwest", "hyper", "sqlx", "mio", "async-std"];
 
+/// The crates held to no IO: kernel-id, and build-api (the wire contract the static loader uses).
+const NO_IO_CRATES: &[&str] = &["kernel-id", "build-api"];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
@@ -40,7 +43,7 @@ fn main() -> Result<()> {
                  ci                     fmt check, clippy -D warnings, kernel-id dependency check, all tests\n  \
                  serve [ARGS]           build-service on the embedded default (local backend, no GitHub)\n  \
                  fleet [--all|--kernel R..] boot real Debian kernels in qemu against a local build-service\n  \
-                 check-kernel-id-deps   fail if kernel-id depends on an IO crate\n  \
+                 check-kernel-id-deps   fail if kernel-id or build-api depends on an IO crate\n  \
                  bench build            per-phase build times for one real kernel\n  \
                  bench loader           extraction vs dpkg-deb, loader RSS, time to module loaded in a VM\n  \
                  bench matrix           matrix-gen on a generated 100,000-entry crawler feed\n  \
@@ -101,21 +104,19 @@ fn ci(root: &Path) -> Result<()> {
 }
 
 fn check_kernel_id_deps(root: &Path) -> Result<()> {
+    NO_IO_CRATES
+        .iter()
+        .try_for_each(|krate| check_no_io_deps(root, krate))
+}
+
+fn check_no_io_deps(root: &Path, krate: &str) -> Result<()> {
     let output = Command::new("cargo")
         .current_dir(root)
         .args([
-            "tree",
-            "-p",
-            "kernel-id",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
+            "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}",
         ])
         .output()
-        .context("running cargo tree -p kernel-id")?;
+        .with_context(|| format!("running cargo tree -p {krate}"))?;
     if !output.status.success() {
         bail!(
             "cargo tree failed: {}",
@@ -129,9 +130,9 @@ fn check_kernel_id_deps(root: &Path) -> Result<()> {
         .filter(|name| FORBIDDEN_IN_KERNEL_ID.contains(name))
         .collect();
     if !found.is_empty() {
-        bail!("kernel-id must do no IO, but its dependency tree contains {found:?}");
+        bail!("{krate} must do no IO, but its dependency tree contains {found:?}");
     }
-    println!("kernel-id dependency tree is free of IO crates ({FORBIDDEN_IN_KERNEL_ID:?})");
+    println!("{krate} dependency tree is free of IO crates ({FORBIDDEN_IN_KERNEL_ID:?})");
     Ok(())
 }
 

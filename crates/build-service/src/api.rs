@@ -11,19 +11,26 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use build_api::{
+    ApiErrorBody, BackendHealth, BuildAccepted, BuildDone, BuildRequest, BuildStatus, Check,
+    Health, HealthState,
+};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use kernel_id::{DriverName, IdentityInput, KernelIdentity};
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::access::{self, Caller, Scope};
 use crate::backend::{Backend, BackendError};
-use crate::store::{BuildRecord, NewBuild, Reservation, Store, now_ms};
+use crate::store::{
+    BuildRecord, CapReached, InFlightCaps, NewBuild, RequestOutcome, Reservation, Store, now_ms,
+};
 use crate::telemetry;
 use crate::tracker::{Notifier, Trackers};
 
@@ -36,11 +43,12 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// One lookup-and-reserve, awaited by every identical request that arrives while it runs.
 pub type SharedAnswer = Shared<BoxFuture<'static, Result<Answer, ApiError>>>;
 
-/// Answers being computed (or lingering), by dedup key. The trackers forget a key when its build
-/// ends, so a lingering "in flight" answer never outlives the build in this replica.
+/// Answers being computed (or lingering), by dedup key and then by caller. The trackers forget a
+/// key when its build ends, so a lingering "in flight" answer never outlives the build in this
+/// replica.
 #[derive(Default)]
 pub struct Coalesced {
-    answers: Mutex<HashMap<String, SharedAnswer>>,
+    answers: Mutex<HashMap<String, HashMap<String, SharedAnswer>>>,
 }
 
 impl fmt::Debug for Coalesced {
@@ -50,15 +58,26 @@ impl fmt::Debug for Coalesced {
 }
 
 impl Coalesced {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SharedAnswer>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, SharedAnswer>>> {
         self.answers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Drops the shared answer for `key`, if any.
+    /// Drops every caller's shared answer for `key`.
     pub fn forget(&self, key: &str) {
         self.lock().remove(key);
+    }
+
+    /// Drops one caller's shared answer for `key`.
+    fn forget_for(&self, key: &str, requester: &str) {
+        let mut answers = self.lock();
+        if let Some(callers) = answers.get_mut(key) {
+            callers.remove(requester);
+            if callers.is_empty() {
+                answers.remove(key);
+            }
+        }
     }
 }
 
@@ -86,6 +105,8 @@ pub struct AppState {
     pub in_flight_linger: Duration,
     /// Concurrent identical requests share one lookup-and-reserve.
     pub coalesced: Arc<Coalesced>,
+    /// Caps on builds in flight (a principal's own cap replaces `per_caller`).
+    pub caps: InFlightCaps,
 }
 
 impl fmt::Debug for AppState {
@@ -153,6 +174,24 @@ impl ApiError {
         )
     }
 
+    /// A new build would exceed a cap on builds in flight: nothing was dispatched. Builds take
+    /// minutes, so asking again sooner than half a minute only spends the caller's rate.
+    fn over_cap(reached: CapReached) -> Self {
+        let rule = match reached {
+            CapReached::Total(cap) => format!("the service runs at most {cap} builds at once"),
+            CapReached::Caller(cap) => format!("a caller may have at most {cap} builds in flight"),
+        };
+        Self {
+            retry_after: Some(30),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many builds in flight: {rule}"),
+                None,
+                rule,
+            )
+        }
+    }
+
     fn internal(error: impl fmt::Display) -> Self {
         Self {
             retry_after: Some(5),
@@ -201,8 +240,12 @@ impl ApiError {
 }
 
 /// The JSON error body used by every refusal.
-pub fn error_body(error: &str, field: Option<&str>, rule: &str) -> Json<Value> {
-    Json(json!({ "error": error, "field": field, "rule": rule }))
+pub fn error_body(error: &str, field: Option<&str>, rule: &str) -> Json<ApiErrorBody> {
+    Json(ApiErrorBody {
+        error: error.to_owned(),
+        field: field.map(str::to_owned),
+        rule: rule.to_owned(),
+    })
 }
 
 impl IntoResponse for ApiError {
@@ -242,6 +285,10 @@ pub const ROUTES: &[RouteInfo] = &[
     },
     RouteInfo {
         method: "GET",
+        path: "/builds",
+    },
+    RouteInfo {
+        method: "GET",
         path: "/healthz",
     },
     RouteInfo {
@@ -254,15 +301,34 @@ pub const ROUTES: &[RouteInfo] = &[
     },
 ];
 
-/// The routes callers are limited on (auth applies to `POST /build` only).
-pub fn limited_routes(state: Arc<AppState>) -> (Router, Router) {
-    let build = Router::new()
-        .route("/build", post(build))
-        .with_state(Arc::clone(&state));
-    let status = Router::new()
-        .route("/status/{build_id}", get(status))
-        .with_state(state);
-    (build, status)
+/// The routes that need an identified caller, each behind the scope it requires; the caller
+/// ([`crate::access::authenticate`]) is identified by a layer the service puts around all of them.
+pub fn limited_routes(state: Arc<AppState>) -> Router {
+    fn scoped(router: Router, scope: Scope) -> Router {
+        router.route_layer(axum::middleware::from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                access::require_scope(scope, request, next)
+            },
+        ))
+    }
+    scoped(
+        Router::new()
+            .route("/build", post(build))
+            .with_state(Arc::clone(&state)),
+        Scope::RequestBuild,
+    )
+    .merge(scoped(
+        Router::new()
+            .route("/status/{build_id}", get(status))
+            .with_state(Arc::clone(&state)),
+        Scope::ReadStatus,
+    ))
+    .merge(scoped(
+        Router::new()
+            .route("/builds", get(list_builds))
+            .with_state(state),
+        Scope::Admin,
+    ))
 }
 
 /// The routes every caller may use without a token or a rate limit.
@@ -284,7 +350,11 @@ pub fn dedup_key(driver: &str, cache_key: &str) -> String {
     format!("{driver}/{cache_key}")
 }
 
-async fn build(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn build(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Response {
     let identity = match validate(request).await {
         Ok(identity) => identity,
         Err(error) => {
@@ -293,34 +363,95 @@ async fn build(State(state): State<Arc<AppState>>, request: Request) -> Response
             return error.into_response();
         }
     };
-    match resolve(&state, identity).await {
+    if let Some(principal) = &caller.principal
+        && let Err((field, rule)) = principal.permits(&identity)
+    {
+        metrics::counter!(telemetry::REQUESTS, "outcome" => "forbidden").increment(1);
+        audit(
+            &state,
+            &caller,
+            &identity,
+            None,
+            RequestOutcome::RefusedLimit,
+        )
+        .await;
+        return ApiError::new(StatusCode::FORBIDDEN, rule.clone(), Some(field), rule)
+            .into_response();
+    }
+    let (answer, leader) = resolve(&state, &caller, identity.clone()).await;
+    // Identical requests share one answer; only the request whose lookup reserved the build
+    // created it, the others joined it.
+    match &answer {
+        Ok(Answer::Dispatched { build_id }) if leader => {
+            audit(
+                &state,
+                &caller,
+                &identity,
+                Some(build_id),
+                RequestOutcome::Created,
+            )
+            .await;
+        }
+        Ok(Answer::Dispatched { build_id } | Answer::InFlight { build_id }) => {
+            audit(
+                &state,
+                &caller,
+                &identity,
+                Some(build_id),
+                RequestOutcome::Joined,
+            )
+            .await;
+        }
+        Err(error) if error.status == StatusCode::TOO_MANY_REQUESTS => {
+            audit(&state, &caller, &identity, None, RequestOutcome::RefusedCap).await;
+        }
+        _ => {}
+    }
+    match answer {
         Ok(Answer::Done { download_url }) => {
             metrics::counter!(telemetry::REQUESTS, "outcome" => "hit").increment(1);
             metrics::counter!(telemetry::CACHE_HITS).increment(1);
-            (
-                StatusCode::OK,
-                Json(json!({ "status": "done", "download_url": download_url })),
-            )
-                .into_response()
+            (StatusCode::OK, Json(BuildDone::new(download_url))).into_response()
         }
         Ok(Answer::Dispatched { build_id } | Answer::InFlight { build_id }) => {
             metrics::counter!(telemetry::REQUESTS, "outcome" => "building").increment(1);
             tracing::Span::current().record("build_id", build_id.as_str());
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "message": "workflow dispatched",
-                    "build_id": build_id,
-                    "status_url": format!("/status/{build_id}"),
-                })),
-            )
-                .into_response()
+            (StatusCode::ACCEPTED, Json(BuildAccepted::new(build_id))).into_response()
         }
         Err(error) => {
             metrics::counter!(telemetry::REQUESTS, "outcome" => "error").increment(1);
             tracing::warn!(error = %error.error, "could not answer");
             error.into_response()
         }
+    }
+}
+
+/// Records a request in the audit trail and in the log, with the same fields. A failed write is
+/// logged, not fatal: the request was already decided.
+async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    identity: &KernelIdentity,
+    build_id: Option<&str>,
+    outcome: RequestOutcome,
+) {
+    let principal = caller.name();
+    let client = caller.client.to_string();
+    let cache_key = identity.cache_key();
+    tracing::info!(
+        principal = %principal,
+        client = %client,
+        cache_key = %cache_key,
+        build_id = build_id.unwrap_or(""),
+        outcome = outcome.as_str(),
+        "build request"
+    );
+    if let Err(error) = state
+        .store
+        .record_request(build_id, &cache_key, &principal, &client, outcome, now_ms())
+        .await
+    {
+        tracing::error!(%error, principal = %principal, "could not record the request in the audit trail");
     }
 }
 
@@ -378,13 +509,7 @@ pub fn parse_identity(body: &[u8]) -> Result<KernelIdentity, ApiError> {
         };
         ApiError::new(status, format!("body: {error}"), Some("body"), rule)
     })?;
-    const FIELDS: [&str; 5] = [
-        "kernel_version",
-        "architecture",
-        "distribution",
-        "distro_version",
-        "driver_version",
-    ];
+    const FIELDS: [&str; 5] = BuildRequest::FIELDS;
     let mut strings: HashMap<&str, String> = HashMap::new();
     for (key, value) in object.0 {
         let Some(field) = FIELDS.iter().copied().find(|field| *field == key) else {
@@ -466,20 +591,38 @@ impl<'de> Deserialize<'de> for StrictObject {
     }
 }
 
-/// Answers a valid request; concurrent identical requests in this process share one answer.
-async fn resolve(state: &Arc<AppState>, identity: KernelIdentity) -> Result<Answer, ApiError> {
+/// Answers a valid request; concurrent identical requests of one caller in this process share one
+/// answer (per caller, because the reservation is checked against that caller's cap). The flag
+/// says whether this request computed the answer rather than joining another's.
+async fn resolve(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    identity: KernelIdentity,
+) -> (Result<Answer, ApiError>, bool) {
     let key = active_key(&state.driver, &identity);
-    let shared = {
+    let requester = caller.name();
+    let caps = InFlightCaps {
+        total: state.caps.total,
+        per_caller: caller
+            .principal
+            .as_ref()
+            .and_then(|principal| principal.max_in_flight())
+            .or(state.caps.per_caller),
+    };
+    let (shared, leader) = {
         let mut coalesced = state.coalesced.lock();
-        if let Some(existing) = coalesced.get(&key) {
-            existing.clone()
+        let callers = coalesced.entry(key.clone()).or_default();
+        if let Some(existing) = callers.get(&requester) {
+            (existing.clone(), false)
         } else {
             // The work runs in its own task so it completes (and the reservation gets its tracker)
             // even when every waiting caller disconnects.
             let task_state = Arc::clone(state);
-            let task_key = key.clone();
+            let (task_key, task_requester) = (key.clone(), requester.clone());
             let handle = tokio::spawn(async move {
-                let answer = lookup_or_reserve(&task_state, &task_key, identity).await;
+                let answer =
+                    lookup_or_reserve(&task_state, &task_key, identity, &task_requester, caps)
+                        .await;
                 // An in-flight answer stays shared a moment longer: a fleet booting the same new
                 // kernel asks in waves, and each wave is then answered from memory. Errors and hits
                 // are not kept (hits are cheap; errors must be retried for real).
@@ -494,7 +637,9 @@ async fn resolve(state: &Arc<AppState>, identity: KernelIdentity) -> Result<Answ
                     if !linger.is_zero() {
                         tokio::time::sleep(linger).await;
                     }
-                    forget_state.coalesced.forget(&task_key);
+                    forget_state
+                        .coalesced
+                        .forget_for(&task_key, &task_requester);
                 };
                 if linger.is_zero() {
                     forget.await;
@@ -510,17 +655,19 @@ async fn resolve(state: &Arc<AppState>, identity: KernelIdentity) -> Result<Answ
             }
             .boxed()
             .shared();
-            coalesced.insert(key, shared.clone());
-            shared
+            callers.insert(requester, shared.clone());
+            (shared, true)
         }
     };
-    shared.await
+    (shared.await, leader)
 }
 
 async fn lookup_or_reserve(
     state: &AppState,
     key: &str,
     identity: KernelIdentity,
+    requester: &str,
+    caps: InFlightCaps,
 ) -> Result<Answer, ApiError> {
     match state.backend.find_artifact(&state.driver, &identity).await {
         Ok(Some(artifact)) => {
@@ -558,10 +705,11 @@ async fn lookup_or_reserve(
         lease_owner: state.trackers.owner().to_owned(),
         lease_until: now
             .saturating_add(i64::try_from(state.trackers.lease().as_millis()).unwrap_or(i64::MAX)),
+        requested_by: requester.to_owned(),
     };
     match state
         .store
-        .reserve(&new)
+        .reserve(&new, caps)
         .await
         .map_err(ApiError::internal)?
     {
@@ -571,6 +719,10 @@ async fn lookup_or_reserve(
             Ok(Answer::Dispatched { build_id })
         }
         Reservation::Existing(build_id) => Ok(Answer::InFlight { build_id }),
+        Reservation::OverCap(reached) => {
+            tracing::info!(requester, cache_key = %new.cache_key, ?reached, "build refused: cap on builds in flight");
+            Err(ApiError::over_cap(reached))
+        }
     }
 }
 
@@ -655,63 +807,194 @@ async fn wait_for_change(
     }
 }
 
-fn timestamp(ms: i64) -> Value {
-    let nanos = i128::from(ms) * 1_000_000;
+/// `ms` since the epoch as RFC 3339 (UTC), clamped to the years RFC 3339 can write (a deadline
+/// beyond them, from a huge build timeout, reads as the last representable moment).
+/// Filters of `GET /builds`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildsQuery {
+    state: Option<build_api::BuildState>,
+    distribution: Option<String>,
+    architecture: Option<String>,
+    kernel_version: Option<String>,
+    driver_version: Option<String>,
+    requester: Option<String>,
+    /// Only builds created before this build (paging backwards from the last one seen).
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Most builds one `GET /builds` answers with.
+const MAX_LISTED: u32 = 500;
+
+async fn list_builds(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<BuildsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                rejection.body_text(),
+                Some("query"),
+                "filters: state, distribution, architecture, kernel_version, driver_version, requester, before, limit",
+            )
+            .into_response();
+        }
+    };
+    match builds_listing(&state, query).await {
+        Ok(list) => (StatusCode::OK, Json(list)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn builds_listing(
+    state: &AppState,
+    query: BuildsQuery,
+) -> Result<build_api::BuildList, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LISTED).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be 1 to {MAX_LISTED}"),
+        ));
+    }
+    // Filters are compared with the stored canonical spelling, so aliases (amd64) are mapped
+    // through kernel-id first.
+    let canonical = |field: &str,
+                     raw: Option<String>,
+                     parse: fn(&str) -> Result<String, kernel_id::IdError>| {
+        raw.map(|raw| parse(&raw).map_err(|error| ApiError::invalid(field, error.rule())))
+            .transpose()
+    };
+    let before = match query.before {
+        Some(build_id) => match state
+            .store
+            .get(&build_id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(record) => Some(record.created_at),
+            None => return Err(ApiError::invalid("before", "must be the id of a build")),
+        },
+        None => None,
+    };
+    let filter = crate::store::BuildFilter {
+        states: query.state.map(|state| {
+            crate::store::BuildState::ALL
+                .into_iter()
+                .filter(|stored| stored.public() == state)
+                .map(|stored| stored.as_str().to_owned())
+                .collect()
+        }),
+        distribution: canonical("distribution", query.distribution, |raw| {
+            kernel_id::Distribution::parse(raw).map(|d| d.as_str().to_owned())
+        })?,
+        architecture: canonical("architecture", query.architecture, |raw| {
+            kernel_id::Arch::parse(raw).map(|a| a.as_str().to_owned())
+        })?,
+        kernel_version: canonical("kernel_version", query.kernel_version, |raw| {
+            kernel_id::KernelRelease::parse(raw).map(|r| r.as_str().to_owned())
+        })?,
+        driver_version: canonical("driver_version", query.driver_version, |raw| {
+            kernel_id::DriverVersion::parse(raw).map(|v| v.as_str().to_owned())
+        })?,
+        requester: query.requester,
+        before,
+        limit,
+    };
+    let records = state
+        .store
+        .list_builds(&filter)
+        .await
+        .map_err(ApiError::internal)?;
+    let ids: Vec<String> = records.iter().map(|r| r.build_id.clone()).collect();
+    let mut requests = state
+        .store
+        .requests_for(&ids)
+        .await
+        .map_err(ApiError::internal)?;
+    let builds = records
+        .iter()
+        .map(|record| build_api::BuildListing {
+            build: status_body(record),
+            requested_by: record.requested_by.clone(),
+            requesters: requests
+                .remove(&record.build_id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|row| build_api::Requester {
+                    client: row.client,
+                    first_at: timestamp(row.first_at),
+                    last_at: timestamp(row.last_at),
+                    outcome: row.outcome,
+                    principal: row.principal,
+                    requests: u64::try_from(row.requests).unwrap_or(0),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(build_api::BuildList { builds })
+}
+
+fn timestamp(ms: i64) -> String {
+    const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let nanos = i128::from(ms.clamp(0, LAST_MS)) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
         .and_then(|at| {
             at.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .map_or(Value::Null, Value::String)
+        .unwrap_or_default()
 }
 
 /// The `GET /status` body.
-pub fn status_body(record: &BuildRecord) -> Value {
-    json!({
-        "build_id": record.build_id,
-        "status": record.state.public(),
-        "cache_key": record.cache_key,
-        "driver_name": record.driver_name,
-        "request": {
-            "kernel_version": record.kernel_version,
-            "architecture": record.architecture,
-            "distribution": record.distribution,
-            "distro_version": record.distro_version,
-            "driver_version": record.driver_version,
+pub fn status_body(record: &BuildRecord) -> BuildStatus {
+    BuildStatus {
+        build_id: record.build_id.clone(),
+        cache_key: record.cache_key.clone(),
+        created_at: timestamp(record.created_at),
+        deadline_at: timestamp(record.deadline_at),
+        dispatch_attempts: u64::try_from(record.dispatch_attempts).unwrap_or_default(),
+        download_url: record.download_url.clone(),
+        driver_name: record.driver_name.clone(),
+        error: record.error.clone(),
+        finished_at: record.finished_at.map(timestamp),
+        log_url: record.run_url.clone(),
+        request: BuildRequest {
+            architecture: record.architecture.clone(),
+            distribution: record.distribution.clone(),
+            distro_version: Some(record.distro_version.clone()),
+            driver_version: record.driver_version.clone(),
+            kernel_version: record.kernel_version.clone(),
         },
-        "run_id": record.run_id,
-        "run_url": record.run_url,
-        "log_url": record.run_url,
-        "download_url": record.download_url,
-        "error": record.error,
-        "created_at": timestamp(record.created_at),
-        "updated_at": timestamp(record.updated_at),
-        "started_at": record.started_at.map_or(Value::Null, timestamp),
-        "finished_at": record.finished_at.map_or(Value::Null, timestamp),
-        "deadline_at": timestamp(record.deadline_at),
-        "dispatch_attempts": record.dispatch_attempts,
-    })
+        run_id: record.run_id.clone(),
+        run_url: record.run_url.clone(),
+        started_at: record.started_at.map(timestamp),
+        status: record.state.public(),
+        updated_at: timestamp(record.updated_at),
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let store = state.store.ping().await;
     let backend = state.backend.health().await;
-    let describe = |result: Result<(), String>| match result {
-        Ok(()) => json!("ok"),
-        Err(error) => json!({ "error": error }),
-    };
     // Liveness follows the store only: a GitHub outage must not get every replica restarted.
     let (code, overall) = match (&store, &backend) {
-        (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        (Ok(()), Err(_)) => (StatusCode::OK, "degraded"),
-        (Ok(()), Ok(())) => (StatusCode::OK, "ok"),
+        (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, HealthState::Unavailable),
+        (Ok(()), Err(_)) => (StatusCode::OK, HealthState::Degraded),
+        (Ok(()), Ok(())) => (StatusCode::OK, HealthState::Ok),
     };
-    let body = json!({
-        "status": overall,
-        "store": describe(store.map_err(|error| error.to_string())),
-        "backend": { "name": state.backend.name(), "status": describe(backend.map_err(|error| error.to_string())) },
-    });
+    let body = Health {
+        backend: BackendHealth {
+            name: state.backend.name().to_owned(),
+            status: Check::from(backend.map_err(|error| error.to_string())),
+        },
+        status: overall,
+        store: Check::from(store.map_err(|error| error.to_string())),
+    };
     (code, Json(body)).into_response()
 }
 

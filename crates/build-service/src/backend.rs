@@ -32,8 +32,22 @@ pub trait Backend: Send + Sync + 'static {
         dispatched: &Dispatched,
     ) -> Result<RunState, BackendError>;
 
+    /// Stops a dispatched build for good (its deadline passed): local, its job's whole process group
+    /// is killed (a queued job never starts) and its work removed; GitHub, the run is cancelled.
+    /// Idempotent; a build that already ended is success. Returns once the build can no longer
+    /// publish, or with an error saying why that could not be ensured.
+    async fn cancel(&self, build: &BuildSpec, dispatched: &Dispatched) -> Result<(), BackendError>;
+
     /// Whether the backend is reachable (for /healthz).
     async fn health(&self) -> Result<(), BackendError>;
+
+    /// Removes what the backend keeps about builds that ended before `ended_before` (local: build
+    /// directories and logs), never a published artifact nor a build still running. Returns how many
+    /// builds were removed. Default: nothing is kept.
+    async fn prune(&self, ended_before: std::time::SystemTime) -> Result<u64, BackendError> {
+        let _ = ended_before;
+        Ok(0)
+    }
 }
 
 /// One build as the service tracks it: its id (unique, also carried into the run so the run can be

@@ -10,10 +10,18 @@ use std::time::Duration;
 use anyhow::Context;
 use kernel_id::{Arch, DriverName, ReleaseLayout};
 
-use crate::access::Tokens;
+use crate::access::{AccessConfig, Principals};
 use crate::backend::Backend;
 use crate::local::{BuildExecutor, Signer};
+use crate::store::InFlightCaps;
 use crate::telemetry::LogFormat;
+
+/// Builds in flight at once across all callers, unless configured.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+/// Builds in flight at once per caller, unless configured (or set by its principal).
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CALLER: u32 = 8;
+/// How long finished builds are kept, unless configured.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Everything [`crate::run`] needs.
 pub struct ServiceConfig {
@@ -42,12 +50,15 @@ pub struct ServiceConfig {
     /// How long the answer "build X is in flight" is reused for identical requests without asking the
     /// store and database again (a caller may then see a build that ended within this window).
     pub in_flight_linger: Duration,
-    /// Bearer tokens required for `POST /build`, when set.
-    pub tokens: Option<Tokens>,
-    /// Per-caller limit: requests per minute and burst.
-    pub rate_limit: Option<(u32, u32)>,
+    /// Who may call, with which scopes, how often.
+    pub access: AccessConfig,
+    /// Caps on builds in flight, service-wide and per caller.
+    pub caps: InFlightCaps,
     /// Lease owner name of this replica; default a fresh UUID per start.
     pub replica_id: Option<String>,
+    /// Finished builds (rows, local build directories and logs) and audit rows older than this are
+    /// pruned; published artifacts never are. Default [`DEFAULT_RETENTION`].
+    pub retention: Duration,
     /// Where artifacts are and builds run.
     pub backend: BackendConfig,
     /// Routes served beside the API for a custom backend (e.g. a wrapped local backend's downloads).
@@ -64,8 +75,9 @@ impl std::fmt::Debug for ServiceConfig {
             .field("poll_interval", &self.poll_interval)
             .field("build_timeout", &self.build_timeout)
             .field("lease", &self.lease)
-            .field("tokens", &self.tokens)
-            .field("rate_limit", &self.rate_limit)
+            .field("access", &self.access)
+            .field("caps", &self.caps)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -83,7 +95,9 @@ pub fn redact_url(url: &str) -> String {
 
 impl ServiceConfig {
     /// Defaults around a database URL and a backend: per-artifact releases, 15 min build timeout,
-    /// 60 s leases, 1 s..60 s retries, 60 s max long poll, no auth, no rate limit.
+    /// 60 s leases, 1 s..60 s retries, 60 s max long poll, anonymous callers (loopback only), no
+    /// rate limit, at most [`DEFAULT_MAX_IN_FLIGHT`] builds in flight and
+    /// [`DEFAULT_MAX_IN_FLIGHT_PER_CALLER`] per caller.
     pub fn new(database_url: String, driver: DriverName, backend: BackendConfig) -> Self {
         Self {
             database_url,
@@ -98,9 +112,13 @@ impl ServiceConfig {
             max_wait: Duration::from_secs(60),
             wait_recheck: Duration::from_millis(500),
             in_flight_linger: Duration::from_millis(500),
-            tokens: None,
-            rate_limit: None,
+            access: AccessConfig::default(),
+            caps: InFlightCaps {
+                total: Some(DEFAULT_MAX_IN_FLIGHT),
+                per_caller: Some(DEFAULT_MAX_IN_FLIGHT_PER_CALLER),
+            },
             replica_id: None,
+            retention: DEFAULT_RETENTION,
             backend,
             extra_routes: None,
         }
@@ -170,6 +188,18 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API.
     Serve(Box<ServeArgs>),
+    /// Print the SHA-256 of the token on standard input, as a principals file stores it.
+    HashToken,
+    /// Print a new random token on standard output (give it to the caller, keep it nowhere else)
+    /// and, on standard error, the principals-file entry that authenticates it.
+    NewToken {
+        /// The principal's name.
+        #[arg(long)]
+        name: String,
+        /// Scopes to grant (request-build, read-status, admin).
+        #[arg(long = "scope", required = true, value_parser = ["request-build", "read-status", "admin"])]
+        scopes: Vec<String>,
+    },
 }
 
 /// Which backend builds and stores artifacts.
@@ -244,6 +274,10 @@ pub struct ServeArgs {
     /// Upper bound of GET /status?wait=.
     #[arg(long, env = "BUILD_SERVICE_MAX_WAIT", value_parser = parse_duration, default_value = "60s")]
     pub max_wait: Duration,
+    /// Finished builds (database rows, local build directories and logs) and request audit rows
+    /// older than this are pruned; published artifacts never are.
+    #[arg(long, env = "BUILD_SERVICE_RETENTION", value_parser = parse_duration, default_value = "30d")]
+    pub retention: Duration,
     /// Local backend: builds at once.
     #[arg(long, env = "BUILD_SERVICE_MAX_CONCURRENT_BUILDS", default_value_t = 2)]
     pub max_concurrent_builds: usize,
@@ -262,9 +296,23 @@ pub struct ServeArgs {
     /// File holding the signing key's password (for an encrypted key).
     #[arg(long, env = "BUILD_SERVICE_SIGNING_KEY_PASSWORD_FILE")]
     pub signing_key_password_file: Option<PathBuf>,
-    /// File of bearer tokens (one per line) required for POST /build; none means no auth.
-    #[arg(long, env = "BUILD_SERVICE_TOKENS_FILE")]
-    pub tokens_file: Option<PathBuf>,
+    /// Principals file (TOML: name, token_sha256, scopes, optional limits), re-read on SIGHUP. Without
+    /// it every caller is anonymous, which is allowed only on a loopback --listen address.
+    #[arg(long, env = "BUILD_SERVICE_PRINCIPALS_FILE")]
+    pub principals_file: Option<PathBuf>,
+    /// Serve callers without a token as anonymous (request-build and read-status, limited by
+    /// address), even on a non-loopback address.
+    #[arg(long, env = "BUILD_SERVICE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// Proxy networks (CIDR, comma-separated or repeated) whose X-Forwarded-For names the client.
+    #[arg(long, env = "BUILD_SERVICE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// Builds in flight at once across all callers.
+    #[arg(long, env = "BUILD_SERVICE_MAX_BUILDS_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    pub max_builds_in_flight: u32,
+    /// Builds in flight at once per caller (a principal's max_in_flight overrides it).
+    #[arg(long, env = "BUILD_SERVICE_MAX_BUILDS_IN_FLIGHT_PER_CALLER", default_value_t = DEFAULT_MAX_IN_FLIGHT_PER_CALLER)]
+    pub max_builds_in_flight_per_caller: u32,
     /// Per-caller rate limit on the API, requests per minute (0 = off).
     #[arg(long, env = "BUILD_SERVICE_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit_per_minute: u32,
@@ -364,7 +412,7 @@ impl GithubArgs {
     }
 }
 
-/// Parses `250ms`, `15s`, `15m`, `1h` or bare seconds.
+/// Parses `250ms`, `15s`, `15m`, `1h`, `30d` or bare seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -377,7 +425,8 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(value),
         "m" => Duration::from_secs(value.saturating_mul(60)),
         "h" => Duration::from_secs(value.saturating_mul(3600)),
-        _ => return Err(format!("'{raw}': unit must be ms, s, m or h")),
+        "d" => Duration::from_secs(value.saturating_mul(24 * 3600)),
+        _ => return Err(format!("'{raw}': unit must be ms, s, m, h or d")),
     };
     if duration.is_zero() {
         return Err(format!("'{raw}' must be longer than zero"));
@@ -455,12 +504,25 @@ impl ServeArgs {
         config.build_timeout = self.build_timeout;
         config.lease = self.lease;
         config.max_wait = self.max_wait;
-        config.tokens = match &self.tokens_file {
-            Some(path) => Some(Tokens::from_file(path).map_err(anyhow::Error::msg)?),
+        config.retention = self.retention;
+        let principals = match &self.principals_file {
+            Some(path) => Some(Principals::from_file(path)?),
             None => None,
         };
-        config.rate_limit = (self.rate_limit_per_minute > 0)
-            .then_some((self.rate_limit_per_minute, self.rate_limit_burst));
+        config.access = AccessConfig {
+            principals,
+            principals_file: self.principals_file.clone(),
+            allow_anonymous: self.allow_anonymous,
+            trusted_proxies: self.trusted_proxy.clone(),
+            rate_limit: (self.rate_limit_per_minute > 0)
+                .then_some((self.rate_limit_per_minute, self.rate_limit_burst)),
+        };
+        // Checked before anything is bound, so a refused start never listens at all.
+        config.access.check_exposure(self.listen)?;
+        config.caps = InFlightCaps {
+            total: Some(self.max_builds_in_flight.max(1)),
+            per_caller: Some(self.max_builds_in_flight_per_caller.max(1)),
+        };
         Ok(config)
     }
 }
@@ -475,6 +537,7 @@ mod tests {
         assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("15 minutes").is_err());
         assert!(parse_duration("-1s").is_err());

@@ -54,6 +54,7 @@ pub async fn run(
 /// A service with its database open and backend ready, not yet serving.
 struct Prepared {
     router: Router,
+    access: Arc<access::AccessPolicy>,
     trackers: Trackers,
     store: Store,
     stopping: tokio::sync::watch::Sender<bool>,
@@ -117,6 +118,7 @@ impl Prepared {
                 lease: config.lease,
                 retry_base: config.retry_base,
                 retry_max: config.retry_max,
+                retention: config.retention,
             },
             Arc::clone(&notifier),
             Arc::clone(&coalesced),
@@ -135,11 +137,18 @@ impl Prepared {
             in_flight_linger: config.in_flight_linger,
             shutting_down: stopping.subscribe(),
             coalesced,
+            caps: config.caps,
         });
-        let router = router(state, config.tokens, config.rate_limit, backend_routes);
+        config
+            .access
+            .check_exposure(address)
+            .context("checking who may reach the service")?;
+        let access = Arc::new(access::AccessPolicy::new(config.access));
+        let router = router(state, Arc::clone(&access), backend_routes);
         tracing::info!(%address, backend = backend.name(), replica = %owner, "build-service ready");
         Ok(Self {
             router,
+            access,
             trackers,
             store,
             stopping,
@@ -152,6 +161,7 @@ impl Prepared {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let sweeper = tokio::spawn(self.trackers.clone().run_sweeper());
+        let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&self.access)));
         let stopping = self.stopping;
         let served = axum::serve(
             listener,
@@ -165,6 +175,7 @@ impl Prepared {
         })
         .await;
         self.trackers.shutdown().await;
+        reloader.abort();
         let _ = sweeper.await;
         self.store.close().await;
         served.context("serving HTTP")
@@ -172,27 +183,37 @@ impl Prepared {
 }
 
 /// Assembles the routes: rate limit (outermost) and auth only where they apply.
+/// Re-reads the principals file on every SIGHUP, the way operators expect a daemon to pick up an
+/// edited credentials file without dropping connections or in-flight builds.
+async fn reload_on_sighup(access: Arc<access::AccessPolicy>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; principals are not reloadable");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match access.reload() {
+            Ok(count) => tracing::info!(principals = count, "principals reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "principals file refused; the previous principals stay in force")
+            }
+        }
+    }
+}
+
 fn router(
     state: Arc<AppState>,
-    tokens: Option<access::Tokens>,
-    rate_limit: Option<(u32, u32)>,
+    access: Arc<access::AccessPolicy>,
     backend_routes: Option<Router>,
 ) -> Router {
-    let (mut build, status) = api::limited_routes(Arc::clone(&state));
-    if let Some(tokens) = tokens {
-        build = build.route_layer(axum::middleware::from_fn_with_state(
-            Arc::new(tokens),
-            access::require_token,
-        ));
-    }
-    let mut limited = build.merge(status);
-    if let Some((per_minute, burst)) = rate_limit {
-        let limiter = Arc::new(access::RateLimiter::new(per_minute, burst));
-        limited = limited.route_layer(axum::middleware::from_fn_with_state(
-            limiter,
-            access::rate_limit,
-        ));
-    }
+    // Authentication wraps the scope checks, and the rate limit runs inside authentication: only
+    // a known caller (or an allowed anonymous one, by address) gets a bucket.
+    let limited = api::limited_routes(Arc::clone(&state)).route_layer(
+        axum::middleware::from_fn_with_state(access, access::authenticate),
+    );
     let mut router = limited.merge(api::open_routes(state));
     if let Some(backend_routes) = backend_routes {
         router = router.merge(backend_routes);

@@ -7,12 +7,19 @@
 //! running job holds an advisory lock on `<builds>/<id>/lock`. So a restarted service (or a second
 //! instance over the same directories) sees a build that is still running elsewhere as in progress,
 //! and restarts one whose process died (the lock is gone) instead of waiting for it forever.
+//!
+//! Cancelling a build writes `<builds>/<id>/cancelled`: a job that has not started (waiting for a
+//! slot) never starts, a running one has its executor killed (the whole process group, whichever
+//! process over these directories runs it), an orphan is not restarted, and nothing is published
+//! after it. Publishing is first-wins and all-or-nothing per identity: a reader never sees one
+//! build's package beside another build's digest or signature (see `Job::publish`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -23,7 +30,7 @@ use axum::routing::get;
 use kernel_id::{DriverName, KernelIdentity, ReleaseLayout};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::backend::{ArtifactRef, Backend, BackendError, BuildSpec, Dispatched, RunState};
@@ -55,24 +62,30 @@ pub struct ExecutorJob {
     pub out_dir: PathBuf,
     /// The build log; the executor appends everything it runs to it.
     pub log: PathBuf,
+    /// Set when the build is cancelled: the executor must then kill everything it started (the whole
+    /// process group) and return promptly. Whatever it returns afterwards is never published.
+    pub cancel: build_root::Cancel,
 }
 
 /// Runs one build, blocking (it is called on a blocking thread). On success the package named
-/// `identity.package_file_name(driver)` is in `job.out_dir`.
+/// `identity.package_file_name(driver)` is in `job.out_dir`; a provenance file
+/// (`identity.provenance_file_name(driver)`) beside it is published with it.
 pub trait BuildExecutor: Send + Sync + 'static {
-    /// Builds; the error is a one-line reason for /status (details belong in the log).
+    /// Builds; the error is a one-line reason for /status (details belong in the log). Honours
+    /// `job.cancel` (see [`ExecutorJob::cancel`]).
     fn build(&self, job: &ExecutorJob) -> Result<(), String>;
 }
 
 impl BuildExecutor for build_root::executor::LocalExecutor {
     fn build(&self, job: &ExecutorJob) -> Result<(), String> {
-        build_root::executor::LocalExecutor::build(
+        build_root::executor::LocalExecutor::build_cancellable(
             self,
             &job.identity,
             &job.driver,
             &job.source_dir,
             &job.out_dir,
             &job.log,
+            &job.cancel,
         )
         .map(|_report| ())
         .map_err(|error| error.to_string())
@@ -151,14 +164,65 @@ enum JobState {
     Failed { message: String },
 }
 
+/// The file whose presence in a build directory cancels the build, in any process.
+const CANCELLED_MARKER: &str = "cancelled";
+
+/// How long [`Backend::cancel`] waits for a cancelled job to stop, unless configured.
+pub const DEFAULT_CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// The lock file publishers of a shared (per-driver-version) release take turns on.
+const PUBLISH_LOCK: &str = ".publish.lock";
+
+/// How often a job (queued or running) looks for a cancellation made by another process.
+const CANCEL_MARKER_CHECK: Duration = Duration::from_millis(500);
+
+/// The cancellation of one job of this process.
+#[derive(Debug, Default)]
+struct JobControl {
+    /// What the executor honours.
+    cancel: build_root::Cancel,
+    /// Wakes the job's task (waiting for a slot, or for its executor) at once.
+    cancelled: watch::Sender<bool>,
+}
+
+impl JobControl {
+    fn cancel(&self) {
+        self.cancel.cancel();
+        self.cancelled.send_replace(true);
+    }
+
+    /// Returns once the job is cancelled: from this process, or by the marker from any process.
+    async fn wait_cancelled(&self, dir: &Path) {
+        let mut cancelled = self.cancelled.subscribe();
+        loop {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            if tokio::fs::try_exists(dir.join(CANCELLED_MARKER))
+                .await
+                .unwrap_or(false)
+            {
+                self.cancel();
+                return;
+            }
+            tokio::select! {
+                _ = cancelled.changed() => {}
+                _ = tokio::time::sleep(CANCEL_MARKER_CHECK) => {}
+            }
+        }
+    }
+}
+
 /// The local backend.
 pub struct LocalBackend {
     settings: LocalSettings,
     executor: Arc<dyn BuildExecutor>,
     signer: Option<Arc<Signer>>,
     slots: Arc<Semaphore>,
-    /// Builds whose job runs in this process.
-    running: Arc<Mutex<HashSet<String>>>,
+    /// Builds whose job runs (or waits for a slot) in this process.
+    running: Arc<Mutex<HashMap<String, Arc<JobControl>>>>,
+    /// How long a cancel waits for the job to stop.
+    cancel_wait: Duration,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -184,8 +248,23 @@ impl LocalBackend {
             settings,
             executor,
             signer: signer.map(Arc::new),
-            running: Arc::new(Mutex::new(HashSet::new())),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            cancel_wait: DEFAULT_CANCEL_WAIT,
         })
+    }
+
+    /// How long [`Backend::cancel`] waits for a cancelled job to stop before it reports failure
+    /// (default [`DEFAULT_CANCEL_WAIT`]).
+    pub fn with_cancel_wait(mut self, wait: Duration) -> Self {
+        self.cancel_wait = wait;
+        self
+    }
+
+    fn runs_here(&self, build_id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(build_id)
     }
 
     /// The settings.
@@ -225,21 +304,25 @@ impl LocalBackend {
 
     /// Starts the job for `build` in this process unless it already runs here.
     fn start_job(&self, build: &BuildSpec, dir: PathBuf) {
-        {
+        let control = {
             let mut running = self
                 .running
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !running.insert(build.build_id.clone()) {
+            if running.contains_key(&build.build_id) {
                 return;
             }
-        }
+            let control = Arc::new(JobControl::default());
+            running.insert(build.build_id.clone(), Arc::clone(&control));
+            control
+        };
         let job = Job {
             settings: self.settings.clone(),
             executor: Arc::clone(&self.executor),
             signer: self.signer.clone(),
             build: build.clone(),
-            dir,
+            dir: dir.clone(),
+            cancel: control.cancel.clone(),
         };
         let slots = Arc::clone(&self.slots);
         let running = Arc::clone(&self.running);
@@ -247,12 +330,30 @@ impl LocalBackend {
         let span = tracing::info_span!("local_build", build_id = %build_id);
         tokio::spawn(
             async move {
-                let permit = slots.acquire_owned().await;
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    job.run()
-                })
-                .await;
+                // A job cancelled while it waits for a slot never starts.
+                let permit = tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => Some(permit),
+                    () = control.wait_cancelled(&dir) => None,
+                };
+                let outcome = match permit {
+                    Some(permit) => {
+                        let mut handle = tokio::task::spawn_blocking(move || {
+                            let _permit = permit;
+                            job.run()
+                        });
+                        // A cancellation from another process reaches the executor through the marker.
+                        tokio::select! {
+                            outcome = &mut handle => outcome,
+                            () = control.wait_cancelled(&dir) => handle.await,
+                        }
+                    }
+                    None => {
+                        tokio::task::spawn_blocking(move || {
+                            job.never_started("cancelled before it started")
+                        })
+                        .await
+                    }
+                };
                 if let Err(error) = outcome {
                     tracing::error!(build_id = %build_id, %error, "local build job panicked");
                 }
@@ -361,12 +462,14 @@ impl Backend for LocalBackend {
             JobState::Succeeded => Ok(RunState::Succeeded),
             JobState::Failed { message } => Ok(RunState::Failed { message }),
             JobState::Queued | JobState::InProgress => {
-                let here = self
-                    .running
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .contains(&build.build_id);
+                let here = self.runs_here(&build.build_id);
                 if !here && !job_lock_held(&dir) {
+                    if dir.join(CANCELLED_MARKER).exists() {
+                        // Cancelled, and its job is gone: never restarted.
+                        return Ok(RunState::Failed {
+                            message: "the build was cancelled".to_owned(),
+                        });
+                    }
                     // Nobody runs it: the process that did died. Run it again under the same id.
                     tracing::warn!(build_id = %build.build_id, "local build was orphaned; restarting it");
                     write_state(&dir, &JobState::Queued).map_err(|error| {
@@ -383,6 +486,113 @@ impl Backend for LocalBackend {
         }
     }
 
+    async fn cancel(
+        &self,
+        build: &BuildSpec,
+        _dispatched: &Dispatched,
+    ) -> Result<(), BackendError> {
+        let dir = self.build_dir(&build.build_id)?;
+        let control = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&build.build_id)
+            .cloned();
+        // The marker first: whichever process over this directory runs (or would restart) the job
+        // sees it, and a job still waiting for a slot never starts.
+        let marked = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                match std::fs::metadata(&dir) {
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(error) => return Err(error),
+                }
+                std::fs::write(
+                    dir.join(CANCELLED_MARKER),
+                    format!("{}\n", crate::store::now_ms()),
+                )?;
+                Ok(true)
+            })
+            .await
+            .map_err(|error| BackendError::Transient(error.to_string()))?
+            .map_err(|error| {
+                BackendError::Transient(format!("marking the build cancelled: {error}"))
+            })?
+        };
+        if let Some(control) = &control {
+            control.cancel();
+        }
+        if !marked && control.is_none() {
+            // Never dispatched here: nothing runs, nothing to remove.
+            return Ok(());
+        }
+        // Wait until no job runs it, here or in another process (the job lock).
+        let give_up = tokio::time::Instant::now() + self.cancel_wait;
+        loop {
+            let here = self.runs_here(&build.build_id);
+            if !here && !job_lock_held(&dir) {
+                break;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(BackendError::Transient(format!(
+                    "the cancelled build still runs {:?} after its cancellation{}",
+                    self.cancel_wait,
+                    if here { "" } else { " (in another process)" }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Its work goes: the output (the executor removed its root and killed its processes) and
+        // any staging of a publish it never finished. The state and the log stay for /status and
+        // /builds/{id}/log until retention prunes them.
+        let staging = self
+            .settings
+            .artifact_dir
+            .join(format!(".staging-{}", build.build_id));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            for leftover in [dir.join("out"), staging] {
+                match std::fs::remove_dir_all(&leftover) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            if matches!(
+                read_state(&dir)?,
+                None | Some(JobState::Queued | JobState::InProgress)
+            ) {
+                write_state(
+                    &dir,
+                    &JobState::Failed {
+                        message: "the build was cancelled".to_owned(),
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| BackendError::Transient(error.to_string()))?
+        .map_err(|error| {
+            BackendError::Transient(format!("removing the cancelled build's work: {error}"))
+        })
+    }
+
+    async fn prune(&self, ended_before: SystemTime) -> Result<u64, BackendError> {
+        let running: Vec<String> = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let settings = self.settings.clone();
+        tokio::task::spawn_blocking(move || prune_builds(&settings, &running, ended_before))
+            .await
+            .map_err(|error| BackendError::Transient(error.to_string()))?
+            .map_err(|error| BackendError::Transient(format!("pruning build directories: {error}")))
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         let artifacts = tokio::fs::metadata(&self.settings.artifact_dir).await;
         match artifacts {
@@ -397,6 +607,63 @@ impl Backend for LocalBackend {
     }
 }
 
+/// Removes the directories of builds that ended before `ended_before` (their state is final, or they
+/// were cancelled, and no job holds them) and staging left by publishes that never finished. Never
+/// touches a published release.
+fn prune_builds(
+    settings: &LocalSettings,
+    running: &[String],
+    ended_before: SystemTime,
+) -> std::io::Result<u64> {
+    let last_change = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .and_then(|metadata| metadata.modified())
+            .ok()
+    };
+    let mut pruned = 0;
+    for entry in std::fs::read_dir(&settings.builds_dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if uuid::Uuid::parse_str(&name).is_err() || running.contains(&name) {
+            continue;
+        }
+        let dir = entry.path();
+        let finished = matches!(
+            read_state(&dir),
+            Ok(Some(JobState::Succeeded | JobState::Failed { .. }))
+        ) || dir.join(CANCELLED_MARKER).exists();
+        if !finished || job_lock_held(&dir) {
+            continue;
+        }
+        let ended = ["state.json", "build.log", CANCELLED_MARKER]
+            .iter()
+            .filter_map(|file| last_change(&dir.join(file)))
+            .max()
+            .or_else(|| last_change(&dir));
+        if ended.is_some_and(|ended| ended < ended_before) {
+            // One directory that cannot be removed must not keep the others.
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => pruned += 1,
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "could not prune a build directory")
+                }
+            }
+        }
+    }
+    for entry in std::fs::read_dir(&settings.artifact_dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(build_id) = name.strip_prefix(".staging-") else {
+            continue;
+        };
+        if !running.iter().any(|id| id == build_id)
+            && last_change(&entry.path()).is_some_and(|changed| changed < ended_before)
+            && let Err(error) = std::fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(staging = %name, %error, "could not prune abandoned staging");
+        }
+    }
+    Ok(pruned)
+}
+
 /// One build job in the process running it.
 struct Job {
     settings: LocalSettings,
@@ -404,9 +671,20 @@ struct Job {
     signer: Option<Arc<Signer>>,
     build: BuildSpec,
     dir: PathBuf,
+    cancel: build_root::Cancel,
 }
 
 impl Job {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.dir.join(CANCELLED_MARKER).exists()
+    }
+
+    /// Records that the job ended without running (cancelled while it waited for a slot).
+    fn never_started(self, reason: &str) {
+        let log = self.dir.join("build.log");
+        self.fail(&log, reason);
+    }
+
     fn run(self) {
         let log = self.dir.join("build.log");
         let lock = match OpenOptions::new()
@@ -429,6 +707,10 @@ impl Job {
                 self.fail(&log, &format!("locking the job: {error}"));
                 return;
             }
+        }
+        if self.cancelled() {
+            self.fail(&log, "cancelled before it started");
+            return;
         }
         if let Err(error) = write_state(&self.dir, &JobState::InProgress) {
             self.fail(&log, &format!("writing build state: {error}"));
@@ -455,11 +737,17 @@ impl Job {
             source_dir: self.settings.source_dir.clone(),
             out_dir: out_dir.clone(),
             log: log.clone(),
+            cancel: self.cancel.clone(),
         };
-        let outcome = self
-            .executor
-            .build(&job)
-            .and_then(|()| self.publish(&out_dir, &log));
+        let built = self.executor.build(&job);
+        if self.cancelled() {
+            // Whatever the executor made after the cancellation is never published.
+            let _ = std::fs::remove_dir_all(&out_dir);
+            self.fail(&log, "the build was cancelled");
+            drop(lock);
+            return;
+        }
+        let outcome = built.and_then(|()| self.publish(&out_dir, &log));
         match outcome {
             Ok(()) => {
                 append_log(&log, "published");
@@ -483,7 +771,9 @@ impl Job {
     }
 
     /// Checks the executor's output, adds the digest and signature when the builder did not, and
-    /// publishes all three so that the package becomes visible last and nothing existing is replaced.
+    /// publishes the package with its digest, signature and (when the build made one) provenance as
+    /// one first-wins unit: a reader sees either none of them or all of one build's, never a package
+    /// beside another build's sidecar, and a published package is never replaced.
     fn publish(&self, out_dir: &Path, log: &Path) -> Result<(), String> {
         let driver = &self.settings.driver;
         let identity = &self.build.identity;
@@ -523,9 +813,15 @@ impl Job {
 
         let tag = self.settings.layout.release_tag(driver, identity);
         let release_dir = self.settings.artifact_dir.join(&tag);
+        // Sidecars first, the package last: in the shared release the package is what makes the
+        // unit visible.
         let mut files = vec![digest_name];
         if signature_path.is_file() {
             files.push(signature_name);
+        }
+        let provenance_name = identity.provenance_file_name(driver);
+        if out_dir.join(&provenance_name).is_file() {
+            files.push(provenance_name);
         }
         files.push(package_name.clone());
         if release_dir.join(&package_name).exists() {
@@ -565,11 +861,30 @@ impl Job {
                     Err(error) => Err(format!("publishing release {tag}: {error}")),
                 }
             }
-            // One release shared by a driver version: file by file, package last, each by a hard link
-            // that fails instead of replacing.
+            // One release shared by a driver version, so the unit cannot be one directory rename.
+            // Publishers of the release take turns under a lock (released by the kernel if the
+            // holder dies); the holder decides first-wins by the package's presence, replaces
+            // sidecars left by a publish that died before its package (they belong to nobody), and
+            // links the package last. Once a package is visible its sidecars are its own and are
+            // never touched again, and the loader reads the package first.
             ReleaseLayout::PerDriverVersion => {
                 std::fs::create_dir_all(&release_dir)
                     .map_err(|error| format!("creating release {tag}: {error}"))?;
+                let lock = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(release_dir.join(PUBLISH_LOCK))
+                    .map_err(|error| format!("opening the publish lock of {tag}: {error}"))?;
+                lock.lock()
+                    .map_err(|error| format!("locking release {tag}: {error}"))?;
+                if release_dir.join(&package_name).exists() {
+                    append_log(
+                        log,
+                        "another build published the artifact first; keeping it",
+                    );
+                    return Ok(());
+                }
                 let assets = std::fs::read_dir(&release_dir)
                     .map_err(|error| format!("listing release {tag}: {error}"))?
                     .filter_map(Result::ok)
@@ -589,25 +904,18 @@ impl Job {
                         .map_err(|error| format!("staging {file}: {error}"))?;
                     sync_file(&temporary)?;
                     let target = release_dir.join(file);
-                    if file != &package_name {
-                        // Sidecars of a package that is not published belong to nobody: replace.
+                    let placed = if file == &package_name {
+                        // Never replaces, even a package that appeared behind the lock's back.
+                        let linked = std::fs::hard_link(&temporary, &target);
+                        let _ = std::fs::remove_file(&temporary);
+                        linked
+                    } else {
                         std::fs::rename(&temporary, &target)
-                            .map_err(|error| format!("publishing {file}: {error}"))?;
-                        continue;
-                    }
-                    let linked = std::fs::hard_link(&temporary, &target);
-                    let _ = std::fs::remove_file(&temporary);
-                    match linked {
-                        Ok(()) => {}
-                        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                            append_log(
-                                log,
-                                "another build published the artifact first; keeping it",
-                            );
-                        }
-                        Err(error) => return Err(format!("publishing {file}: {error}")),
-                    }
+                    };
+                    placed.map_err(|error| format!("publishing {file}: {error}"))?;
                 }
+                sync_file(&release_dir)?;
+                drop(lock);
                 Ok(())
             }
         }
@@ -693,6 +1001,7 @@ fn artifact_file(settings: &LocalSettings, tag: &str, file: &str) -> Option<Path
     let package = file
         .strip_suffix(".minisig")
         .or_else(|| file.strip_suffix(".sha256"))
+        .or_else(|| file.strip_suffix(".intoto.jsonl"))
         .unwrap_or(file);
     let identity = KernelIdentity::parse_package_file_name(&settings.driver, package).ok()?;
     if settings.layout.release_tag(&settings.driver, &identity) != tag {
@@ -710,6 +1019,8 @@ async fn download(
     };
     let content_type = if file.ends_with(".minisig") || file.ends_with(".sha256") {
         "text/plain; charset=utf-8"
+    } else if file.ends_with(".intoto.jsonl") {
+        "application/jsonl"
     } else {
         "application/octet-stream"
     };
@@ -800,6 +1111,7 @@ mod tests {
         assert!(artifact_file(&settings, &tag, &package).is_some());
         assert!(artifact_file(&settings, &tag, &format!("{package}.minisig")).is_some());
         assert!(artifact_file(&settings, &tag, &format!("{package}.sha256")).is_some());
+        assert!(artifact_file(&settings, &tag, &format!("{package}.intoto.jsonl")).is_some());
         for (bad_tag, bad_file) in [
             ("..", package.as_str()),
             (tag.as_str(), "../../etc/passwd"),
@@ -827,6 +1139,64 @@ mod tests {
         };
         write_state(dir.path(), &failed).expect("write");
         assert_eq!(read_state(dir.path()).expect("read"), Some(failed));
+    }
+
+    #[test]
+    fn pruning_removes_only_ended_builds_nobody_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = settings(dir.path());
+        std::fs::create_dir_all(&settings.builds_dir).expect("builds");
+        std::fs::create_dir_all(&settings.artifact_dir).expect("artifacts");
+        let build = |state: Option<JobState>, cancelled: bool| {
+            let id = uuid::Uuid::new_v4().to_string();
+            let path = settings.builds_dir.join(&id);
+            std::fs::create_dir(&path).expect("build dir");
+            std::fs::write(path.join("build.log"), "log\n").expect("log");
+            if let Some(state) = state {
+                write_state(&path, &state).expect("state");
+            }
+            if cancelled {
+                std::fs::write(path.join(CANCELLED_MARKER), "1\n").expect("marker");
+            }
+            (id, path)
+        };
+        let failed = JobState::Failed {
+            message: "x".to_owned(),
+        };
+        let succeeded = build(Some(JobState::Succeeded), false);
+        let failed_build = build(Some(failed.clone()), false);
+        let cancelled_queued = build(Some(JobState::Queued), true);
+        let in_progress = build(Some(JobState::InProgress), false);
+        let running_here = build(Some(failed), false);
+        let locked = build(Some(JobState::Succeeded), false);
+        let lock = File::create(locked.1.join("lock")).expect("lock file");
+        lock.lock().expect("lock");
+        let not_ours = settings.builds_dir.join("not-a-build");
+        std::fs::create_dir(&not_ours).expect("foreign dir");
+        let release = settings.artifact_dir.join("some-release");
+        std::fs::create_dir(&release).expect("release");
+        let staging = settings.artifact_dir.join(".staging-abandoned");
+        std::fs::create_dir(&staging).expect("staging");
+
+        // Nothing has ended long enough ago yet.
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        let running = vec![running_here.0.clone()];
+        assert_eq!(
+            prune_builds(&settings, &running, long_ago).expect("prune"),
+            0
+        );
+
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(prune_builds(&settings, &running, later).expect("prune"), 3);
+        for (_, path) in [&succeeded, &failed_build, &cancelled_queued] {
+            assert!(!path.exists(), "{} remains", path.display());
+        }
+        for (_, path) in [&in_progress, &running_here, &locked] {
+            assert!(path.exists(), "{} was pruned", path.display());
+        }
+        assert!(not_ours.exists() && release.exists());
+        assert!(!staging.exists());
+        drop(lock);
     }
 
     #[test]

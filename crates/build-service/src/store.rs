@@ -8,12 +8,15 @@
 //!   updates; every state change is conditional on still holding it.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
+
+pub use build_api::RequestOutcome;
 
 use crate::backend::Dispatched;
 
@@ -59,6 +62,16 @@ pub enum BuildState {
 }
 
 impl BuildState {
+    /// Every stored state.
+    pub const ALL: [BuildState; 6] = [
+        Self::Dispatching,
+        Self::Queued,
+        Self::InProgress,
+        Self::Done,
+        Self::Error,
+        Self::TimedOut,
+    ];
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,17 +84,20 @@ impl BuildState {
         }
     }
 
-    /// The spelling on the API, where a build being dispatched is simply queued.
-    pub fn public(self) -> &'static str {
+    /// The state on the API, where a build being dispatched is simply queued.
+    pub fn public(self) -> build_api::BuildState {
         match self {
-            Self::Dispatching => "queued",
-            other => other.as_str(),
+            Self::Dispatching | Self::Queued => build_api::BuildState::Queued,
+            Self::InProgress => build_api::BuildState::InProgress,
+            Self::Done => build_api::BuildState::Done,
+            Self::Error => build_api::BuildState::Error,
+            Self::TimedOut => build_api::BuildState::TimedOut,
         }
     }
 
     /// Whether the build has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Done | Self::Error | Self::TimedOut)
+        self.public().is_terminal()
     }
 }
 
@@ -142,6 +158,8 @@ pub struct BuildRecord {
     pub deadline_at: i64,
     /// How many dispatch calls were made.
     pub dispatch_attempts: i64,
+    /// The caller whose request created it (absent for builds from before the audit trail).
+    pub requested_by: Option<String>,
 }
 
 impl BuildRecord {
@@ -183,6 +201,27 @@ pub struct NewBuild {
     pub lease_owner: String,
     /// Lease end, in ms.
     pub lease_until: i64,
+    /// The caller creating it (principal name, or `anonymous@<address>`).
+    pub requested_by: String,
+}
+
+/// Caps on builds in flight checked when a reservation would create a build (joining one never
+/// counts against a cap: it creates no demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InFlightCaps {
+    /// Across every caller.
+    pub total: Option<u32>,
+    /// For the requesting caller.
+    pub per_caller: Option<u32>,
+}
+
+/// Which cap refused a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapReached {
+    /// The service-wide cap.
+    Total(u32),
+    /// The caller's own cap.
+    Caller(u32),
 }
 
 /// The outcome of a reservation.
@@ -192,6 +231,50 @@ pub enum Reservation {
     Created(String),
     /// A build for the same key is already in flight.
     Existing(String),
+    /// Creating it would exceed a cap; nothing was stored.
+    OverCap(CapReached),
+}
+
+/// One audit row: a caller's requests for one identity with one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The build created or joined; empty for refusals.
+    pub build_id: String,
+    /// kernel-id's cache key of the requested identity.
+    pub cache_key: String,
+    /// The principal's name, or `anonymous@<address>`.
+    pub principal: String,
+    /// The client address.
+    pub client: String,
+    /// What became of the requests.
+    pub outcome: RequestOutcome,
+    /// First such request, ms since the epoch.
+    pub first_at: i64,
+    /// Latest such request, ms since the epoch.
+    pub last_at: i64,
+    /// How many such requests.
+    pub requests: i64,
+}
+
+/// Filters of [`Store::list_builds`]; every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildFilter {
+    /// Any of these stored state spellings.
+    pub states: Option<Vec<String>>,
+    /// Canonical distribution id.
+    pub distribution: Option<String>,
+    /// Canonical architecture.
+    pub architecture: Option<String>,
+    /// Kernel release.
+    pub kernel_version: Option<String>,
+    /// Driver version.
+    pub driver_version: Option<String>,
+    /// Builds this caller created or joined.
+    pub requester: Option<String>,
+    /// Only builds created before this time (ms), for paging backwards.
+    pub before: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: u32,
 }
 
 /// Which SQL backend the URL selected.
@@ -212,7 +295,7 @@ pub struct Store {
 
 const COLUMNS: &str = "build_id, cache_key, driver_name, kernel_version, architecture, distribution, \
      distro_version, driver_version, state, run_id, run_url, download_url, error, created_at, updated_at, \
-     started_at, finished_at, deadline_at, dispatch_attempts";
+     started_at, finished_at, deadline_at, dispatch_attempts, requested_by";
 
 impl Store {
     /// Connects, creating a SQLite file when the URL asks for it (`mode=rwc`), and applies the
@@ -263,17 +346,46 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let sql = match self.kind {
-            DbKind::Sqlite => include_str!("../migrations/sqlite/0001_builds.sql"),
-            DbKind::Postgres => include_str!("../migrations/postgres/0001_builds.sql"),
+        let scripts: [(i64, &str, &'static str); 2] = match self.kind {
+            DbKind::Sqlite => [
+                (
+                    1,
+                    "builds",
+                    include_str!("../migrations/sqlite/0001_builds.sql"),
+                ),
+                (
+                    2,
+                    "demand",
+                    include_str!("../migrations/sqlite/0002_demand.sql"),
+                ),
+            ],
+            DbKind::Postgres => [
+                (
+                    1,
+                    "builds",
+                    include_str!("../migrations/postgres/0001_builds.sql"),
+                ),
+                (
+                    2,
+                    "demand",
+                    include_str!("../migrations/postgres/0002_demand.sql"),
+                ),
+            ],
         };
-        let migrator = Migrator::with_migrations(vec![Migration::new(
-            1,
-            Cow::Borrowed("builds"),
-            MigrationType::Simple,
-            sqlx::SqlSafeStr::into_sql_str(sql),
-            false,
-        )]);
+        let migrator = Migrator::with_migrations(
+            scripts
+                .into_iter()
+                .map(|(version, name, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(name),
+                        MigrationType::Simple,
+                        sqlx::SqlSafeStr::into_sql_str(sql),
+                        false,
+                    )
+                })
+                .collect(),
+        );
         migrator.run(&self.pool).await?;
         Ok(())
     }
@@ -296,15 +408,34 @@ impl Store {
     }
 
     /// Inserts `build` unless a build with the same active key is in flight, which is returned instead.
-    pub async fn reserve(&self, build: &NewBuild) -> Result<Reservation, StoreError> {
+    pub async fn reserve(
+        &self,
+        build: &NewBuild,
+        caps: InFlightCaps,
+    ) -> Result<Reservation, StoreError> {
+        let cap = |limit: Option<u32>| limit.map_or(i64::MAX, i64::from);
         // The select after a conflict can find nothing when the other build ended in between; then the
         // insert is simply tried again.
         for _ in 0..5 {
+            let mut transaction = self.pool.begin().await?;
+            if self.kind == DbKind::Postgres && (caps.total.is_some() || caps.per_caller.is_some())
+            {
+                // Under READ COMMITTED two replicas could each count one slot free and both take it;
+                // reservations are rare (misses only), so they simply queue on one lock. SQLite has a
+                // single writer already.
+                sqlx::query("SELECT pg_advisory_xact_lock(4804613921)")
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            // The caps are part of the insert itself, so no request can slip in between a count
+            // and the row that would exceed it.
             let inserted = sqlx::query(
                 "INSERT INTO builds (build_id, cache_key, active_key, driver_name, kernel_version, architecture, \
                  distribution, distro_version, driver_version, state, created_at, updated_at, deadline_at, \
-                 lease_owner, lease_until) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'dispatching', $10, $10, $11, $12, $13) \
+                 lease_owner, lease_until, requested_by) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'dispatching', $10, $10, $11, $12, $13, $14 \
+                 WHERE (SELECT COUNT(*) FROM builds WHERE active_key IS NOT NULL) < $15 \
+                 AND (SELECT COUNT(*) FROM builds WHERE active_key IS NOT NULL AND requested_by = $14) < $16 \
                  ON CONFLICT DO NOTHING RETURNING build_id",
             )
             .bind(&build.build_id)
@@ -320,13 +451,20 @@ impl Store {
             .bind(build.deadline_at)
             .bind(&build.lease_owner)
             .bind(build.lease_until)
-            .fetch_optional(&self.pool)
+            .bind(&build.requested_by)
+            .bind(cap(caps.total))
+            .bind(cap(caps.per_caller))
+            .fetch_optional(&mut *transaction)
             .await?;
+            transaction.commit().await?;
             if inserted.is_some() {
                 return Ok(Reservation::Created(build.build_id.clone()));
             }
             if let Some(existing) = self.active_build(&build.active_key).await? {
                 return Ok(Reservation::Existing(existing));
+            }
+            if let Some(reached) = self.cap_reached(&build.requested_by, caps).await? {
+                return Ok(Reservation::OverCap(reached));
             }
         }
         Err(StoreError::Corrupt {
@@ -500,6 +638,188 @@ impl Store {
             .collect()
     }
 
+    /// Which cap, if any, a new build by `requester` would exceed now.
+    async fn cap_reached(
+        &self,
+        requester: &str,
+        caps: InFlightCaps,
+    ) -> Result<Option<CapReached>, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, \
+             COALESCE(SUM(CASE WHEN requested_by = $1 THEN 1 ELSE 0 END), 0) AS mine \
+             FROM builds WHERE active_key IS NOT NULL",
+        )
+        .bind(requester)
+        .fetch_one(&self.pool)
+        .await?;
+        let (total, mine): (i64, i64) = (row.try_get("total")?, row.try_get("mine")?);
+        Ok(match caps {
+            InFlightCaps {
+                total: Some(cap), ..
+            } if total >= i64::from(cap) => Some(CapReached::Total(cap)),
+            InFlightCaps {
+                per_caller: Some(cap),
+                ..
+            } if mine >= i64::from(cap) => Some(CapReached::Caller(cap)),
+            _ => None,
+        })
+    }
+
+    /// Adds one request to the audit trail (a repeat of the same caller, identity, build and
+    /// outcome increments its row).
+    pub async fn record_request(
+        &self,
+        build_id: Option<&str>,
+        cache_key: &str,
+        principal: &str,
+        client: &str,
+        outcome: RequestOutcome,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO build_requests (build_id, cache_key, principal, client, outcome, first_at, last_at, requests) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, 1) \
+             ON CONFLICT (build_id, cache_key, principal, client, outcome) \
+             DO UPDATE SET requests = build_requests.requests + 1, last_at = $6",
+        )
+        .bind(build_id.unwrap_or_default())
+        .bind(cache_key)
+        .bind(principal)
+        .bind(client)
+        .bind(outcome.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Builds matching `filter`, newest first.
+    pub async fn list_builds(&self, filter: &BuildFilter) -> Result<Vec<BuildRecord>, StoreError> {
+        let mut conditions = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        if let Some(states) = &filter.states {
+            let mut placeholders = Vec::new();
+            for state in states {
+                values.push(state.clone());
+                placeholders.push(format!("${}", values.len()));
+            }
+            if placeholders.is_empty() {
+                conditions.push("1 = 0".to_owned());
+            } else {
+                conditions.push(format!("state IN ({})", placeholders.join(", ")));
+            }
+        }
+        for (column, value) in [
+            ("distribution", &filter.distribution),
+            ("architecture", &filter.architecture),
+            ("kernel_version", &filter.kernel_version),
+            ("driver_version", &filter.driver_version),
+        ] {
+            if let Some(value) = value {
+                values.push(value.clone());
+                conditions.push(format!("{column} = ${}", values.len()));
+            }
+        }
+        if let Some(requester) = &filter.requester {
+            values.push(requester.clone());
+            conditions.push(format!(
+                "build_id IN (SELECT build_id FROM build_requests WHERE principal = ${})",
+                values.len()
+            ));
+        }
+        let before_placeholder = filter.before.map(|_| {
+            conditions.push(format!("created_at < ${}", values.len() + 1));
+            values.len() + 1
+        });
+        let limit_placeholder = values.len() + 1 + usize::from(before_placeholder.is_some());
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        // Only column names and placeholders are formatted in; every value is bound.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM builds {where_clause} ORDER BY created_at DESC, build_id LIMIT ${limit_placeholder}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in values {
+            query = query.bind(value);
+        }
+        if let Some(before) = filter.before {
+            query = query.bind(before);
+        }
+        let rows = query
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The audit rows of each of `build_ids`, oldest first, in one query.
+    pub async fn requests_for(
+        &self,
+        build_ids: &[String],
+    ) -> Result<HashMap<String, Vec<RequestRecord>>, StoreError> {
+        let mut out: HashMap<String, Vec<RequestRecord>> = HashMap::new();
+        if build_ids.is_empty() {
+            return Ok(out);
+        }
+        let placeholders: Vec<String> = (1..=build_ids.len()).map(|n| format!("${n}")).collect();
+        // Only placeholders are formatted in; every id is bound.
+        let sql = format!(
+            "SELECT build_id, cache_key, principal, client, outcome, first_at, last_at, requests \
+             FROM build_requests WHERE build_id IN ({}) ORDER BY first_at, principal, client",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in build_ids {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&self.pool).await? {
+            let build_id: String = row.try_get("build_id")?;
+            let raw_outcome: String = row.try_get("outcome")?;
+            let outcome =
+                RequestOutcome::parse(&raw_outcome).ok_or_else(|| StoreError::Corrupt {
+                    build_id: build_id.clone(),
+                    problem: format!("unknown request outcome '{raw_outcome}'"),
+                })?;
+            out.entry(build_id.clone())
+                .or_default()
+                .push(RequestRecord {
+                    build_id,
+                    cache_key: row.try_get("cache_key")?,
+                    principal: row.try_get("principal")?,
+                    client: row.try_get("client")?,
+                    outcome,
+                    first_at: row.try_get("first_at")?,
+                    last_at: row.try_get("last_at")?,
+                    requests: row.try_get("requests")?,
+                });
+        }
+        Ok(out)
+    }
+
+    /// Retention: deletes builds that ended before `before` (ms; never one in flight) and audit rows
+    /// last seen before it (never one of a build in flight). Returns (builds, audit rows) deleted.
+    pub async fn prune_finished(&self, before: i64) -> Result<(u64, u64), StoreError> {
+        let builds = sqlx::query(
+            "DELETE FROM builds WHERE active_key IS NULL AND finished_at IS NOT NULL AND finished_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let requests = sqlx::query(
+            "DELETE FROM build_requests WHERE last_at < $1 \
+             AND build_id NOT IN (SELECT build_id FROM builds WHERE active_key IS NOT NULL)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((builds, requests))
+    }
+
     /// Number of builds per stored state (for tests and diagnostics).
     pub async fn count_builds(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM builds")
@@ -540,6 +860,7 @@ fn decode(row: &AnyRow) -> Result<BuildRecord, StoreError> {
         finished_at: row.try_get("finished_at")?,
         deadline_at: row.try_get("deadline_at")?,
         dispatch_attempts: row.try_get("dispatch_attempts")?,
+        requested_by: row.try_get("requested_by")?,
         build_id,
     })
 }

@@ -19,6 +19,10 @@ pub const BUILD_DURATION: &str = "build_duration_seconds";
 pub const BUILDS_TRACKED: &str = "builds_tracked";
 /// Backend calls that failed, by `call` and `kind`.
 pub const BACKEND_ERRORS: &str = "backend_errors_total";
+/// Cancellations of builds past their deadline, by `result` (`ok`, `failed`).
+pub const CANCELS: &str = "build_cancels_total";
+/// Finished builds, audit rows and local build directories removed by retention, by `what`.
+pub const PRUNED: &str = "retention_pruned_total";
 
 /// Builds take minutes: buckets from 1 s to 1 h.
 const DURATION_BUCKETS: &[f64] = &[
@@ -53,6 +57,11 @@ fn describe() {
     );
     metrics::describe_counter!(DISPATCHES, "Build dispatch calls to the backend by result");
     metrics::describe_counter!(BUILDS_FINISHED, "Builds that ended, by final state");
+    metrics::describe_counter!(
+        CANCELS,
+        "Cancellations of builds past their deadline, by result"
+    );
+    metrics::describe_counter!(PRUNED, "Records removed by retention, by what");
     metrics::describe_histogram!(
         BUILD_DURATION,
         metrics::Unit::Seconds,

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use kernel_id::{DriverName, IdentityInput, KernelIdentity};
 use tokio::sync::watch;
@@ -33,6 +33,9 @@ pub struct TrackerSettings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// Finished builds (rows, local build directories and logs) and audit rows older than this are
+    /// pruned by the sweeper.
+    pub retention: Duration,
 }
 
 /// Per-build change announcements for long-polling, within this process.
@@ -173,13 +176,21 @@ impl Trackers {
         );
     }
 
-    /// Takes over every in-flight build without a live lease, now and every half lease, until stopped.
+    /// Takes over every in-flight build without a live lease, now and every half lease, until stopped;
+    /// applies retention every tenth of it (at most hourly).
     pub async fn run_sweeper(self) {
         let mut stop = self.inner.stop.subscribe();
         let period = (self.inner.settings.lease / 2).max(Duration::from_millis(100));
+        let prune_every = (self.inner.settings.retention / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        let mut next_prune = Instant::now();
         loop {
             if let Err(error) = self.sweep().await {
                 tracing::warn!(%error, "could not look for builds to resume");
+            }
+            if Instant::now() >= next_prune {
+                self.prune().await;
+                next_prune = Instant::now() + prune_every;
             }
             self.inner.notifier.prune();
             tokio::select! {
@@ -214,6 +225,43 @@ impl Trackers {
             }
         }
         Ok(())
+    }
+
+    /// Retention: removes what the backend keeps of builds that ended more than the retention ago
+    /// (local build directories and logs), then their rows and audit rows. In-flight builds and
+    /// published artifacts are never touched. Failures are logged; the next round tries again.
+    pub async fn prune(&self) {
+        let retention = self.inner.settings.retention;
+        let cutoff = SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match self.inner.backend.prune(cutoff).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                metrics::counter!(telemetry::PRUNED, "what" => "build_dirs").increment(removed);
+                tracing::info!(removed, "retention removed local build directories");
+            }
+            Err(error) => tracing::warn!(%error, "retention could not prune the backend's builds"),
+        }
+        match self
+            .inner
+            .store
+            .prune_finished(now_ms().saturating_sub(millis(retention)))
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((builds, requests)) => {
+                metrics::counter!(telemetry::PRUNED, "what" => "builds").increment(builds);
+                metrics::counter!(telemetry::PRUNED, "what" => "build_requests")
+                    .increment(requests);
+                tracing::info!(
+                    builds,
+                    requests,
+                    "retention removed finished builds and audit rows"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "retention could not prune the database"),
+        }
     }
 
     /// Stops every tracker and gives their leases up so the next start (or another replica) resumes
@@ -325,10 +373,23 @@ async fn track_build(inner: &Inner, build_id: &str) {
         let until_deadline =
             Duration::from_millis(u64::try_from(record.deadline_at - now).unwrap_or(0));
         if until_deadline.is_zero() {
-            let message = format!(
+            // The build is stopped before its identity's slot is freed, so a timed-out build can
+            // never run (and publish) beside the next one.
+            let mut message = format!(
                 "no result before the deadline ({} s after the request)",
                 (record.deadline_at - record.created_at) / 1000
             );
+            match cancel(inner, &record).await {
+                Ok(()) => {
+                    metrics::counter!(telemetry::CANCELS, "result" => "ok").increment(1);
+                    message.push_str("; the build was cancelled");
+                }
+                Err(error) => {
+                    metrics::counter!(telemetry::CANCELS, "result" => "failed").increment(1);
+                    tracing::error!(%error, "could not cancel the timed-out build");
+                    message.push_str(&format!("; cancelling it failed: {error}"));
+                }
+            }
             finish(inner, &record, BuildState::TimedOut, None, Some(&message)).await;
             return;
         }
@@ -466,6 +527,39 @@ async fn track_build(inner: &Inner, build_id: &str) {
     }
 }
 
+/// Cancels a build past its deadline through the backend, retrying transient failures within half a
+/// lease (the lease was renewed just before, so no other replica takes the build over meanwhile).
+async fn cancel(inner: &Inner, record: &BuildRecord) -> Result<(), String> {
+    let spec =
+        spec_of(record).map_err(|problem| format!("stored identity is invalid: {problem}"))?;
+    let dispatched = record.dispatched();
+    let give_up = Instant::now() + inner.settings.lease / 2;
+    let mut failures = 0u32;
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(left, inner.backend.cancel(&spec, &dispatched)).await
+        {
+            Ok(Ok(())) => {
+                tracing::info!("cancelled the timed-out build");
+                return Ok(());
+            }
+            Ok(Err(error)) => error,
+            Err(_elapsed) => {
+                return Err(format!("no answer within {:?}", inner.settings.lease / 2));
+            }
+        };
+        metrics::counter!(telemetry::BACKEND_ERRORS, "kind" => error_kind(&error)).increment(1);
+        match delay_after(&error, failures, &inner.settings) {
+            Some(pause) if Instant::now() + pause < give_up => {
+                tracing::warn!(%error, "cancelling failed; retrying");
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(pause).await;
+            }
+            _ => return Err(error.to_string()),
+        }
+    }
+}
+
 async fn running(
     inner: &Inner,
     record: &BuildRecord,
@@ -551,6 +645,7 @@ mod tests {
             lease: Duration::from_secs(60),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 

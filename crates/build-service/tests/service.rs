@@ -1,5 +1,5 @@
 //! The service's behaviour over HTTP on loopback: validation, hit path, build life cycle (done, error,
-//! timed_out), dedup under concurrency, restart, long polls, auth, rate limits, metrics and the OpenAPI
+//! timed_out), dedup under concurrency, restart, long polls, rate limits, metrics and the OpenAPI
 //! document. Real SQLite file, real local backend (artifact directory, publishing, downloads); the
 //! executor is the controllable seam.
 
@@ -443,50 +443,12 @@ async fn a_long_poll_answers_as_soon_as_the_build_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn build_requests_need_a_token_when_tokens_are_configured() {
-    let env = Env::new(TestExecutor::new(Mode::Succeed));
-    let tokens = build_service::access::Tokens::parse("# fleet\nfleet-token-0123456789\n").unwrap();
-    let service = env
-        .start_with(&env.sqlite_url(), |config| config.tokens = Some(tokens))
-        .await;
-    let base = service.url();
-    let client = client();
-    let request = bookworm("v0.1.2");
-    let refused = client
-        .post(format!("{base}/build"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status().as_u16(), 401);
-    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
-    let wrong = client
-        .post(format!("{base}/build"))
-        .bearer_auth("fleet-token-0123456788")
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status().as_u16(), 401);
-    assert_eq!(env.counters.total(), 0);
-    let accepted = client
-        .post(format!("{base}/build"))
-        .bearer_auth("fleet-token-0123456789")
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status().as_u16(), 202);
-    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status().as_u16(), 200);
-    service.stop().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn callers_over_their_rate_are_told_when_to_retry() {
     let env = Env::new(TestExecutor::new(Mode::Succeed));
     let service = env
-        .start_with(&env.sqlite_url(), |config| config.rate_limit = Some((1, 3)))
+        .start_with(&env.sqlite_url(), |config| {
+            config.access.rate_limit = Some((1, 3))
+        })
         .await;
     let base = service.url();
     let client = client();

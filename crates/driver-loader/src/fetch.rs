@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use build_api::{BuildAccepted, BuildDone, BuildRequest, BuildState, BuildStatus, status_path};
 use kernel_id::{DriverName, KernelIdentity, ReleaseLayout, percent_encode_segment};
 use minisign_verify::PublicKey;
-use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::error::{LoaderError, Result};
@@ -356,19 +356,29 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Shortest time between two status requests, whatever the service does with `wait`.
 const MIN_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Deserialize)]
-struct BuildAnswer {
-    status: Option<String>,
-    download_url: Option<String>,
-    build_id: Option<String>,
-    message: Option<String>,
+/// The `POST /build` body for `identity`.
+fn build_request(identity: &KernelIdentity) -> BuildRequest {
+    let input = identity.to_input();
+    BuildRequest {
+        architecture: input.architecture,
+        distribution: input.distribution,
+        distro_version: input.distro_version,
+        driver_version: input.driver_version,
+        kernel_version: input.kernel_version,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-struct StatusAnswer {
-    status: String,
-    error: Option<String>,
-    download_url: Option<String>,
+/// Reads a `POST /build` answer as the type its HTTP status promises.
+fn build_answer<T: serde::de::DeserializeOwned>(
+    build_url: &str,
+    status: u16,
+    answer: serde_json::Value,
+) -> Result<T> {
+    T::deserialize(&answer).map_err(|e| {
+        LoaderError::BuildService(format!(
+            "POST {build_url} answered {status} with an unexpected body ({e}): {answer}"
+        ))
+    })
 }
 
 /// `POST /build`, then long-poll `GET /status/{id}?wait=` until a final state. Returns the announced
@@ -381,8 +391,8 @@ pub fn request_build(
 ) -> Result<Option<String>> {
     let root = service.url.trim_end_matches('/');
     let build_url = format!("{root}/build");
-    let body = identity.to_input();
-    let (status, answer): (u16, BuildAnswer) = client
+    let body = build_request(identity);
+    let (status, answer): (u16, serde_json::Value) = client
         .json(
             JsonMethod::Post(&body),
             &build_url,
@@ -396,17 +406,20 @@ pub fn request_build(
             }
             other => other,
         })?;
-    if status == 200 && answer.status.as_deref() == Some("done") {
+    if status == 200 {
+        let done: BuildDone = build_answer(&build_url, status, answer)?;
         info!("build service: artifact already exists");
-        return Ok(answer.download_url);
+        return Ok(Some(done.download_url));
     }
-    let build_id = answer.build_id.filter(|id| !id.is_empty()).ok_or_else(|| {
-        LoaderError::BuildService(format!(
-            "POST {build_url} answered {status} without a build_id (message: {:?})",
-            answer.message
-        ))
-    })?;
-    info!(build_id, message = ?answer.message, "build requested; waiting for it");
+    let accepted: BuildAccepted = build_answer(&build_url, status, answer)?;
+    let build_id = accepted.build_id;
+    if build_id.is_empty() {
+        return Err(LoaderError::BuildService(format!(
+            "POST {build_url} answered {status} with an empty build_id (message: {:?})",
+            accepted.message
+        )));
+    }
+    info!(build_id, message = ?accepted.message, "build requested; waiting for it");
     loop {
         let remaining = deadline.remaining();
         if remaining.is_zero() {
@@ -414,11 +427,11 @@ pub fn request_build(
         }
         let wait = service.wait.min(remaining).as_secs().max(1);
         let status_url = format!(
-            "{root}/status/{}?wait={wait}",
-            percent_encode_segment(&build_id)
+            "{root}{}?wait={wait}",
+            status_path(&percent_encode_segment(&build_id))
         );
         let asked = std::time::Instant::now();
-        let (_, answer): (u16, StatusAnswer) = client
+        let (_, answer): (u16, BuildStatus) = client
             .json::<(), _>(
                 JsonMethod::Get,
                 &status_url,
@@ -432,30 +445,25 @@ pub fn request_build(
                 }
                 other => other,
             })?;
-        match answer.status.as_str() {
-            "done" => {
+        match answer.status {
+            BuildState::Done => {
                 info!(build_id, "build done");
                 return Ok(answer.download_url);
             }
-            "queued" | "in_progress" => {
-                info!(build_id, status = answer.status, "build still running");
+            BuildState::Queued | BuildState::InProgress => {
+                info!(build_id, status = %answer.status, "build still running");
                 // A service that ignores `wait` must not turn this loop into a busy poll.
                 let floor = MIN_STATUS_INTERVAL.min(deadline.remaining());
                 if let Some(rest) = floor.checked_sub(asked.elapsed()) {
                     std::thread::sleep(rest);
                 }
             }
-            "error" | "timed_out" => {
+            BuildState::Error | BuildState::TimedOut => {
                 return Err(LoaderError::BuildFailed {
                     build_id,
-                    status: answer.status,
+                    status: answer.status.to_string(),
                     reason: answer.error.unwrap_or_else(|| "no reason given".to_owned()),
                 });
-            }
-            other => {
-                return Err(LoaderError::BuildService(format!(
-                    "build {build_id} has unknown status {other:?}"
-                )));
             }
         }
     }

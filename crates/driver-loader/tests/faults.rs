@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use build_api::{BuildAccepted, BuildRequest, BuildState, BuildStatus};
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -211,11 +212,47 @@ fn a_verified_cached_package_is_reused_without_any_request() {
     assert_eq!(server.requests().len(), before + 3);
 }
 
+/// The id the fake build service gives its one build.
+const BUILD_ID: &str = "b-42";
+
+/// A `GET /status` answer of the fake build service, in the service's own type.
+fn status(state: BuildState, error: Option<&str>) -> BuildStatus {
+    let at = "2026-01-02T03:04:05Z".to_owned();
+    BuildStatus {
+        build_id: BUILD_ID.to_owned(),
+        cache_key: identity(RELEASE).cache_key(),
+        created_at: at.clone(),
+        deadline_at: "2026-01-02T03:24:05Z".to_owned(),
+        dispatch_attempts: 1,
+        download_url: None,
+        driver_name: driver().to_string(),
+        error: error.map(str::to_owned),
+        finished_at: state.is_terminal().then(|| at.clone()),
+        log_url: None,
+        request: BuildRequest {
+            architecture: "x86_64".to_owned(),
+            distribution: "debian".to_owned(),
+            distro_version: Some("12".to_owned()),
+            driver_version: VERSION.to_owned(),
+            kernel_version: RELEASE.to_owned(),
+        },
+        run_id: None,
+        run_url: None,
+        started_at: (state != BuildState::Queued).then(|| at.clone()),
+        status: state,
+        updated_at: at,
+    }
+}
+
+fn json<T: serde::Serialize>(code: u16, body: &T) -> Response {
+    Response::json(code, serde_json::to_value(body).expect("serializable"))
+}
+
 /// The artifact store and the build service on one loopback server: the package is 404 until the build
 /// "finishes"; `/status` answers `statuses` in turn (the last repeats).
 fn build_service(
     artifact: Artifact,
-    statuses: Vec<serde_json::Value>,
+    statuses: Vec<BuildStatus>,
 ) -> (TestServer, Arc<Mutex<Vec<String>>>) {
     let published = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -227,12 +264,9 @@ fn build_service(
                 seen.lock()
                     .expect("lock")
                     .push(String::from_utf8_lossy(&r.body).into_owned());
-                Response::json(
-                    202,
-                    serde_json::json!({"message": "workflow dispatched", "build_id": "b-42"}),
-                )
+                json(202, &BuildAccepted::new(BUILD_ID))
             }
-            ("GET", "/status/b-42") => {
+            ("GET", path) if path == build_api::status_path(BUILD_ID) => {
                 assert!(
                     r.target.contains("wait="),
                     "the loader long-polls: {}",
@@ -240,14 +274,14 @@ fn build_service(
                 );
                 let n = polls.fetch_add(1, Ordering::SeqCst);
                 let answer = statuses[n.min(statuses.len() - 1)].clone();
-                if answer["status"] == "in_progress" {
+                if answer.status == BuildState::InProgress {
                     // A real long poll holds the request while nothing changes.
                     std::thread::sleep(Duration::from_millis(300));
                 }
-                if answer["status"] == "done" {
+                if answer.status == BuildState::Done {
                     published.store(1, Ordering::SeqCst);
                 }
-                Response::json(200, answer)
+                json(200, &answer)
             }
             _ if published.load(Ordering::SeqCst) == 1 => {
                 artifact.answer(r).unwrap_or_else(Response::not_found)
@@ -276,9 +310,9 @@ fn a_missing_artifact_is_built_on_request_then_downloaded() {
     let (server, bodies) = build_service(
         artifact.clone(),
         vec![
-            serde_json::json!({"status": "queued"}),
-            serde_json::json!({"status": "in_progress"}),
-            serde_json::json!({"status": "done"}),
+            status(BuildState::Queued, None),
+            status(BuildState::InProgress, None),
+            status(BuildState::Done, None),
         ],
     );
     let host = FakeHost::new(RELEASE);
@@ -286,12 +320,10 @@ fn a_missing_artifact_is_built_on_request_then_downloaded() {
     assert!(out.status.success(), "{}", stderr(&out));
     let bodies = bodies.lock().expect("lock").clone();
     assert_eq!(bodies.len(), 1, "exactly one build request");
+    // Exactly the five identity fields, in the service's own request type.
     let body: serde_json::Value = serde_json::from_str(&bodies[0]).expect("json body");
-    assert_eq!(body["kernel_version"], RELEASE);
-    assert_eq!(body["architecture"], "x86_64");
-    assert_eq!(body["distribution"], "debian");
-    assert_eq!(body["distro_version"], "12");
-    assert_eq!(body["driver_version"], VERSION);
+    let expected = serde_json::to_value(status(BuildState::Queued, None).request).expect("json");
+    assert_eq!(body, expected);
     let cached = stdout(&out).trim().to_owned();
     assert_eq!(std::fs::read(cached).expect("cached"), artifact.package);
 }
@@ -303,8 +335,11 @@ fn a_failed_build_ends_with_exit_code_5_and_the_reason() {
     let (server, _) = build_service(
         artifact,
         vec![
-            serde_json::json!({"status": "in_progress"}),
-            serde_json::json!({"status": "error", "error": "kbuild failed: example_driver.c:12: error"}),
+            status(BuildState::InProgress, None),
+            status(
+                BuildState::Error,
+                Some("kbuild failed: example_driver.c:12: error"),
+            ),
         ],
     );
     let host = FakeHost::new(RELEASE);
@@ -324,7 +359,7 @@ fn a_timed_out_build_ends_with_exit_code_5() {
     let artifact = Artifact::signed(&keys, &identity(RELEASE), VERMAGIC_47);
     let (server, _) = build_service(
         artifact,
-        vec![serde_json::json!({"status": "timed_out", "error": "no result after 900 s"})],
+        vec![status(BuildState::TimedOut, Some("no result after 900 s"))],
     );
     let host = FakeHost::new(RELEASE);
     let out = run_with_timeout(build_cmd(&host, &server, &keys), LIMIT);
@@ -350,7 +385,7 @@ fn a_missing_artifact_without_build_service_is_exit_code_4() {
 fn the_build_wait_respects_the_overall_deadline() {
     let keys = Keys::generate();
     let artifact = Artifact::signed(&keys, &identity(RELEASE), VERMAGIC_47);
-    let (server, _) = build_service(artifact, vec![serde_json::json!({"status": "in_progress"})]);
+    let (server, _) = build_service(artifact, vec![status(BuildState::InProgress, None)]);
     let host = FakeHost::new(RELEASE);
     let mut cmd = build_cmd(&host, &server, &keys);
     cmd.args(["--deadline-seconds", "3"]);

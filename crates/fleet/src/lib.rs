@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod gate;
 pub mod host;
 pub mod node;
 pub mod service;
@@ -30,8 +31,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use kernel_id::{DriverName, DriverVersion};
 
-pub use node::{LoaderSettings, NodeOutcome, NodeSpec, PreparedNode};
-pub use service::{BuildCounters, Metrics, Service, SigningKey};
+pub use node::{LoaderSettings, ModuleState, NodeOutcome, NodeSpec, PreparedNode};
+pub use service::{BuildAnswer, BuildCounters, BuildTimes, Metrics, Service, SigningKey};
 
 /// The sample driver every fleet run builds and loads.
 pub const DRIVER: &str = "example-driver";
@@ -90,7 +91,8 @@ impl Fleet {
         Ok(node::observe(running))
     }
 
-    /// Boots all `nodes` at the same moment.
+    /// Boots all `nodes` at the same moment and starts their loaders together, once the last
+    /// has booted ([`gate`]).
     pub fn run_together(&self, nodes: &[PreparedNode]) -> Result<Vec<NodeOutcome>> {
         node::boot_together(nodes, COLD_NODE_TIMEOUT)
     }

@@ -2,8 +2,11 @@
 //! the static `driver-loader` in container mode against the service, then reports what happened
 //! on the serial console with markers the harness reads:
 //!
+//! - `FLEET-START open|failed`: a node booted with others came through their start gate
+//!   ([`crate::gate`]); absent on a node booted alone;
 //! - `FLEET-LOADER-EXIT rc=<code>`: the loader's exit code (see the loader's README table);
-//! - `FLEET-MODULE present|absent`: whether `/sys/module/<module>` exists afterwards;
+//! - `FLEET-MODULE present|absent`: whether `/sys/module/<module>` exists afterwards (a console
+//!   without this line says neither: the node died or was killed first);
 //! - `FLEET-DMESG: <line>`: the driver's own kernel-log lines, copied from `dmesg`;
 //! - `FLEET-RESULT loaded|refused|failed`: the verdict in one word.
 //!
@@ -18,6 +21,7 @@ use kernel_id::{Arch, DistroVersion, DriverName, DriverVersion, KernelIdentity, 
 use testkit::initramfs::{END_MARKER, shell_quote};
 use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardInit};
 
+use crate::gate::{self, START_GATE_TIMEOUT, StartGate};
 use crate::service::Service;
 
 pub const LOADER_EXIT_MARKER: &str = "FLEET-LOADER-EXIT";
@@ -147,6 +151,7 @@ pub fn prepare(
     let init = StandardInit::new()
         .modules(modules)
         .network(Network::Static)
+        .command(gate::init_command(&spec.name))
         .command(format!(
             "{loader_command}; rc=$?; echo \"{LOADER_EXIT_MARKER} rc=$rc\""
         ))
@@ -199,6 +204,15 @@ pub struct RunningNode {
 /// Boots `prepared`; the VM is killed at `hard_timeout` whatever happens. x86_64 nodes get 512 MiB,
 /// arm64 nodes testkit's 1 GiB default for the `virt` machine.
 pub fn boot(prepared: &PreparedNode, hard_timeout: Duration) -> Result<RunningNode> {
+    boot_with(prepared, hard_timeout, None)
+}
+
+/// [`boot`], with the node's loader held at `gate` until the gate lets it go.
+fn boot_with(
+    prepared: &PreparedNode,
+    hard_timeout: Duration,
+    gate: Option<&StartGate>,
+) -> Result<RunningNode> {
     let mut config = QemuConfig::new(
         prepared.spec.arch,
         prepared.kernel.qemu_kernel(),
@@ -209,12 +223,34 @@ pub fn boot(prepared: &PreparedNode, hard_timeout: Duration) -> Result<RunningNo
     if prepared.spec.arch == Arch::X86_64 {
         config = config.memory_mib(512);
     }
+    if let Some(gate) = gate {
+        config = config.append(gate.kernel_argument());
+    }
     let vm = QemuNode::boot(config)?;
     Ok(RunningNode {
         prepared: prepared.clone(),
         vm,
         started: Instant::now(),
     })
+}
+
+/// What the node's init found at `/sys/module/<module>` after the loader, as its
+/// [`MODULE_MARKER`] line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleState {
+    Present,
+    Absent,
+}
+
+impl ModuleState {
+    /// The marker's word; anything else is no answer, not an absence.
+    pub fn parse(word: &str) -> Option<ModuleState> {
+        match word {
+            "present" => Some(ModuleState::Present),
+            "absent" => Some(ModuleState::Absent),
+            _ => None,
+        }
+    }
 }
 
 /// What a node's console says.
@@ -228,8 +264,10 @@ pub struct NodeOutcome {
     pub loader_exit: Option<i32>,
     /// `loaded`, `refused` or `failed`, as the node's init judged it.
     pub result: Option<String>,
-    /// Whether `/sys/module/<module>` existed after the loader.
-    pub module_present: bool,
+    /// Whether `/sys/module/<module>` existed after the loader; `None` when the marker is missing
+    /// or unreadable (the node crashed, hung or was killed before its init got there), which
+    /// proves nothing either way.
+    pub module_state: Option<ModuleState>,
     /// The driver's own line with this node's release on both sides, as printed by the kernel.
     pub driver_line: Option<String>,
     /// From qemu start to the driver's line on the console.
@@ -244,7 +282,7 @@ impl NodeOutcome {
     /// Loaded, and the kernel printed the driver's line for this release.
     pub fn loaded(&self) -> bool {
         self.loader_exit == Some(0)
-            && self.module_present
+            && self.module_state == Some(ModuleState::Present)
             && self.driver_line.is_some()
             && self.result.as_deref() == Some("loaded")
     }
@@ -252,13 +290,13 @@ impl NodeOutcome {
     /// A one-paragraph account for assertion messages.
     pub fn describe(&self) -> String {
         format!(
-            "node {} ({}): loader_exit={:?} result={:?} module_present={} driver_line={:?} \
+            "node {} ({}): loader_exit={:?} result={:?} module_state={:?} driver_line={:?} \
              time_to_driver_live={:?} vm_error={:?} console={}",
             self.name,
             self.release,
             self.loader_exit,
             self.result,
-            self.module_present,
+            self.module_state,
             self.driver_line,
             self.time_to_driver_live,
             self.vm_error,
@@ -293,13 +331,7 @@ pub fn observe(node: RunningNode) -> NodeOutcome {
         }
     };
     let total = started.elapsed();
-    let marker_value = |marker: &str| {
-        console.lines().find_map(|line| {
-            line.trim()
-                .strip_prefix(marker)
-                .map(|v| v.trim().to_owned())
-        })
-    };
+    let marker_value = |marker: &str| marker_value(&console, marker);
     let loader_exit = marker_value(LOADER_EXIT_MARKER)
         .and_then(|value| value.strip_prefix("rc=").and_then(|rc| rc.parse().ok()));
     let driver_line = console
@@ -318,7 +350,7 @@ pub fn observe(node: RunningNode) -> NodeOutcome {
         console_path: prepared.console.clone(),
         loader_exit,
         result: marker_value(RESULT_MARKER),
-        module_present: marker_value(MODULE_MARKER).as_deref() == Some("present"),
+        module_state: module_state(&console),
         driver_line,
         time_to_driver_live,
         total,
@@ -327,22 +359,73 @@ pub fn observe(node: RunningNode) -> NodeOutcome {
     }
 }
 
-/// Boots every node at the same moment and observes them all (one thread per node).
+/// The rest of the first console line starting with `marker`, trimmed.
+fn marker_value(console: &str, marker: &str) -> Option<String> {
+    console.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix(marker)
+            .map(|value| value.trim().to_owned())
+    })
+}
+
+/// The module state the console reports; `None` without a readable [`MODULE_MARKER`] line.
+pub fn module_state(console: &str) -> Option<ModuleState> {
+    marker_value(console, MODULE_MARKER).and_then(|word| ModuleState::parse(&word))
+}
+
+/// Boots every node at the same moment, holds each at a start gate after its boot until all are up
+/// so their loaders start together ([`crate::gate`]), and observes them all (one thread per node).
 pub fn boot_together(nodes: &[PreparedNode], hard_timeout: Duration) -> Result<Vec<NodeOutcome>> {
+    let gate = StartGate::open()?;
     let running: Vec<RunningNode> = nodes
         .iter()
-        .map(|node| boot(node, hard_timeout))
+        .map(|node| boot_with(node, hard_timeout, Some(&gate)))
         .collect::<Result<_>>()?;
+    let expected = running.len();
+    let gate = std::thread::spawn(move || gate.release(expected, START_GATE_TIMEOUT));
     let handles: Vec<_> = running
         .into_iter()
         .map(|node| std::thread::spawn(move || observe(node)))
         .collect();
-    handles
+    let outcomes = handles
         .into_iter()
         .map(|handle| {
             handle
                 .join()
                 .map_err(|_| anyhow::anyhow!("a node observer panicked"))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let released = gate
+        .join()
+        .map_err(|_| anyhow::anyhow!("the start gate panicked"))?;
+    // The nodes' consoles say whether each got through; this line says how far apart they came.
+    eprintln!(
+        "fleet: start gate released {:?} together after holding the first {:.1}s{}",
+        released.arrived,
+        released.held.as_secs_f64(),
+        released
+            .error
+            .map(|error| format!(" ({error})"))
+            .unwrap_or_default()
+    );
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_module_marker_is_present_absent_or_missing() {
+        let console = "FLEET-LOADER-EXIT rc=6\nFLEET-MODULE absent\nFLEET-RESULT refused\n";
+        assert_eq!(module_state(console), Some(ModuleState::Absent));
+        assert_eq!(
+            module_state("FLEET-MODULE present\r\n"),
+            Some(ModuleState::Present)
+        );
+        // A node that died before its init reported says nothing about the module.
+        assert_eq!(module_state("FLEET-LOADER-EXIT rc=6\nKernel panic\n"), None);
+        // A line mangled by interleaved kernel output is no answer either.
+        assert_eq!(module_state("FLEET-MODULE abs[   12.3] virtio\n"), None);
+    }
 }

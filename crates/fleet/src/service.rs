@@ -6,6 +6,10 @@
 //! Nodes talk to it through qemu's user network, where the host's loopback is 10.0.2.2: so the
 //! service announces `http://10.0.2.2:<port>` as its public URL, and the harness itself talks to
 //! `http://127.0.0.1:<port>`.
+//!
+//! The service logs JSON lines: the harness reads its own account of every `POST /build` from
+//! them ([`Service::build_answers`]), which text logs (ANSI-coloured even into a file) would
+//! make guesswork.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,6 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use build_api::{BuildAccepted, BuildDone, BuildState, BuildStatus, status_path};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::cargo_binary;
 
@@ -144,6 +151,7 @@ impl Service {
                 .arg(&key.secret_key)
                 .args(["--poll-interval", "250ms", "--build-timeout", "20m"])
                 .args(["--max-concurrent-builds", "2", "--max-wait", "30s"])
+                .args(["--log-format", "json"])
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -274,8 +282,8 @@ impl Service {
             .request_build(identity)?
             .with_context(|| format!("{} is already published", identity.cache_key()))?;
         let status = self.wait_build(&id, timeout)?;
-        if status["status"] != "done" {
-            bail!("build {id} of {} ended: {status}", identity.cache_key());
+        if status.status != BuildState::Done {
+            bail!("build {id} of {} ended: {status:?}", identity.cache_key());
         }
         Ok(self.published_package(driver, identity))
     }
@@ -295,10 +303,14 @@ impl Service {
         Ok(Metrics::parse(&text))
     }
 
-    /// `GET /status/<id>` as JSON.
-    pub fn status(&self, build_id: &str) -> Result<serde_json::Value> {
-        let text = self.get_text(&format!("/status/{build_id}"))?;
-        serde_json::from_str(&text).with_context(|| format!("/status/{build_id}: {text}"))
+    /// `GET /status/<id>`.
+    pub fn status(&self, build_id: &str) -> Result<BuildStatus> {
+        self.get_status(&status_path(build_id))
+    }
+
+    fn get_status(&self, path: &str) -> Result<BuildStatus> {
+        let text = self.get_text(path)?;
+        serde_json::from_str(&text).with_context(|| format!("{path}: {text}"))
     }
 
     fn get_text(&self, path: &str) -> Result<String> {
@@ -326,30 +338,32 @@ impl Service {
         let mut response = self
             .agent
             .post(&url)
-            .send_json(identity.to_input())
+            .send_json(build_request(identity))
             .with_context(|| format!("POST {url}"))?;
         let status = response.status();
         let body = response.body_mut().read_to_string()?;
         if !status.is_success() {
             bail!("POST {url}: {status}: {body}");
         }
-        let answer: serde_json::Value =
-            serde_json::from_str(&body).with_context(|| format!("POST {url}: {body}"))?;
-        Ok(answer["build_id"].as_str().map(str::to_owned))
+        let context = || format!("POST {url}: {status}: {body}");
+        if status.as_u16() == 200 {
+            serde_json::from_str::<BuildDone>(&body).with_context(context)?;
+            return Ok(None);
+        }
+        let accepted: BuildAccepted = serde_json::from_str(&body).with_context(context)?;
+        Ok(Some(accepted.build_id))
     }
 
     /// Long-polls `/status/<id>` until the build ends (`timeout` at most) and returns the last answer.
-    pub fn wait_build(&self, build_id: &str, timeout: Duration) -> Result<serde_json::Value> {
+    pub fn wait_build(&self, build_id: &str, timeout: Duration) -> Result<BuildStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            let text = self.get_text(&format!("/status/{build_id}?wait=20"))?;
-            let status: serde_json::Value = serde_json::from_str(&text)?;
-            let state = status["status"].as_str().unwrap_or_default();
-            if matches!(state, "done" | "error" | "timed_out") {
+            let status = self.get_status(&format!("{}?wait=20", status_path(build_id)))?;
+            if status.status.is_terminal() {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                bail!("build {build_id} not finished within {timeout:?}: {status}");
+                bail!("build {build_id} not finished within {timeout:?}: {status:?}");
             }
         }
     }
@@ -371,16 +385,36 @@ impl Service {
 
     /// Wall time of a finished build from its `/status` timestamps (request to end).
     pub fn build_duration(&self, build_id: &str) -> Result<Duration> {
+        let times = self.build_times(build_id)?;
+        let finished = times
+            .finished_at
+            .with_context(|| format!("build {build_id} has not finished"))?;
+        let elapsed = finished - times.created_at;
+        Ok(Duration::from_secs_f64(elapsed.as_seconds_f64().max(0.0)))
+    }
+
+    /// When a build was reserved and when the service recorded its end, from `/status`.
+    pub fn build_times(&self, build_id: &str) -> Result<BuildTimes> {
         let status = self.status(build_id)?;
-        let at = |field: &str| -> Result<time::OffsetDateTime> {
-            let text = status[field]
-                .as_str()
-                .with_context(|| format!("/status/{build_id} has no {field}: {status}"))?;
-            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        let at = |field: &str, text: &str| {
+            OffsetDateTime::parse(text, &Rfc3339)
                 .with_context(|| format!("/status/{build_id} {field} '{text}'"))
         };
-        let elapsed = at("finished_at")? - at("created_at")?;
-        Ok(Duration::from_secs_f64(elapsed.as_seconds_f64().max(0.0)))
+        Ok(BuildTimes {
+            created_at: at("created_at", &status.created_at)?,
+            finished_at: status
+                .finished_at
+                .as_deref()
+                .map(|text| at("finished_at", text))
+                .transpose()?,
+        })
+    }
+
+    /// Every `POST /build` the service has answered so far, oldest first, as its log tells it.
+    pub fn build_answers(&self) -> Result<Vec<BuildAnswer>> {
+        let log = fs::read_to_string(&self.log_file)
+            .with_context(|| format!("reading {}", self.log_file.display()))?;
+        parse_build_answers(&log).with_context(|| format!("reading {}", self.log_file.display()))
     }
 
     /// Stops the process (SIGTERM, then SIGKILL after 10 s). Idempotent.
@@ -409,6 +443,76 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A build's life span as the service recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildTimes {
+    /// When the build was reserved (before anything was dispatched).
+    pub created_at: OffsetDateTime,
+    /// When the service saw it end; for a build that ended `done`, the package was published
+    /// before this moment.
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// One `POST /build` as the service answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildAnswer {
+    /// When the service sent its answer.
+    pub answered_at: OffsetDateTime,
+    /// 202 when no package was published and the caller got a build to wait for (new or joined),
+    /// 200 when the package already existed, 4xx/5xx otherwise.
+    pub status: u16,
+    /// The build named in the answer.
+    pub build_id: Option<String>,
+}
+
+/// The `POST /build` answers in a JSON-lines service log: tower-http's "finished processing
+/// request" event in a `request` span for `POST /build` (the handler records the build id into
+/// that span). Lines that are not JSON (a panic message) are skipped; a matching event whose
+/// time or status cannot be read is an error, since dropping it would miscount the requests.
+pub fn parse_build_answers(log: &str) -> Result<Vec<BuildAnswer>> {
+    let mut requests = Vec::new();
+    for (index, line) in log.lines().enumerate() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let span = &event["span"];
+        if event["fields"]["message"] != "finished processing request"
+            || span["name"] != "request"
+            || span["method"] != "POST"
+            || span["path"] != "/build"
+        {
+            continue;
+        }
+        let line_no = index + 1;
+        let answered_at = event["timestamp"]
+            .as_str()
+            .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
+            .with_context(|| format!("line {line_no}: no readable timestamp: {line}"))?;
+        let status = event["fields"]["status"]
+            .as_u64()
+            .and_then(|status| u16::try_from(status).ok())
+            .with_context(|| format!("line {line_no}: no readable status: {line}"))?;
+        requests.push(BuildAnswer {
+            answered_at,
+            status,
+            build_id: span["build_id"].as_str().map(str::to_owned),
+        });
+    }
+    Ok(requests)
+}
+
+/// The `POST /build` body a node sends for `identity`.
+fn build_request(identity: &kernel_id::KernelIdentity) -> build_api::BuildRequest {
+    let input = identity.to_input();
+    build_api::BuildRequest {
+        architecture: input.architecture,
+        distribution: input.distribution,
+        distro_version: input.distro_version,
+        driver_version: input.driver_version,
+        kernel_version: input.kernel_version,
     }
 }
 
@@ -498,5 +602,30 @@ mod tests {
         let counters = metrics.build_counters();
         assert_eq!(counters.builds_done, 2.0);
         assert_eq!(counters.cache_hits, 5.0);
+    }
+
+    #[test]
+    fn build_answers_are_read_from_the_json_log() {
+        // Lines as the service writes them (`--log-format json`), plus a stray non-JSON line.
+        let log = r#"{"timestamp":"2026-12-03T08:59:09.978815Z","level":"INFO","fields":{"message":"build-service ready"},"target":"build_service"}
+{"timestamp":"2026-12-03T08:59:12.900000Z","level":"INFO","fields":{"message":"new build reserved","build_id":"b1"},"target":"build_service::api","span":{"method":"POST","path":"/build","name":"request"}}
+{"timestamp":"2026-12-03T08:59:12.943863Z","level":"INFO","fields":{"message":"finished processing request","latency":"3 ms","status":202},"target":"tower_http::trace::on_response","span":{"build_id":"b1","method":"POST","path":"/build","name":"request"}}
+{"timestamp":"2026-12-03T08:59:13.000000Z","level":"INFO","fields":{"message":"finished processing request","latency":"0 ms","status":200},"target":"tower_http::trace::on_response","span":{"build_id":"b1","method":"GET","path":"/status/b1","name":"request"}}
+thread 'main' panicked at somewhere
+{"timestamp":"2026-12-03T08:59:14.5Z","level":"INFO","fields":{"message":"finished processing request","latency":"0 ms","status":422},"target":"tower_http::trace::on_response","span":{"method":"POST","path":"/build","name":"request"}}
+"#;
+        let requests = parse_build_answers(log).expect("parse");
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert_eq!(requests[0].status, 202);
+        assert_eq!(requests[0].build_id.as_deref(), Some("b1"));
+        assert_eq!(
+            requests[0].answered_at,
+            OffsetDateTime::parse("2026-12-03T08:59:12.943863Z", &Rfc3339).expect("time")
+        );
+        assert_eq!(requests[1].status, 422);
+        assert_eq!(requests[1].build_id, None);
+
+        let unreadable = r#"{"timestamp":"yesterday","fields":{"message":"finished processing request","status":202},"span":{"method":"POST","path":"/build","name":"request"}}"#;
+        assert!(parse_build_answers(unreadable).is_err());
     }
 }

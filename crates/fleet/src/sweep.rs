@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use build_api::BuildState;
 use kernel_id::Arch;
 use testkit::KernelImageInfo;
 
@@ -227,16 +228,16 @@ struct KernelBuild {
 fn kernel_build(fleet: &Fleet, kernel: &str) -> Option<KernelBuild> {
     fleet.service.build_ids().into_iter().find_map(|id| {
         let status = fleet.service.status(&id).ok()?;
-        if status["request"]["kernel_version"].as_str() != Some(kernel) {
+        if status.request.kernel_version != kernel {
             return None;
         }
         let log = std::fs::read_to_string(fleet.service.builds_dir().join(&id).join("build.log"))
             .unwrap_or_default();
         Some(KernelBuild {
-            duration: (status["status"] == "done")
+            duration: (status.status == BuildState::Done)
                 .then(|| fleet.service.build_duration(&id).ok())
                 .flatten(),
-            no_headers: status["status"] == "error" && log.contains("no kernel headers for"),
+            no_headers: status.status == BuildState::Error && log.contains("no kernel headers for"),
         })
     })
 }

@@ -36,7 +36,7 @@ fn arm64_node_gets_its_driver_built_in_an_arm64_root_and_the_next_one_gets_it_pr
     let ids = fleet.service.build_ids();
     assert_eq!(ids.len(), 1, "{context}");
     let status = fleet.service.status(&ids[0]).expect("status");
-    assert_eq!(status["request"]["architecture"], "aarch64", "{context}");
+    assert_eq!(status.request.architecture, "aarch64", "{context}");
     let log = std::fs::read_to_string(fleet.service.builds_dir().join(&ids[0]).join("build.log"))
         .unwrap_or_default();
     assert!(

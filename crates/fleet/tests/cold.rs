@@ -3,6 +3,7 @@
 //! driver in a clean bookworm root, signs and publishes it, and the node downloads, verifies and
 //! loads it: the kernel itself prints the driver's line naming that release.
 
+use build_api::BuildState;
 use fleet::{Fleet, NodeSpec};
 
 const RELEASE: &str = "6.1.0-47-amd64";
@@ -40,9 +41,13 @@ fn cold_node_gets_its_driver_built_on_demand_and_loads_it() {
     let ids = fleet.service.build_ids();
     assert_eq!(ids.len(), 1, "{context}");
     let status = fleet.service.status(&ids[0]).expect("status");
-    assert_eq!(status["status"], "done", "{status}\n{context}");
-    assert_eq!(status["request"]["kernel_version"], RELEASE, "{context}");
-    assert_eq!(status["request"]["distro_version"], "12", "{context}");
+    assert_eq!(status.status, BuildState::Done, "{status:?}\n{context}");
+    assert_eq!(status.request.kernel_version, RELEASE, "{context}");
+    assert_eq!(
+        status.request.distro_version.as_deref(),
+        Some("12"),
+        "{context}"
+    );
     let log = std::fs::read_to_string(fleet.service.builds_dir().join(&ids[0]).join("build.log"))
         .unwrap_or_default();
     assert!(

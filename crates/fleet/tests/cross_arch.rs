@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use fleet::{Fleet, NodeOutcome, NodeSpec};
+use fleet::{Fleet, ModuleState, NodeOutcome, NodeSpec};
 use kernel_id::{Arch, KernelIdentity};
 
 const AMD64_RELEASE: &str = "6.1.0-47-amd64";
@@ -39,7 +39,11 @@ fn assert_refused_as_foreign(fleet: &Fleet, outcome: &NodeOutcome, built_for: Ar
         outcome.console
     );
     assert_eq!(outcome.result.as_deref(), Some("refused"), "{context}");
-    assert!(!outcome.module_present, "{context}");
+    assert_eq!(
+        outcome.module_state,
+        Some(ModuleState::Absent),
+        "the node's init must report the module absent, not merely fail to report it: {context}"
+    );
     let reason = format!("was compiled for {built_for} but this machine is {node}");
     assert!(
         outcome.console.contains(&reason),

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use build_api::BuildState;
 use fleet::{Fleet, NodeSpec};
 use sha2_free::sha256_file;
 
@@ -62,11 +63,8 @@ fn each_debian_release_gets_a_driver_built_in_its_own_suite() {
     let mut builds: BTreeMap<String, String> = BTreeMap::new();
     for id in fleet.service.build_ids() {
         let status = fleet.service.status(&id).expect("status");
-        assert_eq!(status["status"], "done", "{status}\n{context}");
-        let kernel = status["request"]["kernel_version"]
-            .as_str()
-            .unwrap_or_default();
-        builds.insert(kernel.to_owned(), id);
+        assert_eq!(status.status, BuildState::Done, "{status:?}\n{context}");
+        builds.insert(status.request.kernel_version, id);
     }
     assert_eq!(builds.len(), 3, "{builds:?}\n{context}");
     for (_, release, version) in NODES {

@@ -2,12 +2,13 @@
 //! first a tampered copy of the real package (its digest file updated to match, so only the
 //! signature catches it) and then the real package built for 6.1.0-50-amd64, correctly signed by
 //! the run's key for that name. A node on 6.1.0-47 refuses both before the kernel sees them: no
-//! driver line, the module absent, and the loader's reason on the console.
+//! driver line, its init reporting the module absent (a console that never says so proves
+//! nothing and fails), and the loader's reason on the console.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet::{Fleet, NodeOutcome, NodeSpec};
+use fleet::{Fleet, ModuleState, NodeOutcome, NodeSpec};
 use kernel_id::KernelIdentity;
 
 const RELEASE: &str = "6.1.0-47-amd64";
@@ -37,7 +38,11 @@ fn assert_refused(fleet: &Fleet, outcome: &NodeOutcome, code: i32, reason: &str)
         outcome.console
     );
     assert_eq!(outcome.result.as_deref(), Some("refused"), "{context}");
-    assert!(!outcome.module_present, "{context}");
+    assert_eq!(
+        outcome.module_state,
+        Some(ModuleState::Absent),
+        "the node's init must report the module absent, not merely fail to report it: {context}"
+    );
     assert!(
         !outcome.console.contains("example_driver: loaded version="),
         "the kernel must never run a refused module: {context}"

@@ -31,6 +31,7 @@ pub(crate) enum Endpoint {
     Dispatch,
     ListRuns,
     GetRun,
+    CancelRun,
     RateLimit,
 }
 
@@ -41,6 +42,7 @@ impl Endpoint {
             Endpoint::Dispatch => "workflow_dispatch",
             Endpoint::ListRuns => "list_workflow_runs",
             Endpoint::GetRun => "get_workflow_run",
+            Endpoint::CancelRun => "cancel_workflow_run",
             Endpoint::RateLimit => "rate_limit",
         }
     }

@@ -176,6 +176,30 @@ impl Backend for GitHubBackend {
         }
     }
 
+    async fn cancel(&self, build: &BuildSpec, dispatched: &Dispatched) -> Result<(), BackendError> {
+        self.check_driver(&build.driver)?;
+        let run_id = match &dispatched.run_id {
+            Some(run_id) => run_id.clone(),
+            None => match self.runs.resolve_run(&build.build_id).await? {
+                Some(Dispatched {
+                    run_id: Some(run_id),
+                    ..
+                }) => run_id,
+                _ => {
+                    // Not listed (yet): nothing can be cancelled now. A run that shows up later is
+                    // not followed any more; its publish is first-wins (release.sh) and harmless.
+                    tracing::warn!(
+                        build_id = %build.build_id,
+                        "no workflow run found for the build; nothing to cancel"
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        tracing::info!(build_id = %build.build_id, run_id = %run_id, "cancelling the workflow run");
+        Ok(self.runs.cancel_run(&run_id).await?)
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         let response = self
             .api

@@ -470,6 +470,41 @@ impl RunTracker {
         }
     }
 
+    /// `POST .../actions/runs/{id}/cancel`: 202 when GitHub accepted the cancellation, 409 when the
+    /// run already completed; both leave the run unable to publish anything more of its own accord,
+    /// and so does 404 (the run is gone). Safe to repeat.
+    pub(crate) async fn cancel_run(&self, run_id: &str) -> Result<(), CallError> {
+        let id: u64 = run_id.parse().map_err(|_| {
+            CallError::Permanent(format!("run id '{run_id}' is not a GitHub run id"))
+        })?;
+        let path = format!("{}/actions/runs/{id}/cancel", self.repo_path);
+        let request = ApiRequest {
+            endpoint: Endpoint::CancelRun,
+            method: Method::POST,
+            path_and_query: path.clone(),
+            if_none_match: None,
+            body: None,
+        };
+        let response = self.api.send_idempotent(&request).await?;
+        match response.status {
+            StatusCode::ACCEPTED => {
+                // The run changes now; the next poll must not be answered from the ETag cache.
+                self.run_etags
+                    .remove(&format!("{}/actions/runs/{id}", self.repo_path));
+                Ok(())
+            }
+            StatusCode::CONFLICT => {
+                tracing::info!(run_id = id, "run already completed; nothing to cancel");
+                Ok(())
+            }
+            StatusCode::NOT_FOUND => {
+                tracing::info!(run_id = id, "run no longer exists; nothing to cancel");
+                Ok(())
+            }
+            status => Err(list_error(&path, &status, &response.error_text())),
+        }
+    }
+
     /// The run for a build dispatched without a known run id (204 and not listed in time): searched by
     /// build id, and remembered once found.
     pub(crate) async fn resolve_run(

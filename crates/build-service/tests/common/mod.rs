@@ -81,13 +81,21 @@ impl BuildExecutor for TestExecutor {
         match mode {
             Mode::Fail(reason) => return Err(reason),
             Mode::Hold => {
-                let released = self.released.lock().unwrap();
-                let (released, timeout) = self
-                    .wake
-                    .wait_timeout_while(released, Duration::from_secs(120), |released| !*released)
-                    .unwrap();
-                if timeout.timed_out() && !*released {
-                    return Err("the test never released the build".to_owned());
+                // Held until released, or until the build is cancelled (checked every 50 ms).
+                let mut released = self.released.lock().unwrap();
+                let give_up = std::time::Instant::now() + Duration::from_secs(120);
+                while !*released {
+                    if job.cancel.is_cancelled() {
+                        return Err("cancelled".to_owned());
+                    }
+                    if std::time::Instant::now() >= give_up {
+                        return Err("the test never released the build".to_owned());
+                    }
+                    released = self
+                        .wake
+                        .wait_timeout(released, Duration::from_millis(50))
+                        .unwrap()
+                        .0;
                 }
             }
             Mode::Succeed => {}
@@ -109,6 +117,7 @@ pub struct Counters {
     pub finds: AtomicUsize,
     pub dispatches: AtomicUsize,
     pub polls: AtomicUsize,
+    pub cancels: AtomicUsize,
     pub dispatched_ids: Mutex<HashSet<String>>,
 }
 
@@ -160,8 +169,17 @@ impl Backend for Counting {
         self.inner.poll(build, dispatched).await
     }
 
+    async fn cancel(&self, build: &BuildSpec, dispatched: &Dispatched) -> Result<(), BackendError> {
+        self.counters.cancels.fetch_add(1, Ordering::SeqCst);
+        self.inner.cancel(build, dispatched).await
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         self.inner.health().await
+    }
+
+    async fn prune(&self, ended_before: std::time::SystemTime) -> Result<u64, BackendError> {
+        self.inner.prune(ended_before).await
     }
 }
 
