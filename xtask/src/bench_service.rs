@@ -231,6 +231,8 @@ async fn bench() -> Result<()> {
         })),
     );
     config.poll_interval = Some(Duration::from_millis(250));
+    // The whole simulated fleet calls from one loopback address.
+    config.max_requests_per_client = None;
     let service = RunningService::start(config).await?;
     let base = service.url();
     let client = http_client()?;

@@ -6,9 +6,10 @@
 //! Authentication runs before rate limiting, so a made-up token is refused (401) instead of being
 //! handed a fresh bucket; buckets are keyed by principal, else by client address (forwarded headers
 //! are believed only from configured proxies), and their number is bounded (least recently used
-//! callers are forgotten first).
+//! callers are forgotten first). Each client address may also have only so many requests in flight
+//! at once (long polls included); over that it is told to retry (429) before any work is done.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -399,6 +400,54 @@ pub struct AccessPolicy {
     allow_anonymous: bool,
     trusted_proxies: Vec<IpNet>,
     limiter: Option<RateLimiter>,
+    client_slots: Option<ClientSlots>,
+}
+
+/// Requests in flight per client address, at most `cap` each.
+#[derive(Debug)]
+struct ClientSlots {
+    cap: usize,
+    taken: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One request's place among its client's requests in flight, given back when the request ends
+/// (answered, or dropped because the client hung up).
+struct ClientSlot {
+    client: IpAddr,
+    taken: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl ClientSlots {
+    fn enter(&self, client: IpAddr) -> Option<ClientSlot> {
+        let mut taken = self
+            .taken
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = taken.entry(client).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            client,
+            taken: Arc::clone(&self.taken),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut taken = self
+            .taken
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = taken.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                taken.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// Settings of [`AccessPolicy`].
@@ -449,7 +498,17 @@ impl AccessPolicy {
             limiter: config
                 .rate_limit
                 .map(|(per_minute, burst)| RateLimiter::new(per_minute, burst)),
+            client_slots: None,
         }
+    }
+
+    /// Allows each client address at most `cap` requests in flight at once (`None`: no cap).
+    pub fn with_client_cap(mut self, cap: Option<usize>) -> Self {
+        self.client_slots = cap.map(|cap| ClientSlots {
+            cap: cap.max(1),
+            taken: Arc::default(),
+        });
+        self
     }
 
     fn principals(&self) -> Option<Arc<Principals>> {
@@ -581,6 +640,23 @@ pub async fn authenticate(
             seconds,
         );
     }
+    // Held until the answer is ready (or the client hangs up and the request is dropped).
+    let _slot = match &policy.client_slots {
+        Some(slots) => match slots.enter(caller.client) {
+            Some(slot) => Some(slot),
+            None => {
+                metrics::counter!(telemetry::REQUESTS, "outcome" => "too_many_in_flight")
+                    .increment(1);
+                tracing::info!(client = %caller.client, cap = slots.cap, "client over its requests in flight");
+                return too_many(
+                    "too many requests in flight from this client",
+                    &format!("a client may have at most {} requests in flight", slots.cap),
+                    1,
+                );
+            }
+        },
+        None => None,
+    };
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
@@ -947,5 +1023,26 @@ mod tests {
             HeaderValue::from_static("Bearer tok"),
         );
         assert_eq!(bearer(&headers), Some("tok"));
+    }
+
+    #[test]
+    fn a_client_address_gets_at_most_its_cap_of_requests_in_flight_and_slots_come_back() {
+        let policy = AccessPolicy::new(AccessConfig::default()).with_client_cap(Some(2));
+        let slots = policy.client_slots.as_ref().expect("capped");
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let first = slots.enter(a).expect("first");
+        let second = slots.enter(a).expect("second");
+        assert!(slots.enter(a).is_none(), "a third is over the cap");
+        let other = slots.enter(b).expect("another address has its own cap");
+        drop(first);
+        let third = slots.enter(a).expect("a slot came back");
+        drop((second, third, other));
+        assert!(slots.taken.lock().expect("lock").is_empty());
+        assert!(
+            AccessPolicy::new(AccessConfig::default())
+                .with_client_cap(None)
+                .client_slots
+                .is_none()
+        );
     }
 }

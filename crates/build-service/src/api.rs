@@ -91,14 +91,14 @@ pub struct AppState {
     pub driver: DriverName,
     /// Trackers of this replica.
     pub trackers: Trackers,
-    /// State-change announcements.
+    /// The shared waiters of long polls, woken by state-change announcements.
     pub notifier: Arc<Notifier>,
+    /// The latest probe of the backend's health.
+    pub health: crate::health::CachedHealth,
     /// How long a build may take before it is marked timed out.
     pub build_timeout: Duration,
     /// Upper bound of `?wait=`.
     pub max_wait: Duration,
-    /// Re-read interval of long polls, which catches changes made by other replicas.
-    pub wait_recheck: Duration,
     /// Turns true when the service begins to shut down: long polls answer at once then.
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
     /// How long an in-flight answer keeps being shared after it was computed.
@@ -745,19 +745,21 @@ async fn status(
         return not_found(&build_id);
     }
     tracing::Span::current().record("build_id", build_id.as_str());
-    let record = match state.store.get(&build_id).await {
-        Ok(Some(record)) => record,
+    let fresh = match state.notifier.read(&build_id).await {
+        Ok(Some(fresh)) => fresh,
         Ok(None) => return not_found(&build_id),
         Err(error) => return ApiError::internal(error).into_response(),
     };
     let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(state.max_wait);
-    let record = if wait.is_zero() || record.state.is_terminal() {
-        record
+    // A long poll waits on the build's shared watcher: however many wait, only it reads the
+    // database again.
+    let record = if wait.is_zero() || fresh.record.state.is_terminal() {
+        fresh.record
     } else {
-        match wait_for_change(&state, record, wait).await {
-            Ok(record) => record,
-            Err(error) => return error.into_response(),
-        }
+        state
+            .notifier
+            .wait_for_change(fresh, wait, state.shutting_down.clone())
+            .await
     };
     (StatusCode::OK, Json(status_body(&record))).into_response()
 }
@@ -773,42 +775,6 @@ fn not_found(build_id: &str) -> Response {
     .into_response()
 }
 
-/// Waits until the build's state differs from `initial` or `wait` passes: woken at once by this
-/// replica's trackers, and re-reading the database every `wait_recheck` for changes made elsewhere.
-async fn wait_for_change(
-    state: &AppState,
-    initial: BuildRecord,
-    wait: Duration,
-) -> Result<BuildRecord, ApiError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.notifier.subscribe(&initial.build_id);
-    let mut latest = initial.clone();
-    let mut shutting_down = state.shutting_down.clone();
-    loop {
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(state.wait_recheck) => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(latest),
-            _ = shutting_down.wait_for(|stopping| *stopping) => return Ok(latest),
-        }
-        if let Some(record) = state
-            .store
-            .get(&initial.build_id)
-            .await
-            .map_err(ApiError::internal)?
-        {
-            latest = record;
-        }
-        if latest.state.public() != initial.state.public()
-            || tokio::time::Instant::now() >= deadline
-        {
-            return Ok(latest);
-        }
-    }
-}
-
-/// `ms` since the epoch as RFC 3339 (UTC), clamped to the years RFC 3339 can write (a deadline
-/// beyond them, from a huge build timeout, reads as the last representable moment).
 /// Filters of `GET /builds`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -938,6 +904,8 @@ async fn builds_listing(
     Ok(build_api::BuildList { builds })
 }
 
+/// `ms` since the epoch as RFC 3339 (UTC), clamped to the years RFC 3339 can write (a deadline
+/// beyond them, from a huge build timeout, reads as the last representable moment).
 fn timestamp(ms: i64) -> String {
     const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
     let nanos = i128::from(ms.clamp(0, LAST_MS)) * 1_000_000;
@@ -980,7 +948,8 @@ pub fn status_body(record: &BuildRecord) -> BuildStatus {
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let store = state.store.ping().await;
-    let backend = state.backend.health().await;
+    // From the periodic probe: however many ask, the backend (GitHub) is not asked again.
+    let backend = state.health.latest().await;
     // Liveness follows the store only: a GitHub outage must not get every replica restarted.
     let (code, overall) = match (&store, &backend) {
         (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, HealthState::Unavailable),
@@ -990,7 +959,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let body = Health {
         backend: BackendHealth {
             name: state.backend.name().to_owned(),
-            status: Check::from(backend.map_err(|error| error.to_string())),
+            status: Check::from(backend),
         },
         status: overall,
         store: Check::from(store.map_err(|error| error.to_string())),

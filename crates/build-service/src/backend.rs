@@ -8,7 +8,8 @@ use std::time::Duration;
 use kernel_id::{DriverName, KernelIdentity};
 use serde::{Deserialize, Serialize};
 
-/// Where artifacts are looked up and builds are run.
+/// Where artifacts are looked up and builds are run. Every call makes one attempt and reports what
+/// went wrong as a [`BackendError`]; retrying is the caller's (the tracker's, see [`crate::retry`]).
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Short name for logs, metrics and /healthz (`"github"`, `"local"`).
@@ -21,9 +22,29 @@ pub trait Backend: Send + Sync + 'static {
         identity: &KernelIdentity,
     ) -> Result<Option<ArtifactRef>, BackendError>;
 
-    /// Starts exactly one build for `build` (idempotent per `build.build_id`: a retry after an
-    /// ambiguous failure must not start a second run).
+    /// Sends the dispatch of `build` once. An error may be ambiguous (the dispatch may have taken
+    /// effect although its answer was lost), so the tracker never calls this twice for a build id
+    /// without first waiting [`Backend::dispatch_settle`] after the previous call and asking
+    /// [`Backend::find_run`]: that is what makes one dispatch per build id across replicas and crashes.
     async fn dispatch(&self, build: &BuildSpec) -> Result<Dispatched, BackendError>;
+
+    /// The run an earlier dispatch of `build.build_id` started, if the backend can see one (runs
+    /// created before `since` are not looked at: the build did not exist yet). Default: none, which
+    /// is right only for a backend whose `dispatch` is idempotent per build id by itself.
+    async fn find_run(
+        &self,
+        build: &BuildSpec,
+        since: std::time::SystemTime,
+    ) -> Result<Option<Dispatched>, BackendError> {
+        let _ = (build, since);
+        Ok(None)
+    }
+
+    /// How long after a dispatch call was made its run surely shows in [`Backend::find_run`], if the
+    /// call took effect at all (GitHub lists new runs with a delay). Default: at once.
+    fn dispatch_settle(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Current state of a dispatched build.
     async fn poll(

@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
 pub const DEFAULT_MAX_IN_FLIGHT_PER_CALLER: u32 = 8;
 /// How long finished builds are kept, unless configured.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Requests in flight at once per client address (long polls included), unless configured.
+pub const DEFAULT_MAX_REQUESTS_PER_CLIENT: usize = 256;
+/// How often a watched build is re-read without a change announcement, unless configured.
+pub const DEFAULT_WAIT_RECHECK: Duration = Duration::from_secs(5);
 
 /// Everything [`crate::run`] needs.
 pub struct ServiceConfig {
@@ -45,8 +49,18 @@ pub struct ServiceConfig {
     pub retry_max: Duration,
     /// Upper bound of `GET /status?wait=`.
     pub max_wait: Duration,
-    /// How often a long poll re-reads the database (changes made by other replicas).
+    /// How often the shared watcher of a build that long polls wait for re-reads it without a change
+    /// announcement (a safety net: announcements come from this replica's trackers and, on
+    /// PostgreSQL, from every replica). Default [`DEFAULT_WAIT_RECHECK`].
     pub wait_recheck: Duration,
+    /// Long polls waiting at once, service-wide; over it a long poll answers at once with the
+    /// current state. Default [`crate::waiter::DEFAULT_MAX_LONG_POLLS`].
+    pub max_long_polls: usize,
+    /// Requests in flight at once per client address (`None`: no cap); over it 429 with
+    /// Retry-After. Default [`DEFAULT_MAX_REQUESTS_PER_CLIENT`].
+    pub max_requests_per_client: Option<usize>,
+    /// How often the backend's health is probed for `/healthz`, which answers from the latest probe.
+    pub health_probe_interval: Duration,
     /// How long the answer "build X is in flight" is reused for identical requests without asking the
     /// store and database again (a caller may then see a build that ended within this window).
     pub in_flight_linger: Duration,
@@ -77,6 +91,8 @@ impl std::fmt::Debug for ServiceConfig {
             .field("lease", &self.lease)
             .field("access", &self.access)
             .field("caps", &self.caps)
+            .field("max_long_polls", &self.max_long_polls)
+            .field("max_requests_per_client", &self.max_requests_per_client)
             .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
@@ -110,7 +126,10 @@ impl ServiceConfig {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             max_wait: Duration::from_secs(60),
-            wait_recheck: Duration::from_millis(500),
+            wait_recheck: DEFAULT_WAIT_RECHECK,
+            max_long_polls: crate::waiter::DEFAULT_MAX_LONG_POLLS,
+            max_requests_per_client: Some(DEFAULT_MAX_REQUESTS_PER_CLIENT),
+            health_probe_interval: crate::health::DEFAULT_PROBE_INTERVAL,
             in_flight_linger: Duration::from_millis(500),
             access: AccessConfig::default(),
             caps: InFlightCaps {
@@ -274,6 +293,22 @@ pub struct ServeArgs {
     /// Upper bound of GET /status?wait=.
     #[arg(long, env = "BUILD_SERVICE_MAX_WAIT", value_parser = parse_duration, default_value = "60s")]
     pub max_wait: Duration,
+    /// Long polls (GET /status?wait=) waiting at once; over it a long poll answers at once with the
+    /// current state.
+    #[arg(long, env = "BUILD_SERVICE_MAX_LONG_POLLS", default_value_t = crate::waiter::DEFAULT_MAX_LONG_POLLS)]
+    pub max_long_polls: usize,
+    /// Requests in flight at once per client address, long polls included (0 = no cap); over it
+    /// 429 with Retry-After.
+    #[arg(long, env = "BUILD_SERVICE_MAX_REQUESTS_PER_CLIENT", default_value_t = DEFAULT_MAX_REQUESTS_PER_CLIENT)]
+    pub max_requests_per_client: usize,
+    /// How often the shared watcher of a build that long polls wait for re-reads it without a change
+    /// announcement (catches changes by another process on the same SQLite file, or a missed
+    /// PostgreSQL notification).
+    #[arg(long, env = "BUILD_SERVICE_WAIT_RECHECK", value_parser = parse_duration, default_value = "5s")]
+    pub wait_recheck: Duration,
+    /// How often the backend's health is probed; /healthz answers from the latest probe.
+    #[arg(long, env = "BUILD_SERVICE_HEALTH_PROBE_INTERVAL", value_parser = parse_duration, default_value = "15s")]
+    pub health_probe_interval: Duration,
     /// Finished builds (database rows, local build directories and logs) and request audit rows
     /// older than this are pruned; published artifacts never are.
     #[arg(long, env = "BUILD_SERVICE_RETENTION", value_parser = parse_duration, default_value = "30d")]
@@ -362,6 +397,11 @@ pub struct GithubArgs {
     /// GitHub App installation id.
     #[arg(long, env = "BUILD_SERVICE_GITHUB_INSTALLATION_ID")]
     pub github_installation_id: Option<u64>,
+    /// Settle time of a dispatch whose outcome is unknown (answer lost, or its replica died): how long
+    /// after the call its run surely shows in GitHub's run list. Only then is the run looked up by
+    /// build id, and the dispatch sent again if there is none.
+    #[arg(long, env = "BUILD_SERVICE_GITHUB_DISPATCH_SETTLE", value_parser = parse_duration, default_value = "30s")]
+    pub github_dispatch_settle: Duration,
 }
 
 impl GithubArgs {
@@ -408,6 +448,7 @@ impl GithubArgs {
         config.git_ref = self.github_ref.clone();
         config.api_base_url = self.github_api_url.trim_end_matches('/').to_owned();
         config.layout = layout;
+        config.tuning.ambiguous_settle = self.github_dispatch_settle;
         Ok(config)
     }
 }
@@ -505,6 +546,11 @@ impl ServeArgs {
         config.lease = self.lease;
         config.max_wait = self.max_wait;
         config.retention = self.retention;
+        config.max_long_polls = self.max_long_polls;
+        config.wait_recheck = self.wait_recheck;
+        config.max_requests_per_client =
+            (self.max_requests_per_client > 0).then_some(self.max_requests_per_client);
+        config.health_probe_interval = self.health_probe_interval;
         let principals = match &self.principals_file {
             Some(path) => Some(Principals::from_file(path)?),
             None => None,

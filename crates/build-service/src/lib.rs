@@ -4,7 +4,10 @@
 //!
 //! - [`api`]: the HTTP API (validation before any lookup; store first, then dedup, then reservation);
 //! - [`store`]: builds in SQLite or PostgreSQL through one sqlx `Any` code path;
-//! - [`tracker`]: a task per in-flight build (dispatch once, poll, deadline, backoff, leases);
+//! - [`tracker`]: a task per in-flight build (dispatch once, poll, deadline, leases with a heartbeat),
+//!   the one layer that retries backend calls, with [`retry`]'s policy;
+//! - [`waiter`]: one shared watcher per build for every long poll, woken by the trackers and, on
+//!   PostgreSQL, by `LISTEN/NOTIFY` across replicas; [`health`]: the cached backend probe;
 //! - [`backend`]: the seam to GitHub ([`github`]) or the embedded [`local`] backend;
 //! - [`access`]: bearer tokens and per-caller rate limits; [`telemetry`]: metrics and logs.
 
@@ -13,10 +16,13 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod github;
+pub mod health;
 pub mod local;
+pub mod retry;
 pub mod store;
 pub mod telemetry;
 pub mod tracker;
+pub mod waiter;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +64,10 @@ struct Prepared {
     trackers: Trackers,
     store: Store,
     stopping: tokio::sync::watch::Sender<bool>,
+    notifier: Arc<Notifier>,
+    health_probe: health::Probe,
+    /// Where to LISTEN for other replicas' build changes (PostgreSQL only).
+    listen_url: Option<String>,
 }
 
 impl Prepared {
@@ -106,7 +116,13 @@ impl Prepared {
             .replica_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let notifier = Arc::new(Notifier::default());
+        let notifier = Arc::new(Notifier::new(
+            store.clone(),
+            config.wait_recheck,
+            config.max_long_polls,
+        ));
+        let listen_url =
+            (store.kind() == store::DbKind::Postgres).then(|| config.database_url.clone());
         let coalesced = Arc::new(api::Coalesced::default());
         let stopping = tokio::sync::watch::channel(false).0;
         let trackers = Trackers::new(
@@ -125,15 +141,17 @@ impl Prepared {
         );
         // Install the recorder before the first metric is recorded anywhere.
         telemetry::prometheus();
+        let (health_probe, health) =
+            health::probe(Arc::clone(&backend), config.health_probe_interval);
         let state = Arc::new(AppState {
             store: store.clone(),
             backend: Arc::clone(&backend),
             driver: config.driver.clone(),
             trackers: trackers.clone(),
-            notifier,
+            notifier: Arc::clone(&notifier),
+            health,
             build_timeout: config.build_timeout,
             max_wait: config.max_wait,
-            wait_recheck: config.wait_recheck,
             in_flight_linger: config.in_flight_linger,
             shutting_down: stopping.subscribe(),
             coalesced,
@@ -143,7 +161,10 @@ impl Prepared {
             .access
             .check_exposure(address)
             .context("checking who may reach the service")?;
-        let access = Arc::new(access::AccessPolicy::new(config.access));
+        let access = Arc::new(
+            access::AccessPolicy::new(config.access)
+                .with_client_cap(config.max_requests_per_client),
+        );
         let router = router(state, Arc::clone(&access), backend_routes);
         tracing::info!(%address, backend = backend.name(), replica = %owner, "build-service ready");
         Ok(Self {
@@ -152,6 +173,9 @@ impl Prepared {
             trackers,
             store,
             stopping,
+            notifier,
+            health_probe,
+            listen_url,
         })
     }
 
@@ -162,6 +186,10 @@ impl Prepared {
     ) -> anyhow::Result<()> {
         let sweeper = tokio::spawn(self.trackers.clone().run_sweeper());
         let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&self.access)));
+        let prober = tokio::spawn(self.health_probe.run());
+        let listener_task = self
+            .listen_url
+            .map(|url| tokio::spawn(waiter::listen_postgres(Arc::clone(&self.notifier), url)));
         let stopping = self.stopping;
         let served = axum::serve(
             listener,
@@ -176,6 +204,10 @@ impl Prepared {
         .await;
         self.trackers.shutdown().await;
         reloader.abort();
+        prober.abort();
+        if let Some(listener_task) = listener_task {
+            listener_task.abort();
+        }
         let _ = sweeper.await;
         self.store.close().await;
         served.context("serving HTTP")

@@ -291,6 +291,14 @@ impl LocalBackend {
         format!("{}/builds/{build_id}/log", self.settings.public_url)
     }
 
+    /// What a dispatch of `build_id` returns: the job is named by the build id.
+    fn dispatched(&self, build_id: &str) -> Dispatched {
+        Dispatched {
+            run_id: Some(build_id.to_owned()),
+            run_url: Some(self.log_url(build_id)),
+        }
+    }
+
     fn artifact_path(&self, identity: &KernelIdentity) -> PathBuf {
         let tag = self
             .settings
@@ -400,10 +408,7 @@ impl Backend for LocalBackend {
 
     async fn dispatch(&self, build: &BuildSpec) -> Result<Dispatched, BackendError> {
         let dir = self.build_dir(&build.build_id)?;
-        let dispatched = Dispatched {
-            run_id: Some(build.build_id.clone()),
-            run_url: Some(self.log_url(&build.build_id)),
-        };
+        let dispatched = self.dispatched(&build.build_id);
         // The directory is the record that a dispatch happened: creating it is the one-time step,
         // a repeated dispatch of the same id finds it and changes nothing.
         let state_path = dir.join("state.json");
@@ -437,6 +442,22 @@ impl Backend for LocalBackend {
             self.start_job(build, dir);
         }
         Ok(dispatched)
+    }
+
+    /// The build directory with its state is the record that a dispatch took effect.
+    async fn find_run(
+        &self,
+        build: &BuildSpec,
+        _since: SystemTime,
+    ) -> Result<Option<Dispatched>, BackendError> {
+        let state = self.build_dir(&build.build_id)?.join("state.json");
+        match tokio::fs::try_exists(&state).await {
+            Ok(true) => Ok(Some(self.dispatched(&build.build_id))),
+            Ok(false) => Ok(None),
+            Err(error) => Err(BackendError::Transient(format!(
+                "reading build state: {error}"
+            ))),
+        }
     }
 
     async fn poll(

@@ -5,7 +5,16 @@
 //! - one in-flight build per cache key: `active_key` is UNIQUE, set on insert and cleared when the build
 //!   ends, and reservation is `INSERT ... ON CONFLICT DO NOTHING RETURNING`;
 //! - one tracker per build: a lease (`lease_owner`, `lease_until`) taken and renewed with conditional
-//!   updates; every state change is conditional on still holding it.
+//!   updates; every state change is conditional on still holding it. Leases are set and compared in
+//!   the database's clock ([`DbKind::now_sql`]), never a replica's, so clock skew between replicas
+//!   cannot make two of them hold one build;
+//! - one dispatch per build: `dispatch_sent_at` (database time) is stored before the backend is
+//!   called, so whoever tracks the build next knows a dispatch may have gone out and looks its run
+//!   up before sending another.
+//!
+//! Every write that changes what `GET /status` shows (dispatched, queued/running, ended) is followed,
+//! on PostgreSQL, by `pg_notify` on [`CHANGES_CHANNEL`] with the build id, which wakes the long polls
+//! of every replica (see [`crate::waiter`]). A new such write must announce too.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,6 +28,10 @@ use sqlx::{AnyPool, Row};
 pub use build_api::RequestOutcome;
 
 use crate::backend::Dispatched;
+use crate::telemetry;
+
+/// The PostgreSQL notification channel of build changes; the payload is the build id.
+pub const CHANGES_CHANNEL: &str = "build_changed";
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +171,9 @@ pub struct BuildRecord {
     pub deadline_at: i64,
     /// How many dispatch calls were made.
     pub dispatch_attempts: i64,
+    /// When the latest dispatch call was made (database time, ms), while its outcome is unknown:
+    /// set before the call, kept until the build leaves `dispatching`.
+    pub dispatch_sent_at: Option<i64>,
     /// The caller whose request created it (absent for builds from before the audit trail).
     pub requested_by: Option<String>,
 }
@@ -199,7 +215,8 @@ pub struct NewBuild {
     pub deadline_at: i64,
     /// The replica reserving it takes the first lease so nobody else dispatches meanwhile.
     pub lease_owner: String,
-    /// Lease end, in ms.
+    /// Lease end, in ms of this replica's clock: the database stores the same lease length
+    /// (`lease_until - now`) counted from its own clock.
     pub lease_until: i64,
     /// The caller creating it (principal name, or `anonymous@<address>`).
     pub requested_by: String,
@@ -286,6 +303,21 @@ pub enum DbKind {
     Postgres,
 }
 
+impl DbKind {
+    /// SQL for the database's clock in ms since the epoch (BIGINT). Leases are set and compared with
+    /// it, so every replica agrees on when a lease ends whatever its own clock says.
+    pub fn now_sql(self) -> &'static str {
+        match self {
+            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            Self::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        }
+    }
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The builds database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -295,7 +327,7 @@ pub struct Store {
 
 const COLUMNS: &str = "build_id, cache_key, driver_name, kernel_version, architecture, distribution, \
      distro_version, driver_version, state, run_id, run_url, download_url, error, created_at, updated_at, \
-     started_at, finished_at, deadline_at, dispatch_attempts, requested_by";
+     started_at, finished_at, deadline_at, dispatch_attempts, dispatch_sent_at, requested_by";
 
 impl Store {
     /// Connects, creating a SQLite file when the URL asks for it (`mode=rwc`), and applies the
@@ -346,7 +378,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let scripts: [(i64, &str, &'static str); 2] = match self.kind {
+        let scripts: [(i64, &str, &'static str); 3] = match self.kind {
             DbKind::Sqlite => [
                 (
                     1,
@@ -357,6 +389,11 @@ impl Store {
                     2,
                     "demand",
                     include_str!("../migrations/sqlite/0002_demand.sql"),
+                ),
+                (
+                    3,
+                    "dispatch_sent",
+                    include_str!("../migrations/sqlite/0003_dispatch_sent.sql"),
                 ),
             ],
             DbKind::Postgres => [
@@ -369,6 +406,11 @@ impl Store {
                     2,
                     "demand",
                     include_str!("../migrations/postgres/0002_demand.sql"),
+                ),
+                (
+                    3,
+                    "dispatch_sent",
+                    include_str!("../migrations/postgres/0003_dispatch_sent.sql"),
                 ),
             ],
         };
@@ -390,10 +432,39 @@ impl Store {
         Ok(())
     }
 
+    /// After a write that changed `build_id` (`changed`), tells every replica listening on
+    /// PostgreSQL (a no-op on SQLite, where this process's trackers wake its waiters directly).
+    /// Returns `changed`. A failed notification is only logged: the write stands, and the waiters'
+    /// periodic re-read finds the change a little later.
+    async fn announce_if(&self, changed: bool, build_id: &str) -> Result<bool, StoreError> {
+        if changed
+            && self.kind == DbKind::Postgres
+            && let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(build_id)
+                .execute(&self.pool)
+                .await
+        {
+            tracing::warn!(%error, build_id, "could not announce a build change");
+        }
+        Ok(changed)
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// The database's clock, ms since the epoch (the clock leases and `dispatch_sent_at` use).
+    pub async fn now(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} AS now",
+            self.kind.now_sql()
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("now")?)
     }
 
     /// The in-flight build for a dedup key.
@@ -429,15 +500,17 @@ impl Store {
             }
             // The caps are part of the insert itself, so no request can slip in between a count
             // and the row that would exceed it.
-            let inserted = sqlx::query(
+            // Only the clock's SQL is formatted in; every value is bound.
+            let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO builds (build_id, cache_key, active_key, driver_name, kernel_version, architecture, \
                  distribution, distro_version, driver_version, state, created_at, updated_at, deadline_at, \
                  lease_owner, lease_until, requested_by) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'dispatching', $10, $10, $11, $12, $13, $14 \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'dispatching', $10, $10, $11, $12, {} + $13, $14 \
                  WHERE (SELECT COUNT(*) FROM builds WHERE active_key IS NOT NULL) < $15 \
                  AND (SELECT COUNT(*) FROM builds WHERE active_key IS NOT NULL AND requested_by = $14) < $16 \
                  ON CONFLICT DO NOTHING RETURNING build_id",
-            )
+                self.kind.now_sql()
+            )))
             .bind(&build.build_id)
             .bind(&build.cache_key)
             .bind(&build.active_key)
@@ -450,7 +523,7 @@ impl Store {
             .bind(build.now)
             .bind(build.deadline_at)
             .bind(&build.lease_owner)
-            .bind(build.lease_until)
+            .bind(build.lease_until.saturating_sub(build.now))
             .bind(&build.requested_by)
             .bind(cap(caps.total))
             .bind(cap(caps.per_caller))
@@ -475,6 +548,7 @@ impl Store {
 
     /// One build.
     pub async fn get(&self, build_id: &str) -> Result<Option<BuildRecord>, StoreError> {
+        metrics::counter!(telemetry::STORE_READS).increment(1);
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM builds WHERE build_id = $1"
         )))
@@ -484,33 +558,40 @@ impl Store {
         row.map(|row| decode(&row)).transpose()
     }
 
-    /// Takes (or keeps) the lease on an in-flight build when it is free, expired or already ours.
+    /// Takes (or keeps) the lease on an in-flight build when it is free, expired or already ours; it
+    /// then ends `lease` after the database's now.
     pub async fn claim(
         &self,
         build_id: &str,
         owner: &str,
-        now: i64,
-        until: i64,
+        lease: Duration,
     ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE builds SET lease_owner = $1, lease_until = $2 \
-             WHERE build_id = $3 AND active_key IS NOT NULL AND (lease_owner = $1 OR lease_owner IS NULL OR lease_until < $4)",
-        )
+        let now = self.kind.now_sql();
+        let result = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE builds SET lease_owner = $1, lease_until = {now} + $2 \
+             WHERE build_id = $3 AND active_key IS NOT NULL AND (lease_owner = $1 OR lease_owner IS NULL OR lease_until < {now})",
+        )))
         .bind(owner)
-        .bind(until)
+        .bind(lease_ms(lease))
         .bind(build_id)
-        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// Extends our lease; false when it was lost (taken over, or the build ended).
-    pub async fn renew(&self, build_id: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE builds SET lease_until = $1 WHERE build_id = $2 AND active_key IS NOT NULL AND lease_owner = $3",
-        )
-        .bind(until)
+    /// Extends our lease to `lease` after the database's now; false when it was lost (taken over, or
+    /// the build ended).
+    pub async fn renew(
+        &self,
+        build_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE builds SET lease_until = {} + $1 WHERE build_id = $2 AND active_key IS NOT NULL AND lease_owner = $3",
+            self.kind.now_sql()
+        )))
+        .bind(lease_ms(lease))
         .bind(build_id)
         .bind(owner)
         .execute(&self.pool)
@@ -530,23 +611,44 @@ impl Store {
         Ok(())
     }
 
-    /// Counts a dispatch call before it is made.
-    pub async fn count_dispatch_attempt(
+    /// Records a dispatch call before it is made: counted, and `dispatch_sent_at` set to the
+    /// database's now. False when the build is no longer ours to dispatch.
+    pub async fn record_dispatch_sent(
         &self,
         build_id: &str,
         owner: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE builds SET dispatch_attempts = dispatch_attempts + 1, updated_at = $1 \
+        let result = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE builds SET dispatch_attempts = dispatch_attempts + 1, dispatch_sent_at = {}, updated_at = $1 \
              WHERE build_id = $2 AND state = 'dispatching' AND lease_owner = $3",
-        )
+            self.kind.now_sql()
+        )))
         .bind(now)
         .bind(build_id)
         .bind(owner)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    /// Moves `dispatch_sent_at` to the database's now after a dispatch call failed: the call was in
+    /// flight until then, so the settle time before its run is looked up counts from here.
+    pub async fn record_dispatch_ended(
+        &self,
+        build_id: &str,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE builds SET dispatch_sent_at = {} \
+             WHERE build_id = $1 AND state = 'dispatching' AND lease_owner = $2 AND dispatch_sent_at IS NOT NULL",
+            self.kind.now_sql()
+        )))
+        .bind(build_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Records the accepted dispatch: the build is queued with its run.
@@ -568,7 +670,8 @@ impl Store {
         .bind(owner)
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected() == 1)
+        self.announce_if(result.rows_affected() == 1, build_id)
+            .await
     }
 
     /// Moves a dispatched build between queued and in progress.
@@ -591,7 +694,8 @@ impl Store {
         .bind(owner)
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected() == 1)
+        self.announce_if(result.rows_affected() == 1, build_id)
+            .await
     }
 
     /// Ends a build, freeing its cache key for the next one.
@@ -618,16 +722,18 @@ impl Store {
         .bind(owner)
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected() == 1)
+        self.announce_if(result.rows_affected() == 1, build_id)
+            .await
     }
 
-    /// In-flight builds nobody holds a live lease on (on start: everything left by a previous run).
-    pub async fn unleased_in_flight(&self, now: i64) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT build_id FROM builds WHERE active_key IS NOT NULL AND (lease_owner IS NULL OR lease_until < $1) \
+    /// In-flight builds nobody holds a live lease on by the database's clock (on start: everything
+    /// left by a previous run).
+    pub async fn unleased_in_flight(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT build_id FROM builds WHERE active_key IS NOT NULL AND (lease_owner IS NULL OR lease_until < {}) \
              ORDER BY created_at",
-        )
-        .bind(now)
+            self.kind.now_sql()
+        )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -860,6 +966,7 @@ fn decode(row: &AnyRow) -> Result<BuildRecord, StoreError> {
         finished_at: row.try_get("finished_at")?,
         deadline_at: row.try_get("deadline_at")?,
         dispatch_attempts: row.try_get("dispatch_attempts")?,
+        dispatch_sent_at: row.try_get("dispatch_sent_at")?,
         requested_by: row.try_get("requested_by")?,
         build_id,
     })

@@ -23,6 +23,16 @@ pub const BACKEND_ERRORS: &str = "backend_errors_total";
 pub const CANCELS: &str = "build_cancels_total";
 /// Finished builds, audit rows and local build directories removed by retention, by `what`.
 pub const PRUNED: &str = "retention_pruned_total";
+/// Reads of one build from the database (status requests, long-poll watchers, trackers).
+pub const STORE_READS: &str = "store_build_reads_total";
+/// Reads made by long-poll watchers (one per change, per watched build, plus periodic re-reads).
+pub const LONG_POLL_READS: &str = "long_poll_reads_total";
+/// Long polls waiting now.
+pub const LONG_POLLS_WAITING: &str = "long_polls_waiting";
+/// Long polls answered at once because the limit of concurrent long polls was reached.
+pub const LONG_POLLS_OVER_LIMIT: &str = "long_polls_over_limit_total";
+/// Probes of the backend's health (the cached answer of `/healthz`), by `result`.
+pub const HEALTH_PROBES: &str = "backend_health_probes_total";
 
 /// Builds take minutes: buckets from 1 s to 1 h.
 const DURATION_BUCKETS: &[f64] = &[
@@ -69,6 +79,14 @@ fn describe() {
     );
     metrics::describe_gauge!(BUILDS_TRACKED, "Builds tracked by this replica");
     metrics::describe_counter!(BACKEND_ERRORS, "Failed backend calls by call and kind");
+    metrics::describe_counter!(STORE_READS, "Reads of one build from the database");
+    metrics::describe_counter!(LONG_POLL_READS, "Database reads made by long-poll watchers");
+    metrics::describe_gauge!(LONG_POLLS_WAITING, "Long polls waiting now");
+    metrics::describe_counter!(
+        LONG_POLLS_OVER_LIMIT,
+        "Long polls answered at once because the limit of concurrent long polls was reached"
+    );
+    metrics::describe_counter!(HEALTH_PROBES, "Backend health probes by result");
 }
 
 /// Log output format.

@@ -1,13 +1,20 @@
-//! One tracker task per in-flight build: dispatches it (once: the stored `dispatching` state plus the
-//! backend's per-build-id idempotency), polls the backend, applies the deadline, retries transient
-//! errors with jittered exponential backoff and honours rate limits. A lease in the database makes
-//! one replica the tracker of a build; a sweeper takes over builds whose lease lapsed (a replica died)
-//! and, at start, everything a previous run left in flight.
+//! One tracker task per in-flight build: dispatches it, polls the backend, applies the deadline, and is
+//! the one place backend calls are retried ([`RetryPolicy`]: jittered exponential backoff, rate limits
+//! honoured). A lease in the database (database time) makes one replica the tracker of a build; while
+//! a backend call runs, a heartbeat renews it every third of a lease, and a tracker whose lease is lost
+//! drops the call's result and abandons the build. A sweeper takes over builds whose lease lapsed (a
+//! replica died) and, at start, everything a previous run left in flight.
+//!
+//! One dispatch per build id: `dispatch_sent_at` is stored before every dispatch call. A build found
+//! in `dispatching` with it set had a dispatch of unknown outcome (an error, or a replica that died
+//! mid-call), so its tracker waits the backend's settle time after it, looks the run up by build id
+//! ([`Backend::find_run`]) and sends again only when there is none.
 //!
 //! Every state change is announced through [`Notifier`], which is what lets `GET /status?wait=`
 //! answer the moment a build moves instead of at the next poll.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +25,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::api::Coalesced;
-use crate::backend::{Backend, BackendError, BuildSpec, RunState};
+use crate::backend::{Backend, BackendError, BuildSpec, Dispatched, RunState};
+use crate::retry::RetryPolicy;
 use crate::store::{BuildRecord, BuildState, Store, StoreError, now_ms};
 use crate::telemetry;
 
@@ -27,7 +35,7 @@ use crate::telemetry;
 pub struct TrackerSettings {
     /// Pause between polls of a running build.
     pub poll_interval: Duration,
-    /// A build's lease; it is renewed at least every third of it.
+    /// A build's lease; it is renewed at least every third of it, during backend calls too.
     pub lease: Duration,
     /// First retry delay after a transient error (doubles up to `retry_max`, with jitter).
     pub retry_base: Duration,
@@ -38,54 +46,15 @@ pub struct TrackerSettings {
     pub retention: Duration,
 }
 
-/// Per-build change announcements for long-polling, within this process.
-#[derive(Debug, Default)]
-pub struct Notifier {
-    channels: Mutex<HashMap<String, watch::Sender<u64>>>,
-}
-
-impl Notifier {
-    /// A receiver that changes whenever `build_id` changes state in this process.
-    pub fn subscribe(&self, build_id: &str) -> watch::Receiver<u64> {
-        let mut channels = self
-            .channels
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        channels
-            .entry(build_id.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    /// Announces a change.
-    pub fn notify(&self, build_id: &str) {
-        let mut channels = self
-            .channels
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(sender) = channels.get(build_id) {
-            sender.send_modify(|version| *version += 1);
-            if sender.receiver_count() == 0 {
-                channels.remove(build_id);
-            }
-        }
-    }
-
-    /// Drops channels nobody listens to.
-    fn prune(&self) {
-        let mut channels = self
-            .channels
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        channels.retain(|_, sender| sender.receiver_count() > 0);
-    }
-}
+/// Per-build change announcements: the shared waiters of long polls (see [`crate::waiter`]).
+pub use crate::waiter::Notifier;
 
 struct Inner {
     store: Store,
     backend: Arc<dyn Backend>,
     owner: String,
     settings: TrackerSettings,
+    retry: RetryPolicy,
     notifier: Arc<Notifier>,
     coalesced: Arc<Coalesced>,
     tracked: Mutex<HashSet<String>>,
@@ -123,6 +92,7 @@ impl Trackers {
                 store,
                 backend,
                 owner,
+                retry: RetryPolicy::new(settings.retry_base, settings.retry_max),
                 settings,
                 notifier,
                 coalesced,
@@ -200,10 +170,9 @@ impl Trackers {
         }
     }
 
-    /// One sweep: claim and track every unleased in-flight build.
+    /// One sweep: claim and track every unleased in-flight build (by the database's clock).
     pub async fn sweep(&self) -> Result<(), StoreError> {
-        let now = now_ms();
-        for build_id in self.inner.store.unleased_in_flight(now).await? {
+        for build_id in self.inner.store.unleased_in_flight().await? {
             let already = self
                 .inner
                 .tracked
@@ -213,11 +182,10 @@ impl Trackers {
             if already {
                 continue;
             }
-            let until = now + millis(self.inner.settings.lease);
             if self
                 .inner
                 .store
-                .claim(&build_id, &self.inner.owner, now, until)
+                .claim(&build_id, &self.inner.owner, self.inner.settings.lease)
                 .await?
             {
                 tracing::info!(build_id = %build_id, "resuming build");
@@ -277,27 +245,6 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// What the loop should do after a backend error.
-fn delay_after(
-    error: &BackendError,
-    failures: u32,
-    settings: &TrackerSettings,
-) -> Option<Duration> {
-    match error {
-        BackendError::Transient(_) => {
-            let exponential = settings
-                .retry_base
-                .saturating_mul(1u32 << failures.min(16))
-                .min(settings.retry_max);
-            // Full jitter in [50%, 100%] so replicas and builds do not retry in lockstep.
-            let factor = 0.5 + rand::random::<f64>() * 0.5;
-            Some(exponential.mul_f64(factor))
-        }
-        BackendError::RateLimited { retry_after } => Some(*retry_after),
-        BackendError::Permanent(_) => None,
-    }
-}
-
 fn error_kind(error: &BackendError) -> &'static str {
     match error {
         BackendError::Transient(_) => "transient",
@@ -331,7 +278,7 @@ async fn track_build(inner: &Inner, build_id: &str) {
     let mut failures: u32 = 0;
     let mut not_before = Instant::now();
     let mut missing_artifact_polls = 0u32;
-    loop {
+    'track: loop {
         if *stop.borrow() {
             if let Err(error) = inner.store.release(build_id, &inner.owner).await {
                 tracing::warn!(%error, "could not release the lease");
@@ -347,9 +294,10 @@ async fn track_build(inner: &Inner, build_id: &str) {
             Err(error) => {
                 tracing::warn!(%error, "database unavailable; retrying");
                 failures = failures.saturating_add(1);
-                let pause =
-                    delay_after(&BackendError::Transient(String::new()), failures, settings)
-                        .unwrap_or(settings.retry_max);
+                let pause = inner
+                    .retry
+                    .delay(&BackendError::Transient(String::new()), failures)
+                    .unwrap_or(inner.retry.max);
                 pause_or_stop(pause.min(renew_every), &mut stop).await;
                 continue;
             }
@@ -360,7 +308,7 @@ async fn track_build(inner: &Inner, build_id: &str) {
         let now = now_ms();
         match inner
             .store
-            .renew(build_id, &inner.owner, now + millis(settings.lease))
+            .renew(build_id, &inner.owner, settings.lease)
             .await
         {
             Ok(true) => {}
@@ -379,7 +327,10 @@ async fn track_build(inner: &Inner, build_id: &str) {
                 "no result before the deadline ({} s after the request)",
                 (record.deadline_at - record.created_at) / 1000
             );
-            match cancel(inner, &record).await {
+            let Some(cancelled) = leased(inner, build_id, cancel(inner, &record)).await else {
+                return;
+            };
+            match cancelled {
                 Ok(()) => {
                     metrics::counter!(telemetry::CANCELS, "result" => "ok").increment(1);
                     message.push_str("; the build was cancelled");
@@ -413,48 +364,98 @@ async fn track_build(inner: &Inner, build_id: &str) {
             }
         };
         let outcome = match record.state {
-            BuildState::Dispatching => {
+            BuildState::Dispatching => 'dispatch: {
+                if let Some(sent_at) = record.dispatch_sent_at {
+                    // A dispatch of unknown outcome: it may have started a run that is not listed
+                    // yet. Wait until it settled, then look before sending again.
+                    let settled_at =
+                        sent_at.saturating_add(millis(inner.backend.dispatch_settle()));
+                    let database_now = match inner.store.now().await {
+                        Ok(database_now) => database_now,
+                        Err(error) => {
+                            tracing::warn!(%error, "database unavailable; retrying");
+                            pause_or_stop(settings.retry_base.min(renew_every), &mut stop).await;
+                            continue 'track;
+                        }
+                    };
+                    if database_now < settled_at {
+                        let wait = settled_at - database_now;
+                        tracing::info!(
+                            wait_ms = wait,
+                            "an earlier dispatch may still show up; waiting before looking for its run"
+                        );
+                        not_before = Instant::now()
+                            + Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+                        continue 'track;
+                    }
+                    let since = SystemTime::UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(record.created_at).unwrap_or(0));
+                    match leased(inner, build_id, inner.backend.find_run(&spec, since)).await {
+                        None => return,
+                        Some(Err(error)) => break 'dispatch Err(error),
+                        Some(Ok(Some(dispatched))) => {
+                            metrics::counter!(telemetry::DISPATCHES, "result" => "found")
+                                .increment(1);
+                            tracing::info!(run_id = ?dispatched.run_id, run_url = ?dispatched.run_url, "found the run of an earlier dispatch; not sending again");
+                            record_dispatched(inner, build_id, &dispatched).await;
+                            not_before = Instant::now() + settings.poll_interval;
+                            break 'dispatch Ok(());
+                        }
+                        Some(Ok(None)) => {
+                            tracing::warn!("no run of the earlier dispatch; sending it again")
+                        }
+                    }
+                }
                 match inner
                     .store
-                    .count_dispatch_attempt(build_id, &inner.owner, now)
+                    .record_dispatch_sent(build_id, &inner.owner, now)
                     .await
                 {
                     Ok(true) => {}
-                    Ok(false) => continue,
+                    Ok(false) => continue 'track,
                     Err(error) => {
                         tracing::warn!(%error, "could not record the dispatch attempt");
                         pause_or_stop(settings.retry_base.min(renew_every), &mut stop).await;
-                        continue;
+                        continue 'track;
                     }
                 }
                 tracing::info!(attempt = record.dispatch_attempts + 1, "dispatching");
-                match inner.backend.dispatch(&spec).await {
-                    Ok(dispatched) => {
+                match leased(inner, build_id, inner.backend.dispatch(&spec)).await {
+                    None => return,
+                    Some(Ok(dispatched)) => {
                         metrics::counter!(telemetry::DISPATCHES, "result" => "ok").increment(1);
                         tracing::info!(run_id = ?dispatched.run_id, run_url = ?dispatched.run_url, "dispatched");
-                        match inner
-                            .store
-                            .set_dispatched(build_id, &inner.owner, &dispatched, now_ms())
-                            .await
-                        {
-                            Ok(_) => inner.notifier.notify(build_id),
-                            Err(error) => {
-                                tracing::warn!(%error, "could not record the dispatch; will re-dispatch idempotently")
-                            }
-                        }
+                        record_dispatched(inner, build_id, &dispatched).await;
                         // A fast backend may already be done; the first poll comes after one interval.
                         not_before = Instant::now() + settings.poll_interval;
                         Ok(())
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
                         metrics::counter!(telemetry::DISPATCHES, "result" => error_kind(&error))
                             .increment(1);
+                        // The call was in flight until now: its settle time counts from here.
+                        if let Err(error) = inner
+                            .store
+                            .record_dispatch_ended(build_id, &inner.owner)
+                            .await
+                        {
+                            tracing::warn!(%error, "could not record the end of the dispatch attempt");
+                        }
                         Err(error)
                     }
                 }
             }
             BuildState::Queued | BuildState::InProgress => {
-                match inner.backend.poll(&spec, &record.dispatched()).await {
+                let Some(polled) = leased(
+                    inner,
+                    build_id,
+                    inner.backend.poll(&spec, &record.dispatched()),
+                )
+                .await
+                else {
+                    return;
+                };
+                match polled {
                     Ok(RunState::Queued) => {
                         running(inner, &record, BuildState::Queued, &mut not_before).await
                     }
@@ -465,12 +466,15 @@ async fn track_build(inner: &Inner, build_id: &str) {
                         finish(inner, &record, BuildState::Error, None, Some(&message)).await;
                         return;
                     }
-                    Ok(RunState::Succeeded) => match inner
-                        .backend
-                        .find_artifact(&spec.driver, &spec.identity)
-                        .await
+                    Ok(RunState::Succeeded) => match leased(
+                        inner,
+                        build_id,
+                        inner.backend.find_artifact(&spec.driver, &spec.identity),
+                    )
+                    .await
                     {
-                        Ok(Some(artifact)) => {
+                        None => return,
+                        Some(Ok(Some(artifact))) => {
                             finish(
                                 inner,
                                 &record,
@@ -481,7 +485,7 @@ async fn track_build(inner: &Inner, build_id: &str) {
                             .await;
                             return;
                         }
-                        Ok(None) => {
+                        Some(Ok(None)) => {
                             // Publication can trail the run's conclusion by a moment on GitHub.
                             missing_artifact_polls += 1;
                             if missing_artifact_polls >= 5 {
@@ -498,7 +502,7 @@ async fn track_build(inner: &Inner, build_id: &str) {
                             not_before = Instant::now() + settings.poll_interval;
                             Ok(())
                         }
-                        Err(error) => Err(error),
+                        Some(Err(error)) => Err(error),
                     },
                     Err(error) => Err(error),
                 }
@@ -510,7 +514,7 @@ async fn track_build(inner: &Inner, build_id: &str) {
             Err(error) => {
                 metrics::counter!(telemetry::BACKEND_ERRORS, "kind" => error_kind(&error))
                     .increment(1);
-                match delay_after(&error, failures, settings) {
+                match inner.retry.delay(&error, failures) {
                     Some(pause) => {
                         tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "backend call failed; retrying");
                         failures = failures.saturating_add(1);
@@ -527,35 +531,84 @@ async fn track_build(inner: &Inner, build_id: &str) {
     }
 }
 
-/// Cancels a build past its deadline through the backend, retrying transient failures within half a
-/// lease (the lease was renewed just before, so no other replica takes the build over meanwhile).
+/// Cancels a build past its deadline through the backend, retrying within half a lease (the caller
+/// keeps the lease renewed meanwhile).
 async fn cancel(inner: &Inner, record: &BuildRecord) -> Result<(), String> {
     let spec =
         spec_of(record).map_err(|problem| format!("stored identity is invalid: {problem}"))?;
     let dispatched = record.dispatched();
     let give_up = Instant::now() + inner.settings.lease / 2;
-    let mut failures = 0u32;
-    loop {
-        let left = give_up.saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(left, inner.backend.cancel(&spec, &dispatched)).await
-        {
-            Ok(Ok(())) => {
-                tracing::info!("cancelled the timed-out build");
-                return Ok(());
+    inner
+        .retry
+        .retry_until(
+            give_up,
+            || inner.backend.cancel(&spec, &dispatched),
+            |error| {
+                metrics::counter!(telemetry::BACKEND_ERRORS, "kind" => error_kind(error))
+                    .increment(1);
+                tracing::warn!(%error, "cancelling failed");
+            },
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+    tracing::info!("cancelled the timed-out build");
+    Ok(())
+}
+
+/// Awaits a backend call while a heartbeat renews the build's lease every third of it, so a call that
+/// outlasts the lease (a dispatch answered after minutes) never lets another replica take the build
+/// over meanwhile. `None` when the lease was lost during the call (taken over, the build ended
+/// elsewhere, or no renewal succeeded for a whole lease): the call is dropped and its result never
+/// written; the caller abandons the build.
+async fn leased<T>(inner: &Inner, build_id: &str, call: impl Future<Output = T>) -> Option<T> {
+    let lease = inner.settings.lease;
+    let every = (lease / 3).max(Duration::from_millis(10));
+    let heartbeat = async {
+        // The tracker renewed the lease just before the call; count conservatively from now.
+        let mut held_until = Instant::now() + lease.saturating_sub(every);
+        loop {
+            tokio::time::sleep(every).await;
+            let asked_at = Instant::now();
+            let renewed =
+                tokio::time::timeout(every, inner.store.renew(build_id, &inner.owner, lease)).await;
+            match renewed {
+                Ok(Ok(true)) => held_until = asked_at + lease,
+                Ok(Ok(false)) => {
+                    tracing::warn!("lease lost during a backend call; abandoning the build");
+                    return;
+                }
+                Ok(Err(error)) if Instant::now() < held_until => {
+                    tracing::warn!(%error, "could not renew the lease; trying again");
+                }
+                Err(_elapsed) if Instant::now() < held_until => {
+                    tracing::warn!("renewing the lease timed out; trying again");
+                }
+                _ => {
+                    tracing::warn!(
+                        "lease not renewed for a whole lease during a backend call; abandoning the build"
+                    );
+                    return;
+                }
             }
-            Ok(Err(error)) => error,
-            Err(_elapsed) => {
-                return Err(format!("no answer within {:?}", inner.settings.lease / 2));
-            }
-        };
-        metrics::counter!(telemetry::BACKEND_ERRORS, "kind" => error_kind(&error)).increment(1);
-        match delay_after(&error, failures, &inner.settings) {
-            Some(pause) if Instant::now() + pause < give_up => {
-                tracing::warn!(%error, "cancelling failed; retrying");
-                failures = failures.saturating_add(1);
-                tokio::time::sleep(pause).await;
-            }
-            _ => return Err(error.to_string()),
+        }
+    };
+    tokio::select! {
+        biased;
+        result = call => Some(result),
+        () = heartbeat => None,
+    }
+}
+
+/// Records an accepted (or found) dispatch: the build is queued with its run.
+async fn record_dispatched(inner: &Inner, build_id: &str, dispatched: &Dispatched) {
+    match inner
+        .store
+        .set_dispatched(build_id, &inner.owner, dispatched, now_ms())
+        .await
+    {
+        Ok(_) => inner.notifier.notify(build_id),
+        Err(error) => {
+            tracing::warn!(%error, "could not record the dispatch; its run will be looked up")
         }
     }
 }
@@ -632,65 +685,5 @@ async fn pause_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) {
     tokio::select! {
         _ = tokio::time::sleep(pause) => {}
         _ = stop.wait_for(|stopped| *stopped) => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> TrackerSettings {
-        TrackerSettings {
-            poll_interval: Duration::from_secs(15),
-            lease: Duration::from_secs(60),
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            retention: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
-
-    #[test]
-    fn transient_errors_back_off_exponentially_with_jitter_up_to_the_cap() {
-        let settings = settings();
-        let error = BackendError::Transient("502".to_owned());
-        for failures in 0..20 {
-            let delay = delay_after(&error, failures, &settings).expect("retried");
-            let full = Duration::from_secs(1u64 << failures.min(16)).min(settings.retry_max);
-            assert!(
-                delay <= full && delay >= full / 2,
-                "{failures}: {delay:?} vs {full:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn rate_limits_wait_exactly_as_told_and_permanent_errors_stop() {
-        let settings = settings();
-        let limited = BackendError::RateLimited {
-            retry_after: Duration::from_secs(42),
-        };
-        assert_eq!(
-            delay_after(&limited, 3, &settings),
-            Some(Duration::from_secs(42))
-        );
-        assert_eq!(
-            delay_after(
-                &BackendError::Permanent("bad token".to_owned()),
-                0,
-                &settings
-            ),
-            None
-        );
-    }
-
-    #[tokio::test]
-    async fn notifier_wakes_subscribers_and_forgets_unwatched_builds() {
-        let notifier = Notifier::default();
-        let mut receiver = notifier.subscribe("a");
-        notifier.notify("a");
-        receiver.changed().await.expect("changed");
-        drop(receiver);
-        notifier.notify("a");
-        assert!(notifier.channels.lock().expect("lock").is_empty());
     }
 }

@@ -1,9 +1,13 @@
 //! The GitHub backend against the github-sim simulator on loopback: existence checks and their quota
 //! cost, dispatch and run tracking, legacy (204) servers, lost answers, faults and rate limits.
+//!
+//! Every backend call is one attempt: a fault comes back as a classified `BackendError` (the tracker
+//! is the one layer that retries, see `service_github.rs` and `chaos.rs`), and a dispatch whose answer
+//! was lost is never re-sent by the backend: the caller finds its run by build id (`find_run`).
 
 mod github_support;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use build_service::{Backend, BackendError, Dispatched, RunState};
 use github_sim::{Conclusion, DispatchMode, Fault, Route, RunStatus, RunTiming};
@@ -11,6 +15,11 @@ use github_support::*;
 use kernel_id::ReleaseLayout;
 
 const KERNEL: &str = "6.1.0-47-amd64";
+
+/// Runs of a build are looked for from a minute before the test (the build's creation time).
+fn since() -> SystemTime {
+    SystemTime::now() - Duration::from_secs(60)
+}
 
 #[tokio::test]
 async fn hit_returns_the_browser_download_url_and_repeats_cost_nothing() {
@@ -392,7 +401,7 @@ async fn legacy_run_listed_too_late_for_dispatch_is_found_by_polling() {
 }
 
 #[tokio::test]
-async fn dispatch_accepted_but_answered_5xx_is_not_sent_twice() {
+async fn dispatch_accepted_but_answered_5xx_is_transient_and_its_run_is_found_by_build_id() {
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
     sim.set_run_list_delay(Duration::from_millis(500));
     sim.inject_fault(
@@ -402,8 +411,22 @@ async fn dispatch_accepted_but_answered_5xx_is_not_sent_twice() {
     );
     let backend = backend_for(&sim, ReleaseLayout::PerArtifact);
     let build = spec("0f9c1d5e-0000-4000-8000-000000000400", &debian(KERNEL));
-    let dispatched = backend.dispatch(&build).await.expect("dispatch");
-    let run_id: u64 = dispatched
+    let err = backend.dispatch(&build).await.expect_err("answer lost");
+    assert!(matches!(err, BackendError::Transient(_)), "{err:?}");
+    assert_eq!(
+        sim.requests(Route::DispatchWorkflow),
+        1,
+        "the backend does not send again by itself"
+    );
+    // What the tracker does next: wait the settle time after the call, look the run up by build id.
+    assert_eq!(backend.dispatch_settle(), fast_tuning().ambiguous_settle);
+    tokio::time::sleep(backend.dispatch_settle()).await;
+    let found = backend
+        .find_run(&build, since())
+        .await
+        .expect("lookup")
+        .expect("the run of the lost answer");
+    let run_id: u64 = found
         .run_id
         .as_deref()
         .expect("run")
@@ -415,89 +438,79 @@ async fn dispatch_accepted_but_answered_5xx_is_not_sent_twice() {
     );
     let stats = sim.stats();
     assert_eq!(stats.runs_created, 1);
-    assert_eq!(
-        stats.requests_to(Route::DispatchWorkflow),
-        1,
-        "found the run instead of re-sending"
-    );
-    assert_eq!(sim.runs_titled(&title(&build.build_id)).len(), 1);
+    assert_eq!(stats.requests_to(Route::DispatchWorkflow), 1);
+    // Once found, a repeated dispatch of the build id returns the run and sends nothing.
+    assert_eq!(backend.dispatch(&build).await.expect("dispatch"), found);
+    assert_eq!(sim.requests(Route::DispatchWorkflow), 1);
 }
 
 #[tokio::test]
-async fn dispatch_timing_out_is_looked_for_then_sent_again_once() {
+async fn dispatch_timing_out_is_transient_and_sent_again_only_after_finding_no_run() {
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
     let mut config = config_for(&sim, ReleaseLayout::PerArtifact);
     config.tuning.request_timeout = Duration::from_millis(400);
     let backend = build_service::github::GitHubBackend::new(config).expect("backend");
     // The simulator sits on the dispatch past our timeout; we hang up, so it never takes effect. The
-    // backend cannot know that: it looks for the run for the settle window, then sends again, once.
+    // backend cannot know that: it reports the loss, and the caller looks before sending again.
     sim.inject_fault(
         Route::DispatchWorkflow,
         Fault::Delay(Duration::from_secs(1)),
         1,
     );
     let build = spec("0f9c1d5e-0000-4000-8000-000000000401", &debian(KERNEL));
-    let started = Instant::now();
+    let err = backend.dispatch(&build).await.expect_err("timed out");
+    assert!(matches!(err, BackendError::Transient(_)), "{err:?}");
+    // Let a late-processed first request (if any) land before looking.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        backend.find_run(&build, since()).await.expect("lookup"),
+        None
+    );
     let dispatched = backend.dispatch(&build).await.expect("dispatch");
     assert!(dispatched.run_id.is_some());
-    assert!(
-        started.elapsed() >= fast_tuning().ambiguous_settle,
-        "looked before re-sending"
-    );
-    // Let a late-processed first request (if any) land before counting.
-    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(sim.requests(Route::DispatchWorkflow), 2);
     assert_eq!(sim.runs_titled(&title(&build.build_id)).len(), 1);
     assert_eq!(sim.stats().runs_created, 1);
 }
 
 #[tokio::test]
-async fn server_errors_before_acceptance_are_retried_with_backoff() {
+async fn server_errors_are_reported_as_transient_after_one_attempt() {
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
-    sim.inject_fault(Route::DispatchWorkflow, Fault::ServerError(503), 2);
-    sim.inject_fault(Route::ReleaseByTag, Fault::ServerError(500), 2);
+    sim.inject_fault(Route::DispatchWorkflow, Fault::ServerError(503), 1);
+    sim.inject_fault(Route::ReleaseByTag, Fault::ServerError(500), 1);
     sim.inject_fault(Route::GetRun, Fault::ServerError(502), 1);
     let backend = backend_for(&sim, ReleaseLayout::PerArtifact);
     let id = debian(KERNEL);
+    let err = backend
+        .find_artifact(&driver(), &id)
+        .await
+        .expect_err("one attempt");
+    assert!(matches!(err, BackendError::Transient(_)), "{err:?}");
+    assert_eq!(sim.requests(Route::ReleaseByTag), 1);
     assert_eq!(
-        backend
-            .find_artifact(&driver(), &id)
-            .await
-            .expect("lookup after retries"),
+        backend.find_artifact(&driver(), &id).await.expect("lookup"),
         None
     );
-    assert_eq!(sim.requests(Route::ReleaseByTag), 3);
 
     let build = spec("0f9c1d5e-0000-4000-8000-000000000500", &id);
-    let dispatched = backend
-        .dispatch(&build)
+    let err = backend.dispatch(&build).await.expect_err("one attempt");
+    assert!(matches!(err, BackendError::Transient(_)), "{err:?}");
+    assert_eq!(sim.requests(Route::DispatchWorkflow), 1);
+    assert_eq!(sim.stats().runs_created, 0, "refused before it took effect");
+    let dispatched = backend.dispatch(&build).await.expect("dispatch");
+    assert_eq!(sim.requests(Route::DispatchWorkflow), 2);
+    let err = backend
+        .poll(&build, &dispatched)
         .await
-        .expect("dispatch after retries");
-    assert_eq!(sim.requests(Route::DispatchWorkflow), 3);
-    assert_eq!(sim.stats().runs_created, 1);
+        .expect_err("one attempt");
+    assert!(matches!(err, BackendError::Transient(_)), "{err:?}");
     let (state, _) = poll_until_final(&backend, &build, &dispatched, Duration::from_secs(10)).await;
     assert_eq!(state, RunState::Succeeded);
     assert_eq!(sim.stats().runs_created, 1);
 }
 
 #[tokio::test]
-async fn persistent_server_errors_give_a_transient_error_after_bounded_attempts() {
-    let sim = start_sim(ReleaseLayout::PerArtifact).await;
-    sim.inject_fault(Route::ReleaseByTag, Fault::ServerError(500), 100);
-    let backend = backend_for(&sim, ReleaseLayout::PerArtifact);
-    let err = backend
-        .find_artifact(&driver(), &debian(KERNEL))
-        .await
-        .expect_err("gives up");
-    assert!(matches!(err, BackendError::Transient(_)), "{err:?}");
-    assert_eq!(
-        sim.requests(Route::ReleaseByTag),
-        u64::from(fast_tuning().max_attempts)
-    );
-}
-
-#[tokio::test]
-async fn secondary_rate_limits_are_waited_out_without_duplicate_dispatch() {
+async fn secondary_rate_limits_are_reported_with_their_wait_and_dispatch_nothing() {
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
     let retry_after = Some(Duration::from_secs(1));
     sim.inject_fault(
@@ -518,30 +531,29 @@ async fn secondary_rate_limits_are_waited_out_without_duplicate_dispatch() {
     );
     let backend = backend_for(&sim, ReleaseLayout::PerArtifact);
     let id = debian(KERNEL);
-
-    let started = Instant::now();
+    let limited = BackendError::RateLimited {
+        retry_after: Duration::from_secs(1),
+    };
     assert_eq!(
         backend
             .find_artifact(&driver(), &id)
             .await
-            .expect("lookup after waiting"),
+            .expect_err("limited"),
+        limited
+    );
+    let build = spec("0f9c1d5e-0000-4000-8000-000000000600", &id);
+    assert_eq!(
+        backend.dispatch(&build).await.expect_err("limited"),
+        limited
+    );
+    assert_eq!(sim.stats().runs_created, 0);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        backend.find_artifact(&driver(), &id).await.expect("lookup"),
         None
     );
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "honoured retry-after"
-    );
-
-    let started = Instant::now();
-    let build = spec("0f9c1d5e-0000-4000-8000-000000000600", &id);
-    let dispatched = backend
-        .dispatch(&build)
-        .await
-        .expect("dispatch after waiting");
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "honoured retry-after"
-    );
+    let dispatched = backend.dispatch(&build).await.expect("dispatch");
     assert!(dispatched.run_id.is_some());
     assert_eq!(sim.stats().runs_created, 1);
     assert_eq!(sim.requests(Route::DispatchWorkflow), 2);
@@ -614,12 +626,21 @@ async fn exhausted_primary_limit_reports_the_reset_and_stops_asking() {
 }
 
 #[tokio::test]
-async fn a_primary_limit_resetting_soon_is_waited_out_inline() {
+async fn a_primary_limit_resetting_soon_is_reported_with_the_wait_until_the_reset() {
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
     sim.reset_rate_limit_in(Duration::from_secs(1));
     sim.set_rate_limit_remaining(0);
     let backend = backend_for(&sim, ReleaseLayout::PerArtifact);
-    let started = Instant::now();
+    let err = backend
+        .find_artifact(&driver(), &debian(KERNEL))
+        .await
+        .expect_err("limited");
+    let BackendError::RateLimited { retry_after } = err else {
+        panic!("expected RateLimited, got {err:?}")
+    };
+    assert!(retry_after <= Duration::from_secs(3), "{retry_after:?}");
+    assert!(sim.stats().rate_limited >= 1);
+    tokio::time::sleep(retry_after).await;
     assert_eq!(
         backend
             .find_artifact(&driver(), &debian(KERNEL))
@@ -627,11 +648,6 @@ async fn a_primary_limit_resetting_soon_is_waited_out_inline() {
             .expect("after the reset"),
         None
     );
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "waited for the reset"
-    );
-    assert!(sim.stats().rate_limited >= 1);
 }
 
 #[tokio::test]
@@ -649,8 +665,8 @@ async fn concurrent_lookups_of_one_release_share_one_request() {
 
 #[tokio::test]
 async fn a_new_backend_instance_finds_the_run_of_a_previous_one() {
-    // A service restart between dispatch and recording its answer: the next dispatch of the same build id
-    // must find the existing run instead of starting a second build.
+    // A service restart (or another replica) between dispatch and recording its answer: the lookup the
+    // tracker makes before it would send again finds the existing run.
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
     sim.set_run_timing(RunTiming {
         queued: None,
@@ -664,9 +680,10 @@ async fn a_new_backend_instance_finds_the_run_of_a_previous_one() {
         .expect("dispatch");
     let restarted = backend_for(&sim, ReleaseLayout::PerArtifact);
     let second = restarted
-        .dispatch(&build)
+        .find_run(&build, since())
         .await
-        .expect("dispatch after restart");
+        .expect("lookup after restart")
+        .expect("found");
     assert_eq!(second.run_id, first.run_id);
     assert_eq!(sim.stats().runs_created, 1);
     let run_id: u64 = first
@@ -752,7 +769,8 @@ async fn refusals_are_permanent() {
 #[tokio::test]
 async fn run_lookup_pages_through_many_newer_runs() {
     // The run of this build id is older than 150 others, so it sits on the second page of the
-    // newest-first listing: a restarted backend must page to find it instead of dispatching again.
+    // newest-first listing: a restarted backend must page to find it (else the build would be
+    // dispatched again).
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
     sim.set_run_timing(RunTiming {
         queued: None,
@@ -793,9 +811,10 @@ async fn run_lookup_pages_through_many_newer_runs() {
     let before = sim.stats();
     let restarted = backend_for(&sim, ReleaseLayout::PerArtifact);
     let again = restarted
-        .dispatch(&build)
+        .find_run(&build, since())
         .await
-        .expect("dispatch after restart");
+        .expect("lookup after restart")
+        .expect("found");
     assert_eq!(again.run_id, first.run_id);
     let after = sim.stats();
     assert_eq!(after.runs_created, before.runs_created, "no second run");

@@ -38,6 +38,8 @@ async fn start_service(sim: &SimHandle, database: &std::path::Path) -> RunningSe
     config.retry_base = Duration::from_millis(50);
     config.retry_max = Duration::from_millis(500);
     config.lease = Duration::from_secs(5);
+    // A thousand simulated nodes all come from 127.0.0.1 here; the per-client cap would see one client.
+    config.max_requests_per_client = None;
     RunningService::start(config).await.expect("service starts")
 }
 
@@ -295,6 +297,22 @@ async fn faults_on_the_way_still_give_one_build_and_show_in_metrics() {
     let base = service.url();
     let client = client();
 
+    // The existence check makes one attempt: its rate limit is the caller's 503 with Retry-After.
+    let refused = client
+        .post(format!("{base}/build"))
+        .json(&request_body(&debian(KERNEL)))
+        .send()
+        .await
+        .expect("POST /build");
+    assert_eq!(refused.status().as_u16(), 503);
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .expect("Retry-After seconds");
+    assert_eq!(retry_after, 1);
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let (code, answer) = post_build(&client, &base, &request_body(&debian(KERNEL))).await;
     assert_eq!(code, 202, "{answer}");
     let build_id = answer["build_id"].as_str().expect("build id").to_owned();

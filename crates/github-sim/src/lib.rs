@@ -2,7 +2,9 @@
 //! loopback: releases by tag / id / list, release creation and publication, asset upload and download
 //! (API and browser URLs), `workflow_dispatch` with and without run details, workflow-run lists,
 //! lookups and cancellation, `GET /rate_limit`; with GitHub's rate-limit headers, ETag / Last-Modified conditional requests
-//! (a 304 costs no quota), `Link` pagination, token auth, and faults injected at run time.
+//! (a 304 costs no quota), `Link` pagination, token auth, and faults injected at run time; dispatch
+//! requests can be held (before or after their run is created) until the test releases them, and runs
+//! are counted per dispatch input (e.g. per `build_id`).
 //!
 //! Dispatched runs progress queued -> in_progress -> completed and, on success, publish the artifact the
 //! way the project's `driver-build.yml` does (draft release -> upload -> publish), as computed from the
@@ -35,6 +37,7 @@ mod runs;
 mod server;
 mod state;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -51,7 +54,9 @@ pub use config::{
 };
 pub use error::SimError;
 pub use routes::Route;
-pub use state::{Fault, QueuedFaultView, ReleaseInfo, RunInfo, SimStats, sanitize_asset_name};
+pub use state::{
+    DispatchHold, Fault, QueuedFaultView, ReleaseInfo, RunInfo, SimStats, sanitize_asset_name,
+};
 
 use server::Shared;
 use state::{QueuedFault, ReleasePatch, State};
@@ -297,6 +302,19 @@ impl SimHandle {
         self.shared.lock().faults.clear();
     }
 
+    /// From now on every dispatch request waits at `point` (before its run is created, or after it
+    /// with only the answer held) until [`SimHandle::release_dispatches`]. A held request whose client
+    /// hung up may still go on when released, as GitHub may complete a request whose client died.
+    /// [`SimStats::dispatches_held`] counts the requests that waited.
+    pub fn hold_dispatches(&self, point: DispatchHold) {
+        self.shared.dispatch_hold.send_replace(Some(point));
+    }
+
+    /// Lets every held dispatch go on and stops holding new ones.
+    pub fn release_dispatches(&self) {
+        self.shared.dispatch_hold.send_replace(None);
+    }
+
     // ----- runs -----
 
     /// Every run, oldest first.
@@ -327,6 +345,17 @@ impl SimHandle {
             .filter(|r| r.display_title == title)
             .map(State::run_info)
             .collect()
+    }
+
+    /// Runs created per value of the dispatch input `input` (for example how many runs each
+    /// `build_id` got: the build-service promises one).
+    pub fn runs_per_input(&self, input: &str) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for run in &self.shared.lock().runs {
+            let value = run.inputs.get(input).cloned().unwrap_or_default();
+            *counts.entry(value).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Moves a queued run to in_progress (for runs held by a `None` timing).

@@ -23,7 +23,7 @@ use crate::json;
 use crate::query::{Query, paginate, parse_created};
 use crate::routes::{Route, Target, parse};
 use crate::runs;
-use crate::state::{Caller, Fault, ReleasePatch, State};
+use crate::state::{Caller, DispatchHold, Fault, ReleasePatch, State};
 
 /// API versions GitHub accepts in `X-GitHub-Api-Version`.
 const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Timers of runs in progress, aborted when the simulator stops.
     pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Where dispatch requests wait, if they are held.
+    pub dispatch_hold: tokio::sync::watch::Sender<Option<DispatchHold>>,
 }
 
 impl Shared {
@@ -41,7 +43,19 @@ impl Shared {
             base_url,
             state: Mutex::new(state),
             tasks: Mutex::new(Vec::new()),
+            dispatch_hold: tokio::sync::watch::channel(None).0,
         }
+    }
+
+    /// Waits while dispatches are held at `point` (returns at once when they are not).
+    async fn hold_dispatch(&self, point: DispatchHold) {
+        let mut hold = self.dispatch_hold.subscribe();
+        if *hold.borrow_and_update() != Some(point) {
+            return;
+        }
+        self.lock().stats.dispatches_held += 1;
+        tracing::debug!(?point, "github-sim holds a dispatch");
+        let _ = hold.wait_for(|current| *current != Some(point)).await;
     }
 
     /// The state; a panic elsewhere while holding the lock must not wedge every later request.
@@ -222,7 +236,14 @@ pub(crate) async fn handle(
         }
     };
     let query = Query::parse(parts.uri.query());
+    let dispatch = target.route == Route::DispatchWorkflow;
+    if dispatch {
+        shared.hold_dispatch(DispatchHold::BeforeRun).await;
+    }
     let result = endpoint(&shared, &target, &parts.headers, &query, &caller, body);
+    if dispatch && result.is_ok() {
+        shared.hold_dispatch(DispatchHold::AfterRun).await;
+    }
     let result = match accept_then_fail {
         Some(code) => Err(server_error(code)),
         None => result,

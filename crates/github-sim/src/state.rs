@@ -33,8 +33,19 @@ pub enum Fault {
         status: u16,
         retry_after: Option<Duration>,
     },
-    /// Answer normally, but only after this delay.
+    /// Answer normally, but only after this delay (the request takes effect at the end of it: a
+    /// dispatch creates its run only when it is answered).
     Delay(Duration),
+}
+
+/// Where dispatch requests wait while the simulator holds them, see
+/// [`crate::SimHandle::hold_dispatches`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchHold {
+    /// Before the dispatch takes effect: no run exists while it is held.
+    BeforeRun,
+    /// After the run was created: the dispatch took effect, only its answer is held.
+    AfterRun,
 }
 
 /// A fault still queued, see [`crate::SimHandle::pending_faults`]; `route: None` targets every route.
@@ -84,6 +95,8 @@ pub struct SimStats {
     pub faults_served: u64,
     /// GitHub App installation tokens minted.
     pub installation_tokens_minted: u64,
+    /// Dispatch requests that waited in a hold (see [`crate::SimHandle::hold_dispatches`]).
+    pub dispatches_held: u64,
 }
 
 impl SimStats {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use github_sim::{
-    AssetDownload, Conclusion, DispatchMode, Fault, GithubSim, PrimaryLimitStatus, PublishedFile,
-    Route, RunStatus, RunTiming, SimConfig, SimHandle, WorkflowSpec,
+    AssetDownload, Conclusion, DispatchHold, DispatchMode, Fault, GithubSim, PrimaryLimitStatus,
+    PublishedFile, Route, RunStatus, RunTiming, SimConfig, SimHandle, WorkflowSpec,
 };
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
@@ -1413,4 +1413,71 @@ async fn cancelling_a_run_answers_like_github_and_stops_its_publishing() {
         .expect("anonymous cancel");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(sim.stats().requests_to(Route::CancelRun), 7);
+}
+
+#[tokio::test]
+async fn held_dispatches_wait_before_or_after_their_run_until_released() {
+    let sim = GithubSim::start(SimConfig {
+        run_timing: held_runs(),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("starts");
+    let api = Arc::new(Api::new(&sim));
+
+    // Held after the run: the dispatch took effect, only the answer waits.
+    sim.hold_dispatches(DispatchHold::AfterRun);
+    let pending = {
+        let api = Arc::clone(&api);
+        tokio::spawn(async move { api.dispatch(inputs("after"), Some(true)).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.stats().dispatches_held == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dispatch never reached the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sim.runs_titled("driver-build after").len(),
+        1,
+        "run created"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "the answer is held");
+    sim.release_dispatches();
+    let answered = pending.await.expect("task");
+    assert_eq!(answered.status(), StatusCode::OK);
+
+    // Held before the run: nothing exists until it is released.
+    sim.hold_dispatches(DispatchHold::BeforeRun);
+    let pending = {
+        let api = Arc::clone(&api);
+        tokio::spawn(async move { api.dispatch(inputs("before"), Some(true)).await })
+    };
+    while sim.stats().dispatches_held < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the dispatch never reached the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        sim.runs_titled("driver-build before").is_empty(),
+        "no run yet"
+    );
+    sim.release_dispatches();
+    assert_eq!(pending.await.expect("task").status(), StatusCode::OK);
+    assert_eq!(sim.runs_titled("driver-build before").len(), 1);
+
+    // Not held any more; runs are counted per input value.
+    assert_eq!(
+        api.dispatch(inputs("after"), Some(true)).await.status(),
+        StatusCode::OK
+    );
+    let per_build = sim.runs_per_input("build_id");
+    assert_eq!(per_build.get("after"), Some(&2));
+    assert_eq!(per_build.get("before"), Some(&1));
+    assert_eq!(sim.stats().dispatches_held, 2);
 }

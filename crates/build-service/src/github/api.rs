@@ -3,9 +3,9 @@
 //! answers: rate-limit headers, secondary limits, 5xx, timeouts, metrics.
 //!
 //! octocrab's retry re-sends POSTs at once on 5xx and ignores `retry-after`, which turns "dispatch accepted
-//! but answered 500" into two builds; so this layer never retries a request by itself unless the caller
-//! says it is safe ([`ApiClient::send_idempotent`]), and the dispatch path ([`super::runs`]) does its own,
-//! run-aware retries with [`ApiClient::send_once`].
+//! but answered 500" into two builds; so this layer never retries: [`ApiClient::send_once`] sends once and
+//! classifies the answer, and the service's one retry policy ([`crate::retry`]) is applied by the tracker,
+//! which for a dispatch first looks the run up by build id.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -230,64 +230,6 @@ impl ApiClient {
         }
         self.observe_primary(&response.headers);
         classify(response, label)
-    }
-
-    /// Sends a request that is safe to repeat (GETs), retrying 5xx/timeouts with jittered backoff and
-    /// waiting out short rate limits, all bounded by the tuning.
-    pub(crate) async fn send_idempotent(
-        &self,
-        request: &ApiRequest,
-    ) -> Result<ApiResponse, CallError> {
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            match self.send_once(request).await {
-                Ok(response) => return Ok(response),
-                Err(CallError::Ambiguous(message)) if attempt < self.tuning.max_attempts => {
-                    let delay = self.backoff(attempt);
-                    tracing::warn!(
-                        endpoint = request.endpoint.label(),
-                        attempt,
-                        ?delay,
-                        "retrying after: {message}"
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-                Err(CallError::RateLimited {
-                    retry_after,
-                    detail,
-                }) if attempt < self.tuning.max_attempts
-                    && retry_after <= self.tuning.max_inline_wait =>
-                {
-                    tracing::warn!(
-                        endpoint = request.endpoint.label(),
-                        attempt,
-                        ?retry_after,
-                        "waiting: {detail}"
-                    );
-                    tokio::time::sleep(retry_after).await;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Delay before retry number `attempt` (1-based): exponential, capped, with "equal jitter" (half fixed,
-    /// half random) so that replicas retrying the same failure spread out but never retry instantly.
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(16);
-        let ceiling = self
-            .tuning
-            .backoff_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.tuning.backoff_max);
-        let half = ceiling / 2;
-        let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(if jitter_nanos == 0 {
-            0
-        } else {
-            rand::random_range(0..=jitter_nanos)
-        })
     }
 
     async fn exchange(&self, request: &ApiRequest) -> Result<ApiResponse, CallError> {

@@ -1,5 +1,5 @@
 //! A small bounded least-recently-used map, used for the ETag cache, the positive artifact cache and the
-//! dispatch ledger.
+//! known runs of build ids.
 //!
 //! octocrab's own HTTP cache layer is unbounded and keyed by URI only, so a long-running service would
 //! grow it forever; here every cache has a fixed capacity and evicts the entry used longest ago. Entries

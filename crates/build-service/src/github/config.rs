@@ -42,7 +42,7 @@ pub struct GitHubConfig {
     pub layout: ReleaseLayout,
     /// The driver this repository builds; requests for another driver are refused.
     pub driver: DriverName,
-    /// Timeouts, retry bounds and cache sizes.
+    /// Timeouts, lookup windows and cache sizes.
     pub tuning: GitHubTuning,
 }
 
@@ -202,24 +202,16 @@ impl fmt::Debug for GitHubAuth {
     }
 }
 
-/// Timeouts, retry bounds and cache sizes. The defaults suit github.com; tests shorten them.
+/// Timeouts, lookup windows and cache sizes. The defaults suit github.com; tests shorten them.
 #[derive(Debug, Clone)]
 pub struct GitHubTuning {
-    /// Upper bound for one HTTP exchange, body included.
+    /// Upper bound for one HTTP exchange, body included. Every call is one attempt (a 5xx, timeout,
+    /// connection error or rate limit is returned as a `BackendError`; the tracker retries).
     pub request_timeout: Duration,
-    /// Attempts per API call when the answer is a 5xx, a timeout or a connection error (the first
-    /// attempt included). Each retry waits a jittered, exponentially growing delay.
-    pub max_attempts: u32,
-    /// First retry delay (before jitter).
-    pub backoff_base: Duration,
-    /// Largest retry delay.
-    pub backoff_max: Duration,
-    /// A `Retry-After` / rate-limit reset up to this long is waited out inside the call; a longer one is
-    /// returned to the caller as `BackendError::RateLimited` (existence checks run inside `POST /build`,
-    /// whose caller is better told "retry after N s" than kept waiting a minute).
-    pub max_inline_wait: Duration,
-    /// After an ambiguous dispatch failure (timeout, 5xx), how long to keep looking for a run carrying the
-    /// build id before sending the dispatch again (GitHub lists new runs with a delay of seconds).
+    /// The settle time of a dispatch ([`crate::Backend::dispatch_settle`]): how long after a dispatch was
+    /// sent its run surely shows in the run list if it was created (GitHub lists new runs with a delay
+    /// of seconds). A dispatch whose outcome is unknown (answer lost, or its replica died) is looked up
+    /// by build id only after this, and sent again only when no run carries the build id.
     pub ambiguous_settle: Duration,
     /// After a dispatch answered 204 (no run id), how long to look for the run by its build id before
     /// returning without a run id (polling continues the search).
@@ -239,7 +231,8 @@ pub struct GitHubTuning {
     pub etag_cache_entries: usize,
     /// Entries of the positive artifact cache.
     pub found_cache_entries: usize,
-    /// Build ids remembered by the dispatch ledger.
+    /// Build ids whose run is remembered (so polling a build dispatched without a run id, or a repeated
+    /// dispatch, costs no run-list lookup).
     pub ledger_entries: usize,
 }
 
@@ -247,10 +240,6 @@ impl Default for GitHubTuning {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
-            max_attempts: 5,
-            backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            max_inline_wait: Duration::from_secs(10),
             ambiguous_settle: Duration::from_secs(30),
             run_lookup_timeout: Duration::from_secs(60),
             run_lookup_interval: Duration::from_secs(3),
@@ -266,12 +255,6 @@ impl Default for GitHubTuning {
 
 impl GitHubTuning {
     fn validate(&self) -> Result<(), GitHubSetupError> {
-        if self.max_attempts == 0 || self.max_attempts > 20 {
-            return Err(GitHubSetupError::field(
-                "max_attempts",
-                "must be between 1 and 20",
-            ));
-        }
         if self.request_timeout.is_zero() {
             return Err(GitHubSetupError::field(
                 "request_timeout",
@@ -282,12 +265,6 @@ impl GitHubTuning {
             return Err(GitHubSetupError::field(
                 "run_lookup_interval",
                 "must be positive",
-            ));
-        }
-        if self.backoff_max < self.backoff_base {
-            return Err(GitHubSetupError::field(
-                "backoff_max",
-                "must not be smaller than backoff_base",
             ));
         }
         Ok(())
@@ -382,7 +359,10 @@ mod tests {
                     }
                 }),
             ),
-            ("max_attempts", Box::new(|c| c.tuning.max_attempts = 0)),
+            (
+                "run_lookup_interval",
+                Box::new(|c| c.tuning.run_lookup_interval = Duration::ZERO),
+            ),
         ];
         for (field, mutate) in cases {
             let mut cfg = config();

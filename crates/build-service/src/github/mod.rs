@@ -151,6 +151,20 @@ impl Backend for GitHubBackend {
         Ok(self.runs.dispatch(build).await?)
     }
 
+    async fn find_run(
+        &self,
+        build: &BuildSpec,
+        since: SystemTime,
+    ) -> Result<Option<Dispatched>, BackendError> {
+        self.check_driver(&build.driver)?;
+        Ok(self.runs.find(&build.build_id, since).await?)
+    }
+
+    /// A run shows in the run list within `ambiguous_settle` of its dispatch.
+    fn dispatch_settle(&self) -> std::time::Duration {
+        self.api.tuning().ambiguous_settle
+    }
+
     async fn poll(
         &self,
         build: &BuildSpec,

@@ -166,7 +166,7 @@ impl ReleaseFinder {
         let cached = self.etags.get(&path);
         let mut request = ApiRequest::get(Endpoint::ReleaseByTag, path.clone());
         request.if_none_match = cached.as_ref().map(|(etag, _)| etag.clone());
-        let response = self.api.send_idempotent(&request).await?;
+        let response = self.api.send_once(&request).await?;
         let lookup = match response.status {
             StatusCode::NOT_MODIFIED => match cached {
                 Some((_, lookup)) => return Ok(lookup),

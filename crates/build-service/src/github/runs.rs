@@ -7,8 +7,10 @@
 //! GitHub Enterprise Servers answer 204 (field ignored) or refuse the field with 400/422, in which case
 //! we dispatch without it and find the run by its build id.
 //!
-//! A dispatch whose answer was lost (timeout, 5xx) may still have created a run, so before any re-send we
-//! look for a run carrying the same build id, for long enough to cover GitHub's listing delay.
+//! A dispatch whose answer was lost (timeout, 5xx) may still have created a run. This module sends each
+//! dispatch once and reports the loss as a transient error; the tracker persisted the attempt before,
+//! waits the settle time ([`super::GitHubTuning::ambiguous_settle`]) and looks the run up by build id
+//! ([`RunTracker::find`]) before it ever sends again, whichever replica tracks the build by then.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,15 +91,6 @@ struct DispatchDetailsJson {
     run_url: Option<String>,
 }
 
-/// What this process knows about a build id's dispatch.
-#[derive(Debug, Clone)]
-enum LedgerEntry {
-    /// A dispatch went out at this time; whether it took effect is unknown (or known accepted, 204).
-    Sent { at: SystemTime, accepted: bool },
-    /// The run is known.
-    Known(Dispatched),
-}
-
 /// Dispatch and run lookups for one workflow.
 pub(crate) struct RunTracker {
     api: Arc<ApiClient>,
@@ -106,9 +99,8 @@ pub(crate) struct RunTracker {
     git_ref: String,
     /// Sticky once the server refused `return_run_details` (GHES <= 3.20): no point sending it again.
     run_details_refused: AtomicBool,
-    ledger: BoundedLru<String, LedgerEntry>,
-    /// Serialises dispatches per build id (within this process), so concurrent retries cannot race.
-    dispatch_locks: BoundedLru<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Build id -> its run, once known (facts only: a run, once found, stays that build's run).
+    known: BoundedLru<String, Dispatched>,
     /// `GET .../runs/{id}` path -> (ETag, run): unchanged runs poll for free.
     run_etags: BoundedLru<String, (String, RunJson)>,
 }
@@ -149,192 +141,97 @@ impl RunTracker {
             workflow_path,
             git_ref,
             run_details_refused: AtomicBool::new(false),
-            ledger: BoundedLru::new(tuning.ledger_entries),
-            dispatch_locks: BoundedLru::new(tuning.ledger_entries),
+            known: BoundedLru::new(tuning.ledger_entries),
             run_etags: BoundedLru::new(tuning.etag_cache_entries),
         }
     }
 
-    fn lock_for(&self, build_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let key = build_id.to_owned();
-        if let Some(lock) = self.dispatch_locks.get(&key) {
-            return lock;
-        }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        self.dispatch_locks.insert(key, Arc::clone(&lock));
-        lock
-    }
-
-    /// Starts the run for `build`, at most once per build id (see the module docs).
+    /// Sends the dispatch of `build` once (see the module docs): the run's details when GitHub answers
+    /// them, else (204) the run looked up by build id for a moment, else no run id (polling keeps
+    /// looking). A server refusing `return_run_details` gets the same dispatch without the field at
+    /// once: that refusal took no effect. A build id whose run this process knows is not sent again.
     pub(crate) async fn dispatch(&self, build: &BuildSpec) -> Result<Dispatched, CallError> {
-        let lock = self.lock_for(&build.build_id);
-        let _serialised = lock.lock().await;
-        let tuning = self.api.tuning().clone();
         let build_id = build.build_id.as_str();
-
-        match self.ledger.get(&build_id.to_owned()) {
-            Some(LedgerEntry::Known(dispatched)) => return Ok(dispatched),
-            Some(LedgerEntry::Sent { at, accepted }) => {
-                let window = if accepted {
-                    tuning.run_lookup_timeout
-                } else {
-                    tuning.ambiguous_settle
-                };
-                if let Some(run) = self.await_run(build_id, at, window).await? {
-                    return Ok(self.remember(build_id, run.dispatched()));
-                }
-                if accepted {
-                    // The dispatch took effect; the run just is not listed yet. Polling keeps looking.
-                    return Ok(Dispatched::default());
-                }
-            }
-            None => {
-                // Never dispatched by this process: maybe by a previous one (restart between the dispatch
-                // and recording its answer). One look, no waiting: a fresh build id finds nothing.
-                let since = SystemTime::now() - tuning.idempotency_lookback;
-                if let Some(run) = self.find_run(build_id, since).await? {
-                    tracing::info!(
-                        build_id,
-                        run_id = run.id,
-                        "found an existing run for this build id"
-                    );
-                    return Ok(self.remember(build_id, run.dispatched()));
-                }
-            }
+        if let Some(dispatched) = self.known.get(&build_id.to_owned()) {
+            return Ok(dispatched);
         }
-
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let sent_at = SystemTime::now();
-            self.ledger.insert(
-                build_id.to_owned(),
-                LedgerEntry::Sent {
-                    at: sent_at,
-                    accepted: false,
-                },
+        let sent_at = SystemTime::now();
+        let with_details = !self.run_details_refused.load(Ordering::Relaxed);
+        let mut response = self
+            .api
+            .send_once(&self.dispatch_request(build, with_details))
+            .await?;
+        if with_details
+            && matches!(
+                response.status,
+                StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+            )
+            && response.error_text().contains("return_run_details")
+        {
+            tracing::info!(
+                build_id,
+                "server refuses return_run_details; dispatching without it"
             );
-            let with_details = !self.run_details_refused.load(Ordering::Relaxed);
-            let request = self.dispatch_request(build, with_details);
-            match self.api.send_once(&request).await {
-                Ok(response) if response.status == StatusCode::OK => {
-                    let details: DispatchDetailsJson = match serde_json::from_slice(&response.body)
-                    {
-                        Ok(details) => details,
-                        Err(e) => {
-                            // Accepted, but the body is unreadable: find the run like a 204.
-                            tracing::warn!(
-                                build_id,
-                                "unreadable dispatch details ({e}); looking the run up"
-                            );
-                            return self.after_accepted(build_id, sent_at).await;
-                        }
-                    };
+            self.run_details_refused.store(true, Ordering::Relaxed);
+            response = self
+                .api
+                .send_once(&self.dispatch_request(build, false))
+                .await?;
+        }
+        match response.status {
+            StatusCode::OK => match serde_json::from_slice::<DispatchDetailsJson>(&response.body) {
+                Ok(details) => {
                     let dispatched = Dispatched {
                         run_id: Some(details.workflow_run_id.to_string()),
                         run_url: details.html_url.or(details.run_url),
                     };
-                    return Ok(self.remember(build_id, dispatched));
+                    Ok(self.remember(build_id, dispatched))
                 }
-                Ok(response) if response.status == StatusCode::NO_CONTENT => {
-                    return self.after_accepted(build_id, sent_at).await;
-                }
-                Ok(response)
-                    if with_details
-                        && matches!(
-                            response.status,
-                            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
-                        )
-                        && response.error_text().contains("return_run_details") =>
-                {
-                    // Refused before taking effect: safe to send again at once, without the field.
-                    tracing::info!(
-                        build_id,
-                        "server refuses return_run_details; dispatching without it"
-                    );
-                    self.run_details_refused.store(true, Ordering::Relaxed);
-                    attempt -= 1;
-                }
-                Ok(response) => {
-                    self.ledger.remove(&build_id.to_owned());
-                    return Err(CallError::Permanent(format!(
-                        "dispatch of {} refused ({}): {}",
-                        self.workflow_path,
-                        response.status,
-                        response.error_text()
-                    )));
-                }
-                Err(CallError::RateLimited {
-                    retry_after,
-                    detail,
-                }) => {
-                    // A rate-limited request did not take effect.
-                    self.ledger.remove(&build_id.to_owned());
-                    if attempt >= tuning.max_attempts || retry_after > tuning.max_inline_wait {
-                        return Err(CallError::RateLimited {
-                            retry_after,
-                            detail,
-                        });
-                    }
-                    tracing::warn!(build_id, ?retry_after, "dispatch rate limited: {detail}");
-                    tokio::time::sleep(retry_after).await;
-                }
-                Err(CallError::Ambiguous(message)) => {
+                Err(e) => {
+                    // Accepted, but the body is unreadable: find the run like a 204.
                     tracing::warn!(
                         build_id,
-                        attempt,
-                        "dispatch answer lost ({message}); looking for its run"
+                        "unreadable dispatch details ({e}); looking the run up"
                     );
-                    if let Some(run) = self
-                        .await_run(build_id, sent_at, tuning.ambiguous_settle)
-                        .await?
-                    {
-                        return Ok(self.remember(build_id, run.dispatched()));
-                    }
-                    if attempt >= tuning.max_attempts {
-                        // The ledger keeps "sent": the next call looks again before sending.
-                        return Err(CallError::Ambiguous(format!(
-                            "dispatch failed {attempt} times; last: {message}"
-                        )));
-                    }
-                    tokio::time::sleep(self.api.backoff(attempt)).await;
+                    Ok(self.after_accepted(build_id, sent_at).await)
                 }
-                Err(err @ CallError::Permanent(_)) => {
-                    self.ledger.remove(&build_id.to_owned());
-                    return Err(err);
-                }
-            }
+            },
+            StatusCode::NO_CONTENT => Ok(self.after_accepted(build_id, sent_at).await),
+            status => Err(CallError::Permanent(format!(
+                "dispatch of {} refused ({status}): {}",
+                self.workflow_path,
+                response.error_text()
+            ))),
         }
     }
 
-    async fn after_accepted(
-        &self,
-        build_id: &str,
-        sent_at: SystemTime,
-    ) -> Result<Dispatched, CallError> {
-        self.ledger.insert(
-            build_id.to_owned(),
-            LedgerEntry::Sent {
-                at: sent_at,
-                accepted: true,
-            },
-        );
+    /// After an accepted dispatch without run details: the run looked up by build id for up to
+    /// `run_lookup_timeout`. The dispatch took effect whatever the lookups say, so their failures
+    /// are no dispatch error: without a run id, polling keeps looking.
+    async fn after_accepted(&self, build_id: &str, sent_at: SystemTime) -> Dispatched {
         let window = self.api.tuning().run_lookup_timeout;
-        match self.await_run(build_id, sent_at, window).await? {
-            Some(run) => Ok(self.remember(build_id, run.dispatched())),
-            None => {
+        match self.await_run(build_id, sent_at, window).await {
+            Ok(Some(run)) => self.remember(build_id, run.dispatched()),
+            Ok(None) => {
                 tracing::warn!(
                     build_id,
                     "dispatched run not listed yet; polling will keep looking"
                 );
-                Ok(Dispatched::default())
+                Dispatched::default()
+            }
+            Err(error) => {
+                tracing::warn!(
+                    build_id,
+                    %error,
+                    "dispatched run not looked up; polling will keep looking"
+                );
+                Dispatched::default()
             }
         }
     }
 
     fn remember(&self, build_id: &str, dispatched: Dispatched) -> Dispatched {
-        self.ledger
-            .insert(build_id.to_owned(), LedgerEntry::Known(dispatched.clone()));
+        self.known.insert(build_id.to_owned(), dispatched.clone());
         dispatched
     }
 
@@ -405,7 +302,7 @@ impl RunTracker {
             );
             let response = self
                 .api
-                .send_idempotent(&ApiRequest::get(Endpoint::ListRuns, path))
+                .send_once(&ApiRequest::get(Endpoint::ListRuns, path))
                 .await?;
             if response.status != StatusCode::OK {
                 return Err(list_error(
@@ -448,7 +345,7 @@ impl RunTracker {
         let cached = self.run_etags.get(&path);
         let mut request = ApiRequest::get(Endpoint::GetRun, path.clone());
         request.if_none_match = cached.as_ref().map(|(etag, _)| etag.clone());
-        let response = self.api.send_idempotent(&request).await?;
+        let response = self.api.send_once(&request).await?;
         match response.status {
             StatusCode::NOT_MODIFIED => match cached {
                 Some((_, run)) => Ok(Some(run)),
@@ -485,7 +382,7 @@ impl RunTracker {
             if_none_match: None,
             body: None,
         };
-        let response = self.api.send_idempotent(&request).await?;
+        let response = self.api.send_once(&request).await?;
         match response.status {
             StatusCode::ACCEPTED => {
                 // The run changes now; the next poll must not be answered from the ETag cache.
@@ -505,22 +402,30 @@ impl RunTracker {
         }
     }
 
-    /// The run for a build dispatched without a known run id (204 and not listed in time): searched by
-    /// build id, and remembered once found.
-    pub(crate) async fn resolve_run(
+    /// The run carrying `build_id` created since `since` (remembered once found): what the tracker
+    /// asks before it would send a dispatch again.
+    pub(crate) async fn find(
         &self,
         build_id: &str,
+        since: SystemTime,
     ) -> Result<Option<Dispatched>, CallError> {
-        let entry = self.ledger.get(&build_id.to_owned());
-        let since = match entry {
-            Some(LedgerEntry::Known(dispatched)) => return Ok(Some(dispatched)),
-            Some(LedgerEntry::Sent { at, .. }) => at,
-            None => SystemTime::now() - self.api.tuning().idempotency_lookback,
-        };
+        if let Some(dispatched) = self.known.get(&build_id.to_owned()) {
+            return Ok(Some(dispatched));
+        }
         Ok(self
             .find_run(build_id, since)
             .await?
             .map(|run| self.remember(build_id, run.dispatched())))
+    }
+
+    /// The run for a build dispatched without a known run id (204 and not listed in time): searched by
+    /// build id over the idempotency lookback, and remembered once found.
+    pub(crate) async fn resolve_run(
+        &self,
+        build_id: &str,
+    ) -> Result<Option<Dispatched>, CallError> {
+        let since = SystemTime::now() - self.api.tuning().idempotency_lookback;
+        self.find(build_id, since).await
     }
 }
 

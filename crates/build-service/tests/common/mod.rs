@@ -118,6 +118,7 @@ pub struct Counters {
     pub dispatches: AtomicUsize,
     pub polls: AtomicUsize,
     pub cancels: AtomicUsize,
+    pub healths: AtomicUsize,
     pub dispatched_ids: Mutex<HashSet<String>>,
 }
 
@@ -160,6 +161,18 @@ impl Backend for Counting {
         self.inner.dispatch(build).await
     }
 
+    async fn find_run(
+        &self,
+        build: &BuildSpec,
+        since: std::time::SystemTime,
+    ) -> Result<Option<Dispatched>, BackendError> {
+        self.inner.find_run(build, since).await
+    }
+
+    fn dispatch_settle(&self) -> Duration {
+        self.inner.dispatch_settle()
+    }
+
     async fn poll(
         &self,
         build: &BuildSpec,
@@ -175,6 +188,7 @@ impl Backend for Counting {
     }
 
     async fn health(&self) -> Result<(), BackendError> {
+        self.counters.healths.fetch_add(1, Ordering::SeqCst);
         self.inner.health().await
     }
 
@@ -232,7 +246,8 @@ impl Env {
         database_url: &str,
         tweak: impl FnOnce(&mut ServiceConfig),
     ) -> RunningService {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The service's own deep accept queue: some tests open thousands of connections at once.
+        let listener = build_service::bind(([127, 0, 0, 1], 0).into()).unwrap();
         let public_url = format!("http://{}", listener.local_addr().unwrap());
         let local = Arc::new(
             LocalBackend::new(self.settings(public_url), Arc::clone(&self.executor), None).unwrap(),
@@ -253,6 +268,8 @@ impl Env {
         config.retry_base = Duration::from_millis(50);
         config.retry_max = Duration::from_millis(500);
         config.wait_recheck = Duration::from_millis(200);
+        // Every simulated node calls from 127.0.0.1; tests of the per-client cap set it themselves.
+        config.max_requests_per_client = None;
         tweak(&mut config);
         RunningService::start_on(config, listener).await.unwrap()
     }

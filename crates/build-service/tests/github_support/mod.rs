@@ -97,10 +97,6 @@ pub async fn start_sim(layout: ReleaseLayout) -> SimHandle {
 pub fn fast_tuning() -> GitHubTuning {
     GitHubTuning {
         request_timeout: Duration::from_secs(5),
-        max_attempts: 4,
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        max_inline_wait: Duration::from_secs(3),
         ambiguous_settle: Duration::from_secs(2),
         run_lookup_timeout: Duration::from_secs(3),
         run_lookup_interval: Duration::from_millis(50),
