@@ -1,11 +1,12 @@
 //! The HTTP API. `POST /build` refuses anything malformed before it touches the artifact store or a
 //! backend: size, JSON syntax, exact schema (known fields, string types, no duplicate keys), then
-//! kernel-id's validation of every value. Then: artifact store first, else the in-flight build for the
-//! same cache key, else an atomic reservation that starts exactly one build.
+//! kernel-id's validation of every value. The handlers only translate: the operations themselves
+//! (lookup, dedup, reservation, audit, waiting) are the [`Coordinator`]'s, whose results and errors
+//! are mapped here to status codes and `build_api` bodies.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -19,124 +20,22 @@ use build_api::{
     ApiErrorBody, BackendHealth, BuildAccepted, BuildDone, BuildRequest, BuildStatus, Check,
     Health, HealthState,
 };
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
-use kernel_id::{DriverName, IdentityInput, KernelIdentity};
+use kernel_id::{IdentityInput, KernelIdentity};
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::access::{self, Caller, Scope};
-use crate::backend::{Backend, BackendError};
-use crate::store::{
-    BuildRecord, CapReached, InFlightCaps, NewBuild, RequestOutcome, Reservation, Store, now_ms,
-};
+use crate::backend::BackendError;
+use crate::coordinator::{Coordinator, CoordinatorError, HealthReport, Listed, Requested};
+use crate::store::{BuildRecord, CapReached};
 use crate::telemetry;
-use crate::tracker::{Notifier, Trackers};
 
 /// Largest accepted `POST /build` body.
 pub const MAX_BODY: usize = 16 * 1024;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// One lookup-and-reserve, awaited by every identical request that arrives while it runs.
-pub type SharedAnswer = Shared<BoxFuture<'static, Result<Answer, ApiError>>>;
-
-/// Answers being computed (or lingering), by dedup key and then by caller. The trackers forget a
-/// key when its build ends, so a lingering "in flight" answer never outlives the build in this
-/// replica.
-#[derive(Default)]
-pub struct Coalesced {
-    answers: Mutex<HashMap<String, HashMap<String, SharedAnswer>>>,
-}
-
-impl fmt::Debug for Coalesced {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Coalesced").finish_non_exhaustive()
-    }
-}
-
-impl Coalesced {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, SharedAnswer>>> {
-        self.answers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Drops every caller's shared answer for `key`.
-    pub fn forget(&self, key: &str) {
-        self.lock().remove(key);
-    }
-
-    /// Drops one caller's shared answer for `key`.
-    fn forget_for(&self, key: &str, requester: &str) {
-        let mut answers = self.lock();
-        if let Some(callers) = answers.get_mut(key) {
-            callers.remove(requester);
-            if callers.is_empty() {
-                answers.remove(key);
-            }
-        }
-    }
-}
-
-/// Shared state of the handlers.
-pub struct AppState {
-    /// Builds.
-    pub store: Store,
-    /// Where artifacts are and builds run.
-    pub backend: Arc<dyn Backend>,
-    /// The driver this service builds.
-    pub driver: DriverName,
-    /// Trackers of this replica.
-    pub trackers: Trackers,
-    /// The shared waiters of long polls, woken by state-change announcements.
-    pub notifier: Arc<Notifier>,
-    /// The latest probe of the backend's health.
-    pub health: crate::health::CachedHealth,
-    /// How long a build may take before it is marked timed out.
-    pub build_timeout: Duration,
-    /// Upper bound of `?wait=`.
-    pub max_wait: Duration,
-    /// Turns true when the service begins to shut down: long polls answer at once then.
-    pub shutting_down: tokio::sync::watch::Receiver<bool>,
-    /// How long an in-flight answer keeps being shared after it was computed.
-    pub in_flight_linger: Duration,
-    /// Concurrent identical requests share one lookup-and-reserve.
-    pub coalesced: Arc<Coalesced>,
-    /// Caps on builds in flight (a principal's own cap replaces `per_caller`).
-    pub caps: InFlightCaps,
-}
-
-impl fmt::Debug for AppState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppState")
-            .field("backend", &self.backend.name())
-            .field("driver", &self.driver)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What `POST /build` answers after validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// The artifact is published.
-    Done {
-        /// Its download URL.
-        download_url: String,
-    },
-    /// This request started a build.
-    Dispatched {
-        /// The new build.
-        build_id: String,
-    },
-    /// A build for the same identity was already in flight.
-    InFlight {
-        /// That build.
-        build_id: String,
-    },
-}
 
 /// A refusal or failure, rendered as `{"error", "field", "rule"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +88,16 @@ impl ApiError {
                 None,
                 rule,
             )
+        }
+    }
+
+    /// The HTTP form of a coordinator's error.
+    fn coordinator(error: CoordinatorError) -> Self {
+        match error {
+            CoordinatorError::Unavailable(message) => Self::internal(message),
+            CoordinatorError::Backend(error) => Self::backend(&error),
+            CoordinatorError::OverCap(reached) => Self::over_cap(reached),
+            CoordinatorError::UnknownBuild(build_id) => not_found_error(&build_id),
         }
     }
 
@@ -303,7 +212,7 @@ pub const ROUTES: &[RouteInfo] = &[
 
 /// The routes that need an identified caller, each behind the scope it requires; the caller
 /// ([`crate::access::authenticate`]) is identified by a layer the service puts around all of them.
-pub fn limited_routes(state: Arc<AppState>) -> Router {
+pub fn limited_routes(state: Arc<Coordinator>) -> Router {
     fn scoped(router: Router, scope: Scope) -> Router {
         router.route_layer(axum::middleware::from_fn(
             move |request: Request, next: axum::middleware::Next| {
@@ -332,7 +241,7 @@ pub fn limited_routes(state: Arc<AppState>) -> Router {
 }
 
 /// The routes every caller may use without a token or a rate limit.
-pub fn open_routes(state: Arc<AppState>) -> Router {
+pub fn open_routes(state: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
@@ -340,18 +249,8 @@ pub fn open_routes(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The dedup key of an identity: the driver plus kernel-id's cache key (all five identity fields).
-pub fn active_key(driver: &DriverName, identity: &KernelIdentity) -> String {
-    dedup_key(driver.as_str(), &identity.cache_key())
-}
-
-/// [`active_key`] from the stored driver name and cache key.
-pub fn dedup_key(driver: &str, cache_key: &str) -> String {
-    format!("{driver}/{cache_key}")
-}
-
 async fn build(
-    State(state): State<Arc<AppState>>,
+    State(coordinator): State<Arc<Coordinator>>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
@@ -367,91 +266,27 @@ async fn build(
         && let Err((field, rule)) = principal.permits(&identity)
     {
         metrics::counter!(telemetry::REQUESTS, "outcome" => "forbidden").increment(1);
-        audit(
-            &state,
-            &caller,
-            &identity,
-            None,
-            RequestOutcome::RefusedLimit,
-        )
-        .await;
+        coordinator.record_refusal(&caller, &identity).await;
         return ApiError::new(StatusCode::FORBIDDEN, rule.clone(), Some(field), rule)
             .into_response();
     }
-    let (answer, leader) = resolve(&state, &caller, identity.clone()).await;
-    // Identical requests share one answer; only the request whose lookup reserved the build
-    // created it, the others joined it.
-    match &answer {
-        Ok(Answer::Dispatched { build_id }) if leader => {
-            audit(
-                &state,
-                &caller,
-                &identity,
-                Some(build_id),
-                RequestOutcome::Created,
-            )
-            .await;
-        }
-        Ok(Answer::Dispatched { build_id } | Answer::InFlight { build_id }) => {
-            audit(
-                &state,
-                &caller,
-                &identity,
-                Some(build_id),
-                RequestOutcome::Joined,
-            )
-            .await;
-        }
-        Err(error) if error.status == StatusCode::TOO_MANY_REQUESTS => {
-            audit(&state, &caller, &identity, None, RequestOutcome::RefusedCap).await;
-        }
-        _ => {}
-    }
-    match answer {
-        Ok(Answer::Done { download_url }) => {
+    match coordinator.request_build(&caller, identity).await {
+        Ok(Requested::Done { download_url }) => {
             metrics::counter!(telemetry::REQUESTS, "outcome" => "hit").increment(1);
             metrics::counter!(telemetry::CACHE_HITS).increment(1);
             (StatusCode::OK, Json(BuildDone::new(download_url))).into_response()
         }
-        Ok(Answer::Dispatched { build_id } | Answer::InFlight { build_id }) => {
+        Ok(Requested::Created { build_id } | Requested::Joined { build_id }) => {
             metrics::counter!(telemetry::REQUESTS, "outcome" => "building").increment(1);
             tracing::Span::current().record("build_id", build_id.as_str());
             (StatusCode::ACCEPTED, Json(BuildAccepted::new(build_id))).into_response()
         }
         Err(error) => {
+            let error = ApiError::coordinator(error);
             metrics::counter!(telemetry::REQUESTS, "outcome" => "error").increment(1);
             tracing::warn!(error = %error.error, "could not answer");
             error.into_response()
         }
-    }
-}
-
-/// Records a request in the audit trail and in the log, with the same fields. A failed write is
-/// logged, not fatal: the request was already decided.
-async fn audit(
-    state: &AppState,
-    caller: &Caller,
-    identity: &KernelIdentity,
-    build_id: Option<&str>,
-    outcome: RequestOutcome,
-) {
-    let principal = caller.name();
-    let client = caller.client.to_string();
-    let cache_key = identity.cache_key();
-    tracing::info!(
-        principal = %principal,
-        client = %client,
-        cache_key = %cache_key,
-        build_id = build_id.unwrap_or(""),
-        outcome = outcome.as_str(),
-        "build request"
-    );
-    if let Err(error) = state
-        .store
-        .record_request(build_id, &cache_key, &principal, &client, outcome, now_ms())
-        .await
-    {
-        tracing::error!(%error, principal = %principal, "could not record the request in the audit trail");
     }
 }
 
@@ -591,141 +426,6 @@ impl<'de> Deserialize<'de> for StrictObject {
     }
 }
 
-/// Answers a valid request; concurrent identical requests of one caller in this process share one
-/// answer (per caller, because the reservation is checked against that caller's cap). The flag
-/// says whether this request computed the answer rather than joining another's.
-async fn resolve(
-    state: &Arc<AppState>,
-    caller: &Caller,
-    identity: KernelIdentity,
-) -> (Result<Answer, ApiError>, bool) {
-    let key = active_key(&state.driver, &identity);
-    let requester = caller.name();
-    let caps = InFlightCaps {
-        total: state.caps.total,
-        per_caller: caller
-            .principal
-            .as_ref()
-            .and_then(|principal| principal.max_in_flight())
-            .or(state.caps.per_caller),
-    };
-    let (shared, leader) = {
-        let mut coalesced = state.coalesced.lock();
-        let callers = coalesced.entry(key.clone()).or_default();
-        if let Some(existing) = callers.get(&requester) {
-            (existing.clone(), false)
-        } else {
-            // The work runs in its own task so it completes (and the reservation gets its tracker)
-            // even when every waiting caller disconnects.
-            let task_state = Arc::clone(state);
-            let (task_key, task_requester) = (key.clone(), requester.clone());
-            let handle = tokio::spawn(async move {
-                let answer =
-                    lookup_or_reserve(&task_state, &task_key, identity, &task_requester, caps)
-                        .await;
-                // An in-flight answer stays shared a moment longer: a fleet booting the same new
-                // kernel asks in waves, and each wave is then answered from memory. Errors and hits
-                // are not kept (hits are cheap; errors must be retried for real).
-                let linger = match &answer {
-                    Ok(Answer::Dispatched { .. } | Answer::InFlight { .. }) => {
-                        task_state.in_flight_linger
-                    }
-                    _ => Duration::ZERO,
-                };
-                let forget_state = Arc::clone(&task_state);
-                let forget = async move {
-                    if !linger.is_zero() {
-                        tokio::time::sleep(linger).await;
-                    }
-                    forget_state
-                        .coalesced
-                        .forget_for(&task_key, &task_requester);
-                };
-                if linger.is_zero() {
-                    forget.await;
-                } else {
-                    tokio::spawn(forget);
-                }
-                answer
-            });
-            let shared = async move {
-                handle
-                    .await
-                    .unwrap_or_else(|error| Err(ApiError::internal(error)))
-            }
-            .boxed()
-            .shared();
-            callers.insert(requester, shared.clone());
-            (shared, true)
-        }
-    };
-    (shared.await, leader)
-}
-
-async fn lookup_or_reserve(
-    state: &AppState,
-    key: &str,
-    identity: KernelIdentity,
-    requester: &str,
-    caps: InFlightCaps,
-) -> Result<Answer, ApiError> {
-    match state.backend.find_artifact(&state.driver, &identity).await {
-        Ok(Some(artifact)) => {
-            return Ok(Answer::Done {
-                download_url: artifact.download_url,
-            });
-        }
-        Ok(None) => {}
-        Err(error) => return Err(ApiError::backend(&error)),
-    }
-    if let Some(build_id) = state
-        .store
-        .active_build(key)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        return Ok(Answer::InFlight { build_id });
-    }
-    let now = now_ms();
-    let build_id = uuid::Uuid::new_v4().to_string();
-    let input = identity.to_input();
-    let new = NewBuild {
-        build_id: build_id.clone(),
-        active_key: key.to_owned(),
-        cache_key: identity.cache_key(),
-        driver_name: state.driver.to_string(),
-        kernel_version: input.kernel_version,
-        architecture: input.architecture,
-        distribution: input.distribution,
-        distro_version: input.distro_version.unwrap_or_default(),
-        driver_version: input.driver_version,
-        now,
-        deadline_at: now
-            .saturating_add(i64::try_from(state.build_timeout.as_millis()).unwrap_or(i64::MAX)),
-        lease_owner: state.trackers.owner().to_owned(),
-        lease_until: now
-            .saturating_add(i64::try_from(state.trackers.lease().as_millis()).unwrap_or(i64::MAX)),
-        requested_by: requester.to_owned(),
-    };
-    match state
-        .store
-        .reserve(&new, caps)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        Reservation::Created(build_id) => {
-            tracing::info!(build_id = %build_id, cache_key = %new.cache_key, "new build reserved");
-            state.trackers.track(build_id.clone()).await;
-            Ok(Answer::Dispatched { build_id })
-        }
-        Reservation::Existing(build_id) => Ok(Answer::InFlight { build_id }),
-        Reservation::OverCap(reached) => {
-            tracing::info!(requester, cache_key = %new.cache_key, ?reached, "build refused: cap on builds in flight");
-            Err(ApiError::over_cap(reached))
-        }
-    }
-}
-
 /// `?wait=` of `GET /status`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -734,7 +434,7 @@ struct StatusQuery {
 }
 
 async fn status(
-    State(state): State<Arc<AppState>>,
+    State(coordinator): State<Arc<Coordinator>>,
     Path(build_id): Path<String>,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -742,29 +442,18 @@ async fn status(
         return ApiError::invalid("wait", "must be a whole number of seconds").into_response();
     };
     if uuid::Uuid::parse_str(&build_id).is_err() {
-        return not_found(&build_id);
+        return not_found_error(&build_id).into_response();
     }
     tracing::Span::current().record("build_id", build_id.as_str());
-    let fresh = match state.notifier.read(&build_id).await {
-        Ok(Some(fresh)) => fresh,
-        Ok(None) => return not_found(&build_id),
-        Err(error) => return ApiError::internal(error).into_response(),
-    };
-    let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(state.max_wait);
-    // A long poll waits on the build's shared watcher: however many wait, only it reads the
-    // database again.
-    let record = if wait.is_zero() || fresh.record.state.is_terminal() {
-        fresh.record
-    } else {
-        state
-            .notifier
-            .wait_for_change(fresh, wait, state.shutting_down.clone())
-            .await
-    };
-    (StatusCode::OK, Json(status_body(&record))).into_response()
+    let wait = Duration::from_secs(query.wait.unwrap_or(0));
+    match coordinator.status(&build_id, wait).await {
+        Ok(Some(record)) => (StatusCode::OK, Json(status_body(&record))).into_response(),
+        Ok(None) => not_found_error(&build_id).into_response(),
+        Err(error) => ApiError::coordinator(error).into_response(),
+    }
 }
 
-fn not_found(build_id: &str) -> Response {
+fn not_found_error(build_id: &str) -> ApiError {
     let shown: String = build_id.chars().take(64).collect();
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -772,7 +461,6 @@ fn not_found(build_id: &str) -> Response {
         Some("build_id"),
         "must be the id of a build",
     )
-    .into_response()
 }
 
 /// Filters of `GET /builds`.
@@ -794,7 +482,7 @@ struct BuildsQuery {
 const MAX_LISTED: u32 = 500;
 
 async fn list_builds(
-    State(state): State<Arc<AppState>>,
+    State(coordinator): State<Arc<Coordinator>>,
     query: Result<Query<BuildsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let query = match query {
@@ -809,14 +497,14 @@ async fn list_builds(
             .into_response();
         }
     };
-    match builds_listing(&state, query).await {
+    match builds_listing(&coordinator, query).await {
         Ok(list) => (StatusCode::OK, Json(list)).into_response(),
         Err(error) => error.into_response(),
     }
 }
 
 async fn builds_listing(
-    state: &AppState,
+    coordinator: &Coordinator,
     query: BuildsQuery,
 ) -> Result<build_api::BuildList, ApiError> {
     let limit = query.limit.unwrap_or(50);
@@ -833,18 +521,6 @@ async fn builds_listing(
                      parse: fn(&str) -> Result<String, kernel_id::IdError>| {
         raw.map(|raw| parse(&raw).map_err(|error| ApiError::invalid(field, error.rule())))
             .transpose()
-    };
-    let before = match query.before {
-        Some(build_id) => match state
-            .store
-            .get(&build_id)
-            .await
-            .map_err(ApiError::internal)?
-        {
-            Some(record) => Some(record.created_at),
-            None => return Err(ApiError::invalid("before", "must be the id of a build")),
-        },
-        None => None,
     };
     let filter = crate::store::BuildFilter {
         states: query.state.map(|state| {
@@ -867,28 +543,24 @@ async fn builds_listing(
             kernel_id::DriverVersion::parse(raw).map(|v| v.as_str().to_owned())
         })?,
         requester: query.requester,
-        before,
+        before: None,
         limit,
     };
-    let records = state
-        .store
-        .list_builds(&filter)
+    let listed = coordinator
+        .list_builds(filter, query.before.as_deref())
         .await
-        .map_err(ApiError::internal)?;
-    let ids: Vec<String> = records.iter().map(|r| r.build_id.clone()).collect();
-    let mut requests = state
-        .store
-        .requests_for(&ids)
-        .await
-        .map_err(ApiError::internal)?;
-    let builds = records
-        .iter()
-        .map(|record| build_api::BuildListing {
-            build: status_body(record),
+        .map_err(|error| match error {
+            CoordinatorError::UnknownBuild(_) => {
+                ApiError::invalid("before", "must be the id of a build")
+            }
+            error => ApiError::coordinator(error),
+        })?;
+    let builds = listed
+        .into_iter()
+        .map(|Listed { record, requests }| build_api::BuildListing {
+            build: status_body(&record),
             requested_by: record.requested_by.clone(),
             requesters: requests
-                .remove(&record.build_id)
-                .unwrap_or_default()
                 .into_iter()
                 .map(|row| build_api::Requester {
                     client: row.client,
@@ -927,16 +599,19 @@ pub fn status_body(record: &BuildRecord) -> BuildStatus {
         deadline_at: timestamp(record.deadline_at),
         dispatch_attempts: u64::try_from(record.dispatch_attempts).unwrap_or_default(),
         download_url: record.download_url.clone(),
-        driver_name: record.driver_name.clone(),
+        driver_name: record.driver.to_string(),
         error: record.error.clone(),
         finished_at: record.finished_at.map(timestamp),
         log_url: record.run_url.clone(),
-        request: BuildRequest {
-            architecture: record.architecture.clone(),
-            distribution: record.distribution.clone(),
-            distro_version: Some(record.distro_version.clone()),
-            driver_version: record.driver_version.clone(),
-            kernel_version: record.kernel_version.clone(),
+        request: {
+            let input = record.identity.to_input();
+            BuildRequest {
+                architecture: input.architecture,
+                distribution: input.distribution,
+                distro_version: input.distro_version,
+                driver_version: input.driver_version,
+                kernel_version: input.kernel_version,
+            }
         },
         run_id: record.run_id.clone(),
         run_url: record.run_url.clone(),
@@ -946,10 +621,12 @@ pub fn status_body(record: &BuildRecord) -> BuildStatus {
     }
 }
 
-async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    let store = state.store.ping().await;
-    // From the periodic probe: however many ask, the backend (GitHub) is not asked again.
-    let backend = state.health.latest().await;
+async fn healthz(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    let HealthReport {
+        store,
+        backend,
+        backend_name,
+    } = coordinator.health().await;
     // Liveness follows the store only: a GitHub outage must not get every replica restarted.
     let (code, overall) = match (&store, &backend) {
         (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, HealthState::Unavailable),
@@ -958,11 +635,11 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     };
     let body = Health {
         backend: BackendHealth {
-            name: state.backend.name().to_owned(),
+            name: backend_name.to_owned(),
             status: Check::from(backend),
         },
         status: overall,
-        store: Check::from(store.map_err(|error| error.to_string())),
+        store: Check::from(store),
     };
     (code, Json(body)).into_response()
 }

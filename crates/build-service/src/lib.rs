@@ -2,7 +2,11 @@
 //! at once when the artifact exists, dispatches exactly one build when it does not (however many nodes
 //! ask, across replicas), and tells every caller when it is done.
 //!
-//! - [`api`]: the HTTP API (validation before any lookup; store first, then dedup, then reservation);
+//! - [`api`]: the HTTP API, which only translates (validation before any lookup; results and errors
+//!   to status codes and bodies);
+//! - [`coordinator`]: the one owner of coordination state — store, backend, trackers, waiters, the
+//!   [`single_flight`] of identical requests, the caps — and the service's operations (artifact store
+//!   first, then the in-flight build, then an atomic reservation; audit; status waits);
 //! - [`store`]: builds in SQLite or PostgreSQL through one sqlx `Any` code path;
 //! - [`tracker`]: a task per in-flight build (dispatch once, poll, deadline, leases with a heartbeat),
 //!   the one layer that retries backend calls, with [`retry`]'s policy;
@@ -15,10 +19,12 @@ pub mod access;
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod coordinator;
 pub mod github;
 pub mod health;
 pub mod local;
 pub mod retry;
+pub mod single_flight;
 pub mod store;
 pub mod telemetry;
 pub mod tracker;
@@ -38,10 +44,10 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 pub use backend::{ArtifactRef, Backend, BackendError, BuildSpec, Dispatched, RunState};
 pub use config::{BackendConfig, LocalConfig, ServiceConfig};
 
-use crate::api::AppState;
+use crate::coordinator::{Coordinator, CoordinatorSettings};
 use crate::local::{LocalBackend, LocalSettings};
 use crate::store::Store;
-use crate::tracker::{Notifier, TrackerSettings, Trackers};
+use crate::tracker::TrackerSettings;
 
 /// Runs the service on `listener` until `shutdown` completes, then stops its trackers (handing their
 /// builds' leases back so the next start resumes them at once).
@@ -61,10 +67,8 @@ pub async fn run(
 struct Prepared {
     router: Router,
     access: Arc<access::AccessPolicy>,
-    trackers: Trackers,
-    store: Store,
+    coordinator: Arc<Coordinator>,
     stopping: tokio::sync::watch::Sender<bool>,
-    notifier: Arc<Notifier>,
     health_probe: health::Probe,
     /// Where to LISTEN for other replicas' build changes (PostgreSQL only).
     listen_url: Option<String>,
@@ -116,47 +120,36 @@ impl Prepared {
             .replica_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let notifier = Arc::new(Notifier::new(
-            store.clone(),
-            config.wait_recheck,
-            config.max_long_polls,
-        ));
         let listen_url =
             (store.kind() == store::DbKind::Postgres).then(|| config.database_url.clone());
-        let coalesced = Arc::new(api::Coalesced::default());
         let stopping = tokio::sync::watch::channel(false).0;
-        let trackers = Trackers::new(
-            store.clone(),
-            Arc::clone(&backend),
-            owner.clone(),
-            TrackerSettings {
-                poll_interval: config.poll_interval.unwrap_or(default_poll),
-                lease: config.lease,
-                retry_base: config.retry_base,
-                retry_max: config.retry_max,
-                retention: config.retention,
-            },
-            Arc::clone(&notifier),
-            Arc::clone(&coalesced),
-        );
         // Install the recorder before the first metric is recorded anywhere.
         telemetry::prometheus();
         let (health_probe, health) =
             health::probe(Arc::clone(&backend), config.health_probe_interval);
-        let state = Arc::new(AppState {
-            store: store.clone(),
-            backend: Arc::clone(&backend),
-            driver: config.driver.clone(),
-            trackers: trackers.clone(),
-            notifier: Arc::clone(&notifier),
+        let coordinator = Coordinator::new(
+            store.clone(),
+            Arc::clone(&backend),
             health,
-            build_timeout: config.build_timeout,
-            max_wait: config.max_wait,
-            in_flight_linger: config.in_flight_linger,
-            shutting_down: stopping.subscribe(),
-            coalesced,
-            caps: config.caps,
-        });
+            stopping.subscribe(),
+            CoordinatorSettings {
+                driver: config.driver.clone(),
+                owner: owner.clone(),
+                trackers: TrackerSettings {
+                    poll_interval: config.poll_interval.unwrap_or(default_poll),
+                    lease: config.lease,
+                    retry_base: config.retry_base,
+                    retry_max: config.retry_max,
+                    retention: config.retention,
+                },
+                build_timeout: config.build_timeout,
+                max_wait: config.max_wait,
+                in_flight_linger: config.in_flight_linger,
+                caps: config.caps,
+                wait_recheck: config.wait_recheck,
+                max_long_polls: config.max_long_polls,
+            },
+        );
         config
             .access
             .check_exposure(address)
@@ -165,15 +158,17 @@ impl Prepared {
             access::AccessPolicy::new(config.access)
                 .with_client_cap(config.max_requests_per_client),
         );
-        let router = router(state, Arc::clone(&access), backend_routes);
+        let router = router(
+            Arc::clone(&coordinator),
+            Arc::clone(&access),
+            backend_routes,
+        );
         tracing::info!(%address, backend = backend.name(), replica = %owner, "build-service ready");
         Ok(Self {
             router,
             access,
-            trackers,
-            store,
+            coordinator,
             stopping,
-            notifier,
             health_probe,
             listen_url,
         })
@@ -184,12 +179,14 @@ impl Prepared {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let sweeper = tokio::spawn(self.trackers.clone().run_sweeper());
+        let trackers = self.coordinator.trackers().clone();
+        let sweeper = tokio::spawn(trackers.clone().run_sweeper());
         let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&self.access)));
         let prober = tokio::spawn(self.health_probe.run());
-        let listener_task = self
-            .listen_url
-            .map(|url| tokio::spawn(waiter::listen_postgres(Arc::clone(&self.notifier), url)));
+        let listener_task = self.listen_url.map(|url| {
+            let notifier = Arc::clone(self.coordinator.notifier());
+            tokio::spawn(waiter::listen_postgres(notifier, url))
+        });
         let stopping = self.stopping;
         let served = axum::serve(
             listener,
@@ -202,14 +199,14 @@ impl Prepared {
             stopping.send_replace(true);
         })
         .await;
-        self.trackers.shutdown().await;
+        trackers.shutdown().await;
         reloader.abort();
         prober.abort();
         if let Some(listener_task) = listener_task {
             listener_task.abort();
         }
         let _ = sweeper.await;
-        self.store.close().await;
+        self.coordinator.close().await;
         served.context("serving HTTP")
     }
 }
@@ -237,7 +234,7 @@ async fn reload_on_sighup(access: Arc<access::AccessPolicy>) {
 }
 
 fn router(
-    state: Arc<AppState>,
+    state: Arc<Coordinator>,
     access: Arc<access::AccessPolicy>,
     backend_routes: Option<Router>,
 ) -> Router {

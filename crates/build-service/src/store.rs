@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use kernel_id::{DriverName, IdentityInput, KernelIdentity};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
@@ -135,20 +136,12 @@ impl FromStr for BuildState {
 pub struct BuildRecord {
     /// The build id.
     pub build_id: String,
-    /// kernel-id's cache key of the identity.
+    /// kernel-id's cache key of the identity, as stored when the build was reserved.
     pub cache_key: String,
     /// The driver.
-    pub driver_name: String,
-    /// Identity fields, canonical spelling.
-    pub kernel_version: String,
-    /// Identity field.
-    pub architecture: String,
-    /// Identity field.
-    pub distribution: String,
-    /// Identity field.
-    pub distro_version: String,
-    /// Identity field.
-    pub driver_version: String,
+    pub driver: DriverName,
+    /// What is built, validated by kernel-id when the row was read.
+    pub identity: KernelIdentity,
     /// Current state.
     pub state: BuildState,
     /// The backend's run id.
@@ -179,6 +172,11 @@ pub struct BuildRecord {
 }
 
 impl BuildRecord {
+    /// The in-flight dedup key of this build's identity (see [`active_key`]).
+    pub fn active_key(&self) -> String {
+        active_key(&self.driver, &self.identity)
+    }
+
     /// What was persisted about the dispatch, for polling.
     pub fn dispatched(&self) -> Dispatched {
         Dispatched {
@@ -188,27 +186,21 @@ impl BuildRecord {
     }
 }
 
+/// The in-flight dedup key of an identity: the driver plus kernel-id's cache key (all five identity
+/// fields). At most one build in flight holds it (the UNIQUE `active_key` column).
+pub fn active_key(driver: &DriverName, identity: &KernelIdentity) -> String {
+    format!("{driver}/{}", identity.cache_key())
+}
+
 /// A build to reserve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewBuild {
     /// Fresh id.
     pub build_id: String,
-    /// The in-flight dedup key (driver + cache key).
-    pub active_key: String,
-    /// kernel-id's cache key.
-    pub cache_key: String,
     /// The driver.
-    pub driver_name: String,
-    /// Identity fields, canonical spelling.
-    pub kernel_version: String,
-    /// Identity field.
-    pub architecture: String,
-    /// Identity field.
-    pub distribution: String,
-    /// Identity field.
-    pub distro_version: String,
-    /// Identity field.
-    pub driver_version: String,
+    pub driver: DriverName,
+    /// What to build; its cache key and dedup key are derived by kernel-id.
+    pub identity: KernelIdentity,
     /// Now, in ms.
     pub now: i64,
     /// When it times out, in ms.
@@ -220,6 +212,18 @@ pub struct NewBuild {
     pub lease_until: i64,
     /// The caller creating it (principal name, or `anonymous@<address>`).
     pub requested_by: String,
+}
+
+impl NewBuild {
+    /// kernel-id's cache key of the identity.
+    pub fn cache_key(&self) -> String {
+        self.identity.cache_key()
+    }
+
+    /// The in-flight dedup key (see [`active_key`]).
+    pub fn active_key(&self) -> String {
+        active_key(&self.driver, &self.identity)
+    }
 }
 
 /// Caps on builds in flight checked when a reservation would create a build (joining one never
@@ -485,6 +489,7 @@ impl Store {
         caps: InFlightCaps,
     ) -> Result<Reservation, StoreError> {
         let cap = |limit: Option<u32>| limit.map_or(i64::MAX, i64::from);
+        let (cache_key, active_key) = (build.cache_key(), build.active_key());
         // The select after a conflict can find nothing when the other build ended in between; then the
         // insert is simply tried again.
         for _ in 0..5 {
@@ -501,6 +506,7 @@ impl Store {
             // The caps are part of the insert itself, so no request can slip in between a count
             // and the row that would exceed it.
             // Only the clock's SQL is formatted in; every value is bound.
+            let input = build.identity.to_input();
             let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO builds (build_id, cache_key, active_key, driver_name, kernel_version, architecture, \
                  distribution, distro_version, driver_version, state, created_at, updated_at, deadline_at, \
@@ -512,14 +518,14 @@ impl Store {
                 self.kind.now_sql()
             )))
             .bind(&build.build_id)
-            .bind(&build.cache_key)
-            .bind(&build.active_key)
-            .bind(&build.driver_name)
-            .bind(&build.kernel_version)
-            .bind(&build.architecture)
-            .bind(&build.distribution)
-            .bind(&build.distro_version)
-            .bind(&build.driver_version)
+            .bind(&cache_key)
+            .bind(&active_key)
+            .bind(build.driver.as_str())
+            .bind(&input.kernel_version)
+            .bind(&input.architecture)
+            .bind(&input.distribution)
+            .bind(input.distro_version.as_deref().unwrap_or_default())
+            .bind(&input.driver_version)
             .bind(build.now)
             .bind(build.deadline_at)
             .bind(&build.lease_owner)
@@ -533,7 +539,7 @@ impl Store {
             if inserted.is_some() {
                 return Ok(Reservation::Created(build.build_id.clone()));
             }
-            if let Some(existing) = self.active_build(&build.active_key).await? {
+            if let Some(existing) = self.active_build(&active_key).await? {
                 return Ok(Reservation::Existing(existing));
             }
             if let Some(reached) = self.cap_reached(&build.requested_by, caps).await? {
@@ -934,6 +940,33 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")?)
     }
 
+    /// Overwrites one column of a build's row, as a damaged or foreign row would hold it.
+    #[cfg(test)]
+    pub(crate) async fn corrupt_for_test(&self, build_id: &str, column: &str, value: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE builds SET {column} = $1 WHERE build_id = $2"
+        )))
+        .bind(value)
+        .bind(build_id)
+        .execute(&self.pool)
+        .await
+        .expect("update");
+    }
+
+    /// A build's state and error as stored, without decoding the row.
+    #[cfg(test)]
+    pub(crate) async fn raw_state_for_test(&self, build_id: &str) -> (String, Option<String>) {
+        let row = sqlx::query("SELECT state, error FROM builds WHERE build_id = $1")
+            .bind(build_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("row");
+        (
+            row.try_get("state").expect("state"),
+            row.try_get("error").expect("error"),
+        )
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -947,14 +980,26 @@ fn decode(row: &AnyRow) -> Result<BuildRecord, StoreError> {
         build_id: build_id.clone(),
         problem,
     })?;
-    Ok(BuildRecord {
-        cache_key: row.try_get("cache_key")?,
-        driver_name: row.try_get("driver_name")?,
+    // The identity is validated once, here: everything downstream holds kernel-id's types.
+    let corrupt = |problem: String| StoreError::Corrupt {
+        build_id: build_id.clone(),
+        problem,
+    };
+    let driver_name: String = row.try_get("driver_name")?;
+    let driver = DriverName::parse(&driver_name)
+        .map_err(|error| corrupt(format!("stored driver name is invalid: {error}")))?;
+    let identity = KernelIdentity::from_input(&IdentityInput {
         kernel_version: row.try_get("kernel_version")?,
         architecture: row.try_get("architecture")?,
         distribution: row.try_get("distribution")?,
-        distro_version: row.try_get("distro_version")?,
+        distro_version: Some(row.try_get("distro_version")?),
         driver_version: row.try_get("driver_version")?,
+    })
+    .map_err(|error| corrupt(format!("stored identity is invalid: {error}")))?;
+    Ok(BuildRecord {
+        cache_key: row.try_get("cache_key")?,
+        driver,
+        identity,
         state,
         run_id: row.try_get("run_id")?,
         run_url: row.try_get("run_url")?,
@@ -978,4 +1023,92 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_build(build_id: &str) -> NewBuild {
+        let now = now_ms();
+        NewBuild {
+            build_id: build_id.to_owned(),
+            driver: DriverName::parse("example-driver").expect("driver"),
+            // An alias, to see that the canonical spelling is what is stored and read back.
+            identity: KernelIdentity::from_input(&IdentityInput {
+                kernel_version: "6.1.0-47-amd64".to_owned(),
+                architecture: "amd64".to_owned(),
+                distribution: "debian".to_owned(),
+                distro_version: None,
+                driver_version: "v0.1.2".to_owned(),
+            })
+            .expect("identity"),
+            now,
+            deadline_at: now + 60_000,
+            lease_owner: "me".to_owned(),
+            lease_until: now + 60_000,
+            requested_by: "test".to_owned(),
+        }
+    }
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+        Store::connect(&url).await.expect("store")
+    }
+
+    #[tokio::test]
+    async fn the_identity_is_stored_and_read_back_typed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir).await;
+        let new = new_build("00000000-0000-4000-8000-000000000001");
+        store
+            .reserve(&new, InFlightCaps::default())
+            .await
+            .expect("reserve");
+        let record = store.get(&new.build_id).await.expect("get").expect("row");
+        assert_eq!(record.identity, new.identity);
+        assert_eq!(record.driver, new.driver);
+        assert_eq!(record.cache_key, "debian/12/x86_64/6.1.0-47-amd64/v0.1.2");
+        assert_eq!(record.active_key(), new.active_key());
+        assert_eq!(
+            store.active_build(&new.active_key()).await.expect("active"),
+            Some(new.build_id.clone())
+        );
+        let row = sqlx::query("SELECT architecture, distro_version FROM builds")
+            .fetch_one(&store.pool)
+            .await
+            .expect("row");
+        let (architecture, distro_version): (String, String) = (
+            row.try_get("architecture").expect("architecture"),
+            row.try_get("distro_version").expect("distro_version"),
+        );
+        assert_eq!(
+            (architecture.as_str(), distro_version.as_str()),
+            ("x86_64", "12")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_row_kernel_id_refuses_is_corrupt_naming_the_build_and_the_rule() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir).await;
+        let new = new_build("00000000-0000-4000-8000-000000000002");
+        store
+            .reserve(&new, InFlightCaps::default())
+            .await
+            .expect("reserve");
+        for (column, value) in [("kernel_version", "6.1$(id)"), ("driver_name", "Bad Name")] {
+            store.corrupt_for_test(&new.build_id, column, value).await;
+            match store.get(&new.build_id).await {
+                Err(StoreError::Corrupt { build_id, problem }) => {
+                    assert_eq!(build_id, new.build_id);
+                    assert!(
+                        problem.contains(column) || problem.contains("driver name"),
+                        "{problem}"
+                    );
+                }
+                other => panic!("{column}: expected a corrupt row, got {other:?}"),
+            }
+        }
+    }
 }

@@ -18,13 +18,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use kernel_id::{DriverName, IdentityInput, KernelIdentity};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::api::Coalesced;
 use crate::backend::{Backend, BackendError, BuildSpec, Dispatched, RunState};
 use crate::retry::RetryPolicy;
 use crate::store::{BuildRecord, BuildState, Store, StoreError, now_ms};
@@ -49,6 +47,9 @@ pub struct TrackerSettings {
 /// Per-build change announcements: the shared waiters of long polls (see [`crate::waiter`]).
 pub use crate::waiter::Notifier;
 
+/// Told about every build whose end this replica's trackers recorded (or found recorded).
+pub type BuildEnded = Arc<dyn Fn(&BuildRecord) + Send + Sync>;
+
 struct Inner {
     store: Store,
     backend: Arc<dyn Backend>,
@@ -56,7 +57,7 @@ struct Inner {
     settings: TrackerSettings,
     retry: RetryPolicy,
     notifier: Arc<Notifier>,
-    coalesced: Arc<Coalesced>,
+    ended: BuildEnded,
     tracked: Mutex<HashSet<String>>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
     stop: watch::Sender<bool>,
@@ -85,7 +86,7 @@ impl Trackers {
         owner: String,
         settings: TrackerSettings,
         notifier: Arc<Notifier>,
-        coalesced: Arc<Coalesced>,
+        ended: BuildEnded,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -95,7 +96,7 @@ impl Trackers {
                 retry: RetryPolicy::new(settings.retry_base, settings.retry_max),
                 settings,
                 notifier,
-                coalesced,
+                ended,
                 tracked: Mutex::new(HashSet::new()),
                 tasks: tokio::sync::Mutex::new(JoinSet::new()),
                 stop: watch::channel(false).0,
@@ -253,21 +254,12 @@ fn error_kind(error: &BackendError) -> &'static str {
     }
 }
 
-fn spec_of(record: &BuildRecord) -> Result<BuildSpec, String> {
-    let driver = DriverName::parse(&record.driver_name).map_err(|error| error.to_string())?;
-    let identity = KernelIdentity::from_input(&IdentityInput {
-        kernel_version: record.kernel_version.clone(),
-        architecture: record.architecture.clone(),
-        distribution: record.distribution.clone(),
-        distro_version: Some(record.distro_version.clone()),
-        driver_version: record.driver_version.clone(),
-    })
-    .map_err(|error| error.to_string())?;
-    Ok(BuildSpec {
+fn spec_of(record: &BuildRecord) -> BuildSpec {
+    BuildSpec {
         build_id: record.build_id.clone(),
-        driver,
-        identity,
-    })
+        driver: record.driver.clone(),
+        identity: record.identity.clone(),
+    }
 }
 
 /// The tracker loop of one build. Returns when the build ended, the lease was lost or the replica stops.
@@ -289,6 +281,11 @@ async fn track_build(inner: &Inner, build_id: &str) {
             Ok(Some(record)) => record,
             Ok(None) => {
                 tracing::error!("build vanished from the database");
+                return;
+            }
+            Err(StoreError::Corrupt { problem, .. }) => {
+                // Nothing can be built from a row this version cannot read: end the build.
+                fail_unreadable(inner, build_id, &problem).await;
                 return;
             }
             Err(error) => {
@@ -349,20 +346,7 @@ async fn track_build(inner: &Inner, build_id: &str) {
             pause_or_stop(waiting.min(renew_every).min(until_deadline), &mut stop).await;
             continue;
         }
-        let spec = match spec_of(&record) {
-            Ok(spec) => spec,
-            Err(problem) => {
-                finish(
-                    inner,
-                    &record,
-                    BuildState::Error,
-                    None,
-                    Some(&format!("stored identity is invalid: {problem}")),
-                )
-                .await;
-                return;
-            }
-        };
+        let spec = spec_of(&record);
         let outcome = match record.state {
             BuildState::Dispatching => 'dispatch: {
                 if let Some(sent_at) = record.dispatch_sent_at {
@@ -534,8 +518,7 @@ async fn track_build(inner: &Inner, build_id: &str) {
 /// Cancels a build past its deadline through the backend, retrying within half a lease (the caller
 /// keeps the lease renewed meanwhile).
 async fn cancel(inner: &Inner, record: &BuildRecord) -> Result<(), String> {
-    let spec =
-        spec_of(record).map_err(|problem| format!("stored identity is invalid: {problem}"))?;
+    let spec = spec_of(record);
     let dispatched = record.dispatched();
     let give_up = Instant::now() + inner.settings.lease / 2;
     inner
@@ -674,16 +657,136 @@ async fn finish(
         Ok(false) => tracing::info!("build was ended elsewhere"),
         Err(error) => tracing::error!(%error, "could not record the end of the build; will retry"),
     }
-    inner.coalesced.forget(&crate::api::dedup_key(
-        &record.driver_name,
-        &record.cache_key,
-    ));
+    (inner.ended)(record);
     inner.notifier.notify(&record.build_id);
+}
+
+/// Ends a build whose row cannot be read as a build (see [`StoreError::Corrupt`]).
+async fn fail_unreadable(inner: &Inner, build_id: &str, problem: &str) {
+    tracing::error!(problem, "the build's row is unreadable; ending the build");
+    let message = format!("the stored build is unreadable: {problem}");
+    match inner
+        .store
+        .finish(
+            build_id,
+            &inner.owner,
+            BuildState::Error,
+            None,
+            Some(&message),
+            now_ms(),
+        )
+        .await
+    {
+        Ok(_) => inner.notifier.notify(build_id),
+        Err(error) => tracing::error!(%error, "could not record the end of the build"),
+    }
 }
 
 async fn pause_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) {
     tokio::select! {
         _ = tokio::time::sleep(pause) => {}
         _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kernel_id::{DriverName, IdentityInput, KernelIdentity};
+
+    use super::*;
+    use crate::backend::ArtifactRef;
+    use crate::store::{InFlightCaps, NewBuild};
+
+    /// A backend no test here may reach.
+    struct Unreachable;
+
+    #[async_trait::async_trait]
+    impl Backend for Unreachable {
+        fn name(&self) -> &'static str {
+            "unreachable"
+        }
+        async fn find_artifact(
+            &self,
+            _: &DriverName,
+            _: &KernelIdentity,
+        ) -> Result<Option<ArtifactRef>, BackendError> {
+            panic!("find_artifact")
+        }
+        async fn dispatch(&self, _: &BuildSpec) -> Result<Dispatched, BackendError> {
+            panic!("dispatch")
+        }
+        async fn poll(&self, _: &BuildSpec, _: &Dispatched) -> Result<RunState, BackendError> {
+            panic!("poll")
+        }
+        async fn cancel(&self, _: &BuildSpec, _: &Dispatched) -> Result<(), BackendError> {
+            panic!("cancel")
+        }
+        async fn health(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_build_whose_row_kernel_id_refuses_ends_in_error_without_a_backend_call() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let now = now_ms();
+        let new = NewBuild {
+            build_id: "00000000-0000-4000-8000-000000000003".to_owned(),
+            driver: DriverName::parse("example-driver").expect("driver"),
+            identity: KernelIdentity::from_input(&IdentityInput {
+                kernel_version: "6.1.0-47-amd64".to_owned(),
+                architecture: "x86_64".to_owned(),
+                distribution: "debian".to_owned(),
+                distro_version: None,
+                driver_version: "v0.1.2".to_owned(),
+            })
+            .expect("identity"),
+            now,
+            deadline_at: now + 60_000,
+            lease_owner: "me".to_owned(),
+            lease_until: now + 60_000,
+            requested_by: "test".to_owned(),
+        };
+        store
+            .reserve(&new, InFlightCaps::default())
+            .await
+            .expect("reserve");
+        store
+            .corrupt_for_test(&new.build_id, "kernel_version", "6.1$(id)")
+            .await;
+        let ended = Arc::new(Mutex::new(0));
+        let trackers = Trackers::new(
+            store.clone(),
+            Arc::new(Unreachable),
+            "me".to_owned(),
+            TrackerSettings {
+                poll_interval: Duration::from_millis(10),
+                lease: Duration::from_secs(60),
+                retry_base: Duration::from_millis(10),
+                retry_max: Duration::from_millis(100),
+                retention: Duration::from_secs(3600),
+            },
+            Arc::new(Notifier::new(store.clone(), Duration::from_secs(60), 10)),
+            {
+                let ended = Arc::clone(&ended);
+                Arc::new(move |_: &BuildRecord| *ended.lock().expect("ended") += 1)
+            },
+        );
+        trackers.track(new.build_id.clone()).await;
+        trackers.inner.tasks.lock().await.join_next().await;
+        let (state, error) = store.raw_state_for_test(&new.build_id).await;
+        assert_eq!(state, "error");
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|error| error.contains("kernel_version")),
+            "{error:?}"
+        );
+        assert_eq!(
+            store.active_build(&new.active_key()).await.expect("active"),
+            None
+        );
     }
 }

@@ -330,14 +330,15 @@ mod tests {
         let now = crate::store::now_ms();
         let new = NewBuild {
             build_id: build_id.clone(),
-            active_key: "example-driver/debian/12/x86_64/6.1.0-47-amd64/v1".to_owned(),
-            cache_key: "debian/12/x86_64/6.1.0-47-amd64/v1".to_owned(),
-            driver_name: "example-driver".to_owned(),
-            kernel_version: "6.1.0-47-amd64".to_owned(),
-            architecture: "x86_64".to_owned(),
-            distribution: "debian".to_owned(),
-            distro_version: "12".to_owned(),
-            driver_version: "v1".to_owned(),
+            driver: kernel_id::DriverName::parse("example-driver").expect("driver"),
+            identity: kernel_id::KernelIdentity::from_input(&kernel_id::IdentityInput {
+                kernel_version: "6.1.0-47-amd64".to_owned(),
+                architecture: "x86_64".to_owned(),
+                distribution: "debian".to_owned(),
+                distro_version: Some("12".to_owned()),
+                driver_version: "v1.0.0".to_owned(),
+            })
+            .expect("identity"),
             now,
             deadline_at: now + 60_000,
             lease_owner: "me".to_owned(),
