@@ -19,8 +19,9 @@
 //! values are `null` rather than missing (except `distro_version` in a request, which may be left out).
 //! Changing a field here changes the API for deployed loaders: add fields, never rename or remove them.
 //!
-//! Only types and serde: no IO, no async, no HTTP client or server, so the static loader can use it.
-//! Validation of the identity strings is kernel-id's, not this crate's.
+//! Only types and serde (and kernel-id's identity input, which converts to and from a request): no IO,
+//! no async, no HTTP client or server, so the static loader can use it. Validation of the identity
+//! strings is kernel-id's, not this crate's.
 
 use std::fmt;
 
@@ -41,6 +42,37 @@ pub struct BuildRequest {
     pub driver_version: String,
     /// The `uname -r` string.
     pub kernel_version: String,
+}
+
+impl From<kernel_id::IdentityInput> for BuildRequest {
+    fn from(input: kernel_id::IdentityInput) -> Self {
+        Self {
+            architecture: input.architecture,
+            distribution: input.distribution,
+            distro_version: input.distro_version,
+            driver_version: input.driver_version,
+            kernel_version: input.kernel_version,
+        }
+    }
+}
+
+impl From<&kernel_id::KernelIdentity> for BuildRequest {
+    /// The canonical spelling of a validated identity.
+    fn from(identity: &kernel_id::KernelIdentity) -> Self {
+        identity.to_input().into()
+    }
+}
+
+impl From<BuildRequest> for kernel_id::IdentityInput {
+    fn from(request: BuildRequest) -> Self {
+        Self {
+            kernel_version: request.kernel_version,
+            architecture: request.architecture,
+            distribution: request.distribution,
+            distro_version: request.distro_version,
+            driver_version: request.driver_version,
+        }
+    }
 }
 
 impl BuildRequest {

@@ -603,16 +603,7 @@ pub fn status_body(record: &BuildRecord) -> BuildStatus {
         error: record.error.clone(),
         finished_at: record.finished_at.map(timestamp),
         log_url: record.run_url.clone(),
-        request: {
-            let input = record.identity.to_input();
-            BuildRequest {
-                architecture: input.architecture,
-                distribution: input.distribution,
-                distro_version: input.distro_version,
-                driver_version: input.driver_version,
-                kernel_version: input.kernel_version,
-            }
-        },
+        request: BuildRequest::from(&record.identity),
         run_id: record.run_id.clone(),
         run_url: record.run_url.clone(),
         started_at: record.started_at.map(timestamp),

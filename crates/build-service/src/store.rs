@@ -382,42 +382,25 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let scripts: [(i64, &str, &'static str); 3] = match self.kind {
-            DbKind::Sqlite => [
-                (
-                    1,
-                    "builds",
-                    include_str!("../migrations/sqlite/0001_builds.sql"),
-                ),
-                (
-                    2,
-                    "demand",
-                    include_str!("../migrations/sqlite/0002_demand.sql"),
-                ),
-                (
-                    3,
-                    "dispatch_sent",
-                    include_str!("../migrations/sqlite/0003_dispatch_sent.sql"),
-                ),
-            ],
-            DbKind::Postgres => [
-                (
-                    1,
-                    "builds",
-                    include_str!("../migrations/postgres/0001_builds.sql"),
-                ),
-                (
-                    2,
-                    "demand",
-                    include_str!("../migrations/postgres/0002_demand.sql"),
-                ),
-                (
-                    3,
-                    "dispatch_sent",
-                    include_str!("../migrations/postgres/0003_dispatch_sent.sql"),
-                ),
-            ],
+        // The first migration differs per backend (types, partial indexes); later ones are written
+        // in the SQL both accept, once, under migrations/shared.
+        let first = match self.kind {
+            DbKind::Sqlite => include_str!("../migrations/sqlite/0001_builds.sql"),
+            DbKind::Postgres => include_str!("../migrations/postgres/0001_builds.sql"),
         };
+        let scripts: [(i64, &str, &'static str); 3] = [
+            (1, "builds", first),
+            (
+                2,
+                "demand",
+                include_str!("../migrations/shared/0002_demand.sql"),
+            ),
+            (
+                3,
+                "dispatch_sent",
+                include_str!("../migrations/shared/0003_dispatch_sent.sql"),
+            ),
+        ];
         let migrator = Migrator::with_migrations(
             scripts
                 .into_iter()

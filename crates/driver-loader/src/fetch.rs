@@ -356,18 +356,6 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Shortest time between two status requests, whatever the service does with `wait`.
 const MIN_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The `POST /build` body for `identity`.
-fn build_request(identity: &KernelIdentity) -> BuildRequest {
-    let input = identity.to_input();
-    BuildRequest {
-        architecture: input.architecture,
-        distribution: input.distribution,
-        distro_version: input.distro_version,
-        driver_version: input.driver_version,
-        kernel_version: input.kernel_version,
-    }
-}
-
 /// Reads a `POST /build` answer as the type its HTTP status promises.
 fn build_answer<T: serde::de::DeserializeOwned>(
     build_url: &str,
@@ -391,7 +379,7 @@ pub fn request_build(
 ) -> Result<Option<String>> {
     let root = service.url.trim_end_matches('/');
     let build_url = format!("{root}/build");
-    let body = build_request(identity);
+    let body = BuildRequest::from(identity);
     let (status, answer): (u16, serde_json::Value) = client
         .json(
             JsonMethod::Post(&body),

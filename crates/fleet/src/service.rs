@@ -338,7 +338,7 @@ impl Service {
         let mut response = self
             .agent
             .post(&url)
-            .send_json(build_request(identity))
+            .send_json(build_api::BuildRequest::from(identity))
             .with_context(|| format!("POST {url}"))?;
         let status = response.status();
         let body = response.body_mut().read_to_string()?;
@@ -502,18 +502,6 @@ pub fn parse_build_answers(log: &str) -> Result<Vec<BuildAnswer>> {
         });
     }
     Ok(requests)
-}
-
-/// The `POST /build` body a node sends for `identity`.
-fn build_request(identity: &kernel_id::KernelIdentity) -> build_api::BuildRequest {
-    let input = identity.to_input();
-    build_api::BuildRequest {
-        architecture: input.architecture,
-        distribution: input.distribution,
-        distro_version: input.distro_version,
-        driver_version: input.driver_version,
-        kernel_version: input.kernel_version,
-    }
 }
 
 fn free_port() -> Result<u16> {
