@@ -77,7 +77,11 @@ fn ci(root: &Path) -> Result<()> {
         ],
     )?;
     check_kernel_id_deps(root)?;
-    let junit = root.join("target/nextest/default/junit.xml");
+    // nextest writes the report under the target directory, wherever CARGO_TARGET_DIR puts it.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
+    let junit = target_dir.join("nextest/default/junit.xml");
     // A stale report from an earlier run must not stand in for this one.
     match std::fs::remove_file(&junit) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
