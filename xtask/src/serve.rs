@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
-/// Runs the service; extra arguments go to `build-service serve` (e.g. `--listen 0.0.0.0:8080`).
+/// Runs the service; extra arguments go to `build-service serve` (e.g. `--listen 0.0.0.0:8080
+/// --principals-file principals.toml`).
 pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     let state = root.join("target").join("build-service");
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
