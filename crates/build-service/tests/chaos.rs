@@ -10,13 +10,14 @@
 //!   end no build may be left in flight. The kill points come from a seeded generator; the seed is
 //!   printed (set `CHAOS_SEED` to replay one).
 //! - A dispatch answered after twice the lease: still one dispatch, because the tracker's lease is
-//!   renewed by a heartbeat while the call runs. The numbers (60 s lease, answer after 90 s)
-//!   are scaled down: lease 4 s, answer after 8 s. The settle time (2 s) is shorter than the answer on
+//!   renewed by a heartbeat while the call runs: with the issue's own numbers (the default 60 s
+//!   lease, answer after 90 s) and scaled down (lease 4 s, answer after 8 s, both ways a run can be
+//!   created around a held answer). The settle time (2 s) is shorter than the answer on
 //!   purpose, so the look-up before a re-send cannot hide a lost lease: only the heartbeat keeps the
 //!   other replica from dispatching again while the first call is still in flight.
 //!
-//! Leases are short (3 s and 4 s), the settle time 2 s and polls 100 ms, so the whole file runs in a
-//! few minutes; every wait is bounded.
+//! Apart from the unscaled case, leases are short (3 s and 4 s), the settle time 2 s and polls 100 ms,
+//! so the whole file runs in a few minutes; every wait is bounded.
 
 #![allow(clippy::unwrap_used)]
 
@@ -457,8 +458,33 @@ async fn replicas_sigkilled_mid_dispatch_leave_one_dispatch_per_identity_and_no_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatch_answered_after_twice_the_lease_is_still_one_dispatch() {
-    let lease = Duration::from_secs(4);
-    let answer_after = Duration::from_secs(8);
+    answered_late_is_one_dispatch(
+        Duration::from_secs(4),
+        Duration::from_secs(8),
+        &[
+            ("run created with the answer", "6.1.0-90-amd64"),
+            ("answer held after the run", "6.1.0-91-amd64"),
+        ],
+    )
+    .await;
+}
+
+/// The issue's own numbers, unscaled: the default 60 s lease, the dispatch answered after 90 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_answered_after_90_s_under_the_default_60_s_lease_is_still_one_dispatch() {
+    answered_late_is_one_dispatch(
+        Duration::from_secs(60),
+        Duration::from_secs(90),
+        &[("run created with the answer", "6.1.0-92-amd64")],
+    )
+    .await;
+}
+
+async fn answered_late_is_one_dispatch(
+    lease: Duration,
+    answer_after: Duration,
+    variants: &[(&str, &str)],
+) {
     let mut cluster = Cluster::new(lease).await;
     let replicas = [cluster.replica().await, cluster.replica().await];
     let client = reqwest::Client::builder()
@@ -467,10 +493,7 @@ async fn a_dispatch_answered_after_twice_the_lease_is_still_one_dispatch() {
         .unwrap();
     // GitHub sits on the request and creates the run only when it answers; then a run created at once
     // whose answer is held.
-    for (variant, kernel) in [
-        ("run created with the answer", "6.1.0-90-amd64"),
-        ("answer held after the run", "6.1.0-91-amd64"),
-    ] {
+    for &(variant, kernel) in variants {
         let held_before = cluster.sim.stats().dispatches_held;
         if variant.starts_with("run created") {
             cluster
@@ -490,8 +513,13 @@ async fn a_dispatch_answered_after_twice_the_lease_is_still_one_dispatch() {
             tokio::time::sleep(answer_after.saturating_sub(started.elapsed())).await;
             cluster.sim.release_dispatches();
         }
-        let ended =
-            wait_until_ended(&client, &replicas[1], &build_id, Duration::from_secs(60)).await;
+        let ended = wait_until_ended(
+            &client,
+            &replicas[1],
+            &build_id,
+            answer_after + Duration::from_secs(60),
+        )
+        .await;
         let ended_after = started.elapsed();
         // Count once every dispatch sent so far was answered (the first one `answer_after` in).
         tokio::time::sleep((answer_after + Duration::from_secs(1)).saturating_sub(ended_after))
@@ -526,6 +554,9 @@ async fn a_dispatch_answered_after_twice_the_lease_is_still_one_dispatch() {
             logs()
         );
     }
-    assert_eq!(cluster.sim.requests(Route::DispatchWorkflow), 2);
+    assert_eq!(
+        cluster.sim.requests(Route::DispatchWorkflow),
+        variants.len() as u64
+    );
     assert_eq!(cluster.in_flight().await, Vec::<String>::new());
 }

@@ -448,7 +448,7 @@ async fn dispatch_accepted_but_answered_5xx_is_transient_and_its_run_is_found_by
 async fn dispatch_timing_out_is_transient_and_sent_again_only_after_finding_no_run() {
     let sim = start_sim(ReleaseLayout::PerArtifact).await;
     let mut config = config_for(&sim, ReleaseLayout::PerArtifact);
-    config.tuning.request_timeout = Duration::from_millis(400);
+    config.tuning.dispatch_timeout = Duration::from_millis(400);
     let backend = build_service::github::GitHubBackend::new(config).expect("backend");
     // The simulator sits on the dispatch past our timeout; we hang up, so it never takes effect. The
     // backend cannot know that: it reports the loss, and the caller looks before sending again.

@@ -167,7 +167,14 @@ impl ApiClient {
             .set_connect_timeout(Some(
                 config.tuning.request_timeout.min(Duration::from_secs(10)),
             ))
-            .set_read_timeout(Some(config.tuning.request_timeout));
+            // The per-call bound is applied in `send_once`; the socket may wait as long as the
+            // longest of them.
+            .set_read_timeout(Some(
+                config
+                    .tuning
+                    .request_timeout
+                    .max(config.tuning.dispatch_timeout),
+            ));
         let crab = match &config.auth {
             GitHubAuth::Token(token) => builder
                 .personal_token(token.trim().to_owned())
@@ -206,15 +213,18 @@ impl ApiClient {
             });
         }
         let label = request.endpoint.label();
-        let outcome =
-            tokio::time::timeout(self.tuning.request_timeout, self.exchange(request)).await;
+        let limit = if request.endpoint == Endpoint::Dispatch {
+            self.tuning.dispatch_timeout
+        } else {
+            self.tuning.request_timeout
+        };
+        let outcome = tokio::time::timeout(limit, self.exchange(request)).await;
         let response = match outcome {
             Err(_elapsed) => {
                 metrics::counter!("github_api_calls_total", "endpoint" => label, "status" => "timeout").increment(1);
                 return Err(CallError::Ambiguous(format!(
-                    "{} timed out after {:?}",
+                    "{} timed out after {limit:?}",
                     request.endpoint.label(),
-                    self.tuning.request_timeout
                 )));
             }
             Ok(Err(err)) => {

@@ -208,6 +208,11 @@ pub struct GitHubTuning {
     /// Upper bound for one HTTP exchange, body included. Every call is one attempt (a 5xx, timeout,
     /// connection error or rate limit is returned as a `BackendError`; the tracker retries).
     pub request_timeout: Duration,
+    /// Upper bound for a `workflow_dispatch` call. Longer than `request_timeout` on purpose: a
+    /// dispatch whose answer never came is ambiguous (did GitHub create the run?) and costs the settle
+    /// time and a run look-up, so a slow answer is worth waiting for — the tracker's lease heartbeat
+    /// keeps the build ours meanwhile.
+    pub dispatch_timeout: Duration,
     /// The settle time of a dispatch ([`crate::Backend::dispatch_settle`]): how long after a dispatch was
     /// sent its run surely shows in the run list if it was created (GitHub lists new runs with a delay
     /// of seconds). A dispatch whose outcome is unknown (answer lost, or its replica died) is looked up
@@ -240,6 +245,7 @@ impl Default for GitHubTuning {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
+            dispatch_timeout: Duration::from_secs(120),
             ambiguous_settle: Duration::from_secs(30),
             run_lookup_timeout: Duration::from_secs(60),
             run_lookup_interval: Duration::from_secs(3),
@@ -258,6 +264,12 @@ impl GitHubTuning {
         if self.request_timeout.is_zero() {
             return Err(GitHubSetupError::field(
                 "request_timeout",
+                "must be positive",
+            ));
+        }
+        if self.dispatch_timeout.is_zero() {
+            return Err(GitHubSetupError::field(
+                "dispatch_timeout",
                 "must be positive",
             ));
         }

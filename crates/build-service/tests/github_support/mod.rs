@@ -97,6 +97,7 @@ pub async fn start_sim(layout: ReleaseLayout) -> SimHandle {
 pub fn fast_tuning() -> GitHubTuning {
     GitHubTuning {
         request_timeout: Duration::from_secs(5),
+        dispatch_timeout: Duration::from_secs(5),
         ambiguous_settle: Duration::from_secs(2),
         run_lookup_timeout: Duration::from_secs(3),
         run_lookup_interval: Duration::from_millis(50),
