@@ -77,11 +77,9 @@ fn ci(root: &Path) -> Result<()> {
         ],
     )?;
     check_kernel_id_deps(root)?;
-    // nextest writes the report under the target directory, wherever CARGO_TARGET_DIR puts it.
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map_or_else(|| root.join("target"), |dir| root.join(dir));
-    let junit = target_dir.join("nextest/default/junit.xml");
+    // nextest's store is `target/nextest` below the workspace root (its `store.dir` default), even
+    // when CARGO_TARGET_DIR puts the build elsewhere.
+    let junit = root.join("target/nextest/default/junit.xml");
     // A stale report from an earlier run must not stand in for this one.
     match std::fs::remove_file(&junit) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
