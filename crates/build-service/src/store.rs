@@ -1009,15 +1009,15 @@ pub fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_build(build_id: &str) -> NewBuild {
+impl NewBuild {
+    /// A valid build of the sample driver for Debian 12's 6.1.0-47-amd64, for the crate's unit
+    /// tests. The architecture is given as the alias `amd64`, so a test reading it back sees that
+    /// the canonical spelling is what is stored.
+    pub(crate) fn for_test(build_id: &str) -> NewBuild {
         let now = now_ms();
         NewBuild {
             build_id: build_id.to_owned(),
             driver: DriverName::parse("example-driver").expect("driver"),
-            // An alias, to see that the canonical spelling is what is stored and read back.
             identity: KernelIdentity::from_input(&IdentityInput {
                 kernel_version: "6.1.0-47-amd64".to_owned(),
                 architecture: "amd64".to_owned(),
@@ -1033,6 +1033,11 @@ mod tests {
             requested_by: "test".to_owned(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     async fn store(dir: &tempfile::TempDir) -> Store {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
@@ -1043,7 +1048,7 @@ mod tests {
     async fn the_identity_is_stored_and_read_back_typed() {
         let dir = tempfile::tempdir().expect("dir");
         let store = store(&dir).await;
-        let new = new_build("00000000-0000-4000-8000-000000000001");
+        let new = NewBuild::for_test("00000000-0000-4000-8000-000000000001");
         store
             .reserve(&new, InFlightCaps::default())
             .await
@@ -1075,7 +1080,7 @@ mod tests {
     async fn a_row_kernel_id_refuses_is_corrupt_naming_the_build_and_the_rule() {
         let dir = tempfile::tempdir().expect("dir");
         let store = store(&dir).await;
-        let new = new_build("00000000-0000-4000-8000-000000000002");
+        let new = NewBuild::for_test("00000000-0000-4000-8000-000000000002");
         store
             .reserve(&new, InFlightCaps::default())
             .await

@@ -691,7 +691,7 @@ async fn pause_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
-    use kernel_id::{DriverName, IdentityInput, KernelIdentity};
+    use kernel_id::{DriverName, KernelIdentity};
 
     use super::*;
     use crate::backend::ArtifactRef;
@@ -731,24 +731,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
         let store = Store::connect(&url).await.expect("store");
-        let now = now_ms();
-        let new = NewBuild {
-            build_id: "00000000-0000-4000-8000-000000000003".to_owned(),
-            driver: DriverName::parse("example-driver").expect("driver"),
-            identity: KernelIdentity::from_input(&IdentityInput {
-                kernel_version: "6.1.0-47-amd64".to_owned(),
-                architecture: "x86_64".to_owned(),
-                distribution: "debian".to_owned(),
-                distro_version: None,
-                driver_version: "v0.1.2".to_owned(),
-            })
-            .expect("identity"),
-            now,
-            deadline_at: now + 60_000,
-            lease_owner: "me".to_owned(),
-            lease_until: now + 60_000,
-            requested_by: "test".to_owned(),
-        };
+        let new = NewBuild::for_test("00000000-0000-4000-8000-000000000003");
         store
             .reserve(&new, InFlightCaps::default())
             .await

@@ -327,24 +327,7 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
         let store = Store::connect(&url).await.expect("store");
         let build_id = "00000000-0000-4000-8000-000000000001".to_owned();
-        let now = crate::store::now_ms();
-        let new = NewBuild {
-            build_id: build_id.clone(),
-            driver: kernel_id::DriverName::parse("example-driver").expect("driver"),
-            identity: kernel_id::KernelIdentity::from_input(&kernel_id::IdentityInput {
-                kernel_version: "6.1.0-47-amd64".to_owned(),
-                architecture: "x86_64".to_owned(),
-                distribution: "debian".to_owned(),
-                distro_version: Some("12".to_owned()),
-                driver_version: "v1.0.0".to_owned(),
-            })
-            .expect("identity"),
-            now,
-            deadline_at: now + 60_000,
-            lease_owner: "me".to_owned(),
-            lease_until: now + 60_000,
-            requested_by: "test".to_owned(),
-        };
+        let new = NewBuild::for_test(&build_id);
         store
             .reserve(&new, crate::store::InFlightCaps::default())
             .await
