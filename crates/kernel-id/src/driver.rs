@@ -131,6 +131,60 @@ impl DriverVersion {
 
 string_newtype_impls!(DriverVersion);
 
+impl DriverVersion {
+    /// The git ref of the tag this version names in the driver's source repository: a driver
+    /// version is a tag, and the tag names exactly one commit.
+    pub fn tag_ref(&self) -> String {
+        format!("refs/tags/{}", self.0)
+    }
+}
+
+/// A git commit id: 40 lowercase hex digits (SHA-1 repositories) or 64 (SHA-256 repositories),
+/// the full id and never an abbreviation, so it names exactly one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceCommit(String);
+
+impl SourceCommit {
+    /// Validates a full commit id. Upper-case hex is refused rather than folded: the id is compared
+    /// byte for byte in provenance and package metadata.
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        let err = |rule: String| IdError::new(Field::SourceCommit, rule);
+        if raw.len() != 40 && raw.len() != 64 {
+            return Err(err(format!(
+                "must be a full git commit id of 40 or 64 hex digits (got {} characters)",
+                raw.len()
+            )));
+        }
+        if let Some((at, c)) = raw
+            .char_indices()
+            .find(|&(_, c)| !(c.is_ascii_digit() || ('a'..='f').contains(&c)))
+        {
+            return Err(err(format!(
+                "must only contain lowercase hex digits (found {} at byte {at})",
+                describe_char(c)
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The commit id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The digest algorithm naming this commit in in-toto digest sets (`gitCommit` is the in-toto
+    /// name for a SHA-1 commit id; a SHA-256 repository's ids are `sha256` git objects).
+    pub fn digest_algorithm(&self) -> &'static str {
+        if self.0.len() == 40 {
+            "gitCommit"
+        } else {
+            "sha256"
+        }
+    }
+}
+
+string_newtype_impls!(SourceCommit);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +200,34 @@ mod tests {
                 .unwrap()
                 .package_version(),
             "1.0.0~rc.1"
+        );
+    }
+
+    #[test]
+    fn a_source_commit_is_a_full_lowercase_id() {
+        let sha1 = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(SourceCommit::parse(sha1).unwrap().as_str(), sha1);
+        assert_eq!(
+            SourceCommit::parse(sha1).unwrap().digest_algorithm(),
+            "gitCommit"
+        );
+        let sha256 = "a".repeat(64);
+        assert_eq!(
+            SourceCommit::parse(&sha256).unwrap().digest_algorithm(),
+            "sha256"
+        );
+        for bad in [
+            "0123456",
+            &sha1.to_uppercase(),
+            &format!("{}g", &sha1[..39]),
+            "",
+        ] {
+            let error = SourceCommit::parse(bad).expect_err(bad);
+            assert_eq!(error.field(), Field::SourceCommit, "{bad}");
+        }
+        assert_eq!(
+            DriverVersion::parse("v1.2.3").unwrap().tag_ref(),
+            "refs/tags/v1.2.3"
         );
     }
 

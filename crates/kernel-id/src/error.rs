@@ -27,6 +27,8 @@ pub enum Field {
     KernelsJson,
     /// A release layout name.
     ReleaseLayout,
+    /// `source_commit`: the git commit a driver version's tag names.
+    SourceCommit,
 }
 
 impl Field {
@@ -43,6 +45,7 @@ impl Field {
             Field::OsRelease => "os_release",
             Field::KernelsJson => "kernels_json",
             Field::ReleaseLayout => "release_layout",
+            Field::SourceCommit => "source_commit",
         }
     }
 }

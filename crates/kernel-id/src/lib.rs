@@ -27,7 +27,9 @@ pub use arch::Arch;
 pub use crawler::{CrawlerKernel, deb_kernel_from_headers};
 pub use derive::derive_distro_version;
 pub use distro::{Distribution, DistroVersion, PackageFormat};
-pub use driver::{DriverName, DriverVersion, MAX_DRIVER_NAME_LEN, MAX_DRIVER_VERSION_LEN};
+pub use driver::{
+    DriverName, DriverVersion, MAX_DRIVER_NAME_LEN, MAX_DRIVER_VERSION_LEN, SourceCommit,
+};
 pub use error::{Field, IdError};
 pub use identity::{IdentityInput, KernelIdentity};
 pub use kernels_json::{KernelsEntry, KernelsFile};
