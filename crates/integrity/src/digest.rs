@@ -148,9 +148,19 @@ mod tests {
         let parsed = DigestFile::parse(&file.render()).unwrap();
         assert_eq!(parsed, file);
         assert!(parsed.check("p.deb", &digest).is_ok());
-        assert!(parsed.check("q.deb", &digest).unwrap_err().contains("q.deb"));
+        assert!(
+            parsed
+                .check("q.deb", &digest)
+                .unwrap_err()
+                .contains("q.deb")
+        );
         let other = sha256_bytes(b"abd");
-        assert!(parsed.check("p.deb", &other).unwrap_err().contains("mismatch"));
+        assert!(
+            parsed
+                .check("p.deb", &other)
+                .unwrap_err()
+                .contains("mismatch")
+        );
         let binary = format!("{} *p.deb\n", digest.to_hex().to_uppercase());
         assert_eq!(DigestFile::parse(&binary).unwrap(), file);
         for bad in ["", "abc  p.deb", &format!("{}  ", digest)] {

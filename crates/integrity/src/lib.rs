@@ -14,7 +14,17 @@
 //! No network and no async: the static loader links it.
 
 pub mod digest;
+pub mod dsse;
 pub mod facts;
+pub mod keys;
+pub mod provenance;
+pub mod signature;
 
 pub use digest::{DigestFile, Sha256Digest, sha256_bytes, sha256_file};
+pub use dsse::Envelope;
 pub use facts::{BUILD_FACTS_FILE, BuildFacts, CompilerFacts, HeaderPackage, RootImage};
+#[cfg(feature = "sign")]
+pub use keys::SecretKey;
+pub use keys::{KeyError, KeyId, Keyring, PublicKey};
+pub use provenance::{BuildProvenance, ProvenanceError, ProvenancePolicy, Statement};
+pub use signature::{SignatureError, VerifiedSignature};
