@@ -19,6 +19,11 @@
 #error "EXAMPLE_DRIVER_VERSION is not set: build with make ... EXAMPLE_DRIVER_VERSION=v0.1.2"
 #endif
 
+/* The source commit, from make ... KDRIVER_SOURCE_COMMIT=<id> (driver-builder always passes it). */
+#ifndef KDRIVER_SOURCE_COMMIT
+#define KDRIVER_SOURCE_COMMIT "unknown"
+#endif
+
 static int __init example_driver_init(void)
 {
 	pr_info("loaded version=%s built_for=%s running=%s\n",
@@ -38,3 +43,5 @@ MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("Sample driver that logs its version and kernel release when loaded");
 MODULE_AUTHOR("kernel-driver delivery project");
 MODULE_VERSION(EXAMPLE_DRIVER_VERSION);
+/* `modinfo -F scmversion`; MODULE_VERSION above also makes modpost record srcversion. */
+MODULE_INFO(scmversion, KDRIVER_SOURCE_COMMIT);

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kernel_id::{Arch, DriverName, KernelIdentity};
+use integrity::RootImage;
+use kernel_id::{Arch, DriverName, KernelIdentity, SourceCommit};
 
 use crate::error::{BuildRootError, Result};
 use crate::process::{self, Cancel};
@@ -18,6 +19,37 @@ pub const BUILDER_PATH: &str = "/usr/local/bin/driver-builder";
 pub const SOURCE_DIR: &str = "/build/src";
 /// Where the builder leaves its artifacts inside every root.
 pub const OUT_DIR: &str = "/build/out";
+/// The file in a build's output directory naming the base image it ran in (JSON of
+/// [`integrity::RootImage`]), written by the executor after a successful build.
+pub const ROOT_IMAGE_FILE: &str = "root-image.json";
+
+/// Which revision of the driver source is built: passed to the builder as `--source-commit` and
+/// `--source-repository`, which records it in the package and checks it in the modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRevision {
+    /// The full commit id.
+    pub commit: SourceCommit,
+    /// Where the commit lives (a repository URI); the builder refuses an empty one or one with
+    /// control characters.
+    pub repository: String,
+}
+
+/// One driver build, as [`LocalExecutor::build`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildJob<'a> {
+    /// What to build for.
+    pub identity: &'a KernelIdentity,
+    /// The driver.
+    pub driver: &'a DriverName,
+    /// The source revision in `driver_src`.
+    pub source: &'a SourceRevision,
+    /// The driver source directory on this host.
+    pub driver_src: &'a Path,
+    /// Where the artifacts go.
+    pub out_dir: &'a Path,
+    /// The build log.
+    pub log: &'a Path,
+}
 
 /// Settings of the local executor.
 #[derive(Debug, Clone)]
@@ -88,8 +120,10 @@ pub struct BuildReport {
     pub collect: Duration,
     /// Removing the root.
     pub cleanup: Duration,
-    /// The files written to the output directory.
+    /// The files written to the output directory ([`ROOT_IMAGE_FILE`] last).
     pub outputs: Vec<PathBuf>,
+    /// The base image the build ran in (also written to [`ROOT_IMAGE_FILE`]).
+    pub root_image: RootImage,
 }
 
 /// Builds drivers in clean chroot roots on this host.
@@ -129,42 +163,31 @@ impl LocalExecutor {
         Ok((base, work))
     }
 
-    /// Builds `driver` for `identity` with the configured `driver-builder`, leaving its artifacts
-    /// in `out_dir` and all output in `log`.
-    pub fn build(
-        &self,
-        identity: &KernelIdentity,
-        driver: &DriverName,
-        driver_src: &Path,
-        out_dir: &Path,
-        log: &Path,
-    ) -> Result<BuildReport> {
-        self.build_cancellable(identity, driver, driver_src, out_dir, log, &Cancel::new())
+    /// Builds `job.driver` for `job.identity` at `job.source` with the configured
+    /// `driver-builder`, leaving its artifacts in `job.out_dir` and all output in `job.log`.
+    pub fn build(&self, job: &BuildJob<'_>) -> Result<BuildReport> {
+        self.build_cancellable(job, &Cancel::new())
     }
 
     /// [`build`](Self::build) that stops when `cancel` is requested: a running build command is
     /// killed with its whole process group (and so its pid namespace), no later step starts, and the
     /// root is removed; the result is [`BuildRootError::Cancelled`].
-    pub fn build_cancellable(
-        &self,
-        identity: &KernelIdentity,
-        driver: &DriverName,
-        driver_src: &Path,
-        out_dir: &Path,
-        log: &Path,
-        cancel: &Cancel,
-    ) -> Result<BuildReport> {
-        if !self.config.builder_binaries.contains_key(&identity.arch()) {
+    pub fn build_cancellable(&self, job: &BuildJob<'_>, cancel: &Cancel) -> Result<BuildReport> {
+        if !self
+            .config
+            .builder_binaries
+            .contains_key(&job.identity.arch())
+        {
             return Err(BuildRootError::BuilderMissing {
-                arch: identity.arch(),
+                arch: job.identity.arch(),
             });
         }
         self.build_with_argv_cancellable(
-            identity,
-            driver_src,
-            out_dir,
-            log,
-            &builder_argv(identity, driver),
+            job.identity,
+            job.driver_src,
+            job.out_dir,
+            job.log,
+            &builder_argv(job.identity, job.driver, job.source),
             cancel,
         )
     }
@@ -234,7 +257,8 @@ impl LocalExecutor {
         let run = work.run_cancellable(argv, log, self.config.build_timeout, cancel)?;
 
         let collecting = Instant::now();
-        let outputs = work.copy_out(OUT_DIR, out_dir)?;
+        let mut outputs = work.copy_out(OUT_DIR, out_dir)?;
+        outputs.push(write_root_image(out_dir, &base.image)?);
         let collect = collecting.elapsed();
 
         let removing = Instant::now();
@@ -256,12 +280,36 @@ impl LocalExecutor {
             collect,
             cleanup,
             outputs,
+            root_image: base.image,
         })
     }
 }
 
-/// The builder's command line for an identity: the contract with `driver-builder build`.
-pub fn builder_argv(identity: &KernelIdentity, driver: &DriverName) -> Vec<String> {
+/// Writes `<out_dir>/root-image.json`; refuses to replace a file the build itself left there.
+fn write_root_image(out_dir: &Path, image: &RootImage) -> Result<PathBuf> {
+    let path = out_dir.join(ROOT_IMAGE_FILE);
+    let json = serde_json::to_vec_pretty(image).map_err(|error| BuildRootError::Io {
+        context: format!("serializing {}", path.display()),
+        source: std::io::Error::other(error),
+    })?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(BuildRootError::io(format!("creating {}", path.display())))?;
+    std::io::Write::write_all(&mut file, &json)
+        .and_then(|()| std::io::Write::write_all(&mut file, b"\n"))
+        .map_err(BuildRootError::io(format!("writing {}", path.display())))?;
+    Ok(path)
+}
+
+/// The builder's command line for an identity and source revision: the contract with
+/// `driver-builder build`.
+pub fn builder_argv(
+    identity: &KernelIdentity,
+    driver: &DriverName,
+    source: &SourceRevision,
+) -> Vec<String> {
     [
         BUILDER_PATH,
         "build",
@@ -281,6 +329,10 @@ pub fn builder_argv(identity: &KernelIdentity, driver: &DriverName) -> Vec<Strin
         SOURCE_DIR,
         "--out",
         OUT_DIR,
+        "--source-commit",
+        source.commit.as_str(),
+        "--source-repository",
+        source.repository.as_str(),
     ]
     .into_iter()
     .map(str::to_owned)
@@ -304,12 +356,40 @@ mod tests {
         })
         .expect("identity");
         let driver = DriverName::parse("example-driver").expect("driver");
+        let source = SourceRevision {
+            commit: SourceCommit::parse("0123456789abcdef0123456789abcdef01234567")
+                .expect("commit"),
+            repository: "https://example.com/drivers/example driver.git".to_owned(),
+        };
+        let argv = builder_argv(&identity, &driver, &source);
         assert_eq!(
-            builder_argv(&identity, &driver).join(" "),
+            argv.join(" "),
             "/usr/local/bin/driver-builder build --kernel-release 6.12.107+deb13-arm64 --arch aarch64 \
              --distribution debian --distro-version 13 --driver-name example-driver --driver-version v0.1.2 \
-             --source /build/src --out /build/out"
+             --source /build/src --out /build/out \
+             --source-commit 0123456789abcdef0123456789abcdef01234567 \
+             --source-repository https://example.com/drivers/example driver.git"
         );
+        // Each value is one argument, never split or interpreted by a shell.
+        assert_eq!(
+            argv.last().map(String::as_str),
+            Some("https://example.com/drivers/example driver.git")
+        );
+    }
+
+    #[test]
+    fn the_root_image_file_is_the_serde_of_root_image_and_never_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = RootImage {
+            uri: "mmdebstrap:debian/bookworm/amd64".to_owned(),
+            sha256: "ab".repeat(32),
+        };
+        let path = write_root_image(dir.path(), &image).expect("written");
+        assert_eq!(path, dir.path().join(ROOT_IMAGE_FILE));
+        let read: RootImage =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert_eq!(read, image);
+        assert!(write_root_image(dir.path(), &image).is_err());
     }
 
     #[test]
@@ -325,14 +405,19 @@ mod tests {
         })
         .expect("identity");
         let driver = DriverName::parse("example-driver").expect("driver");
+        let source = SourceRevision {
+            commit: SourceCommit::parse(&"ab".repeat(20)).expect("commit"),
+            repository: "https://example.com/driver.git".to_owned(),
+        };
         let error = executor
-            .build(
-                &identity,
-                &driver,
-                dir.path(),
-                &dir.path().join("out"),
-                &dir.path().join("log"),
-            )
+            .build(&BuildJob {
+                identity: &identity,
+                driver: &driver,
+                source: &source,
+                driver_src: dir.path(),
+                out_dir: &dir.path().join("out"),
+                log: &dir.path().join("log"),
+            })
             .expect_err("no builder");
         assert!(
             matches!(error, BuildRootError::BuilderMissing { arch: Arch::X86_64 }),

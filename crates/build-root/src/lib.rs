@@ -2,10 +2,12 @@
 //!
 //! A root is a Debian-family file system made by `mmdebstrap` for one (distribution, distro version,
 //! arch), with the toolchain from `toolchain/packages.txt` preinstalled, cached as a tarball
-//! ([`root::RootCache`], the local "prebuilt base image"). Each build unpacks it fresh
-//! ([`work::WorkRoot`]), copies in the builder and the driver source, runs the builder with chroot as
-//! root under a time limit, copies `/build/out` back and removes the root whatever happened
-//! ([`executor::LocalExecutor`]). RPM distributions are refused with a pointer to the container path.
+//! ([`root::RootCache`], the local "prebuilt base image", whose SHA-256 is computed once and kept
+//! beside it). Each build unpacks it fresh ([`work::WorkRoot`]), copies in the builder and the
+//! driver source, runs the builder with chroot as root under a time limit (telling it the source
+//! revision to record), copies `/build/out` back, adds `root-image.json` (the base image's URI and
+//! SHA-256) and removes the root whatever happened ([`executor::LocalExecutor`]). RPM
+//! distributions are refused with a pointer to the container path.
 //!
 //! Invariant: an identity is always built in the root of its own distro version and architecture.
 

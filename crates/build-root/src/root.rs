@@ -7,12 +7,17 @@
 //! Creation is serialised per root with an exclusive file lock, and the tarball is written under a
 //! temporary name and renamed into place, so concurrent builds and test processes never see a half
 //! written image.
+//!
+//! Each image's SHA-256 (what a build's provenance names as its root) is computed once, when the
+//! tarball is made, and kept beside it as `<tarball>.sha256` (`sha256sum` format); it is recomputed
+//! only when that file is missing, unreadable or older than the tarball.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use integrity::{DigestFile, RootImage};
 use kernel_id::{Arch, DistroVersion, KernelIdentity, PackageFormat};
 use sha2::{Digest, Sha256};
 
@@ -193,6 +198,17 @@ impl RootSpec {
         format!("{}-{}.tar.zst", self.key.slug(), self.fingerprint)
     }
 
+    /// What the image is, for provenance: `mmdebstrap:<distribution>/<suite>/<Debian arch>`, e.g.
+    /// `mmdebstrap:debian/bookworm/amd64`.
+    pub fn image_uri(&self) -> String {
+        format!(
+            "mmdebstrap:{}/{}/{}",
+            self.key.distro_version().distribution(),
+            self.suite,
+            self.key.arch().debian_name()
+        )
+    }
+
     /// mmdebstrap's arguments for writing the root to `output` (whose `.tar.zst` ending selects the
     /// format).
     pub fn mmdebstrap_args(&self, output: &Path) -> Vec<OsString> {
@@ -237,6 +253,48 @@ pub struct BaseImage {
     pub tarball: PathBuf,
     /// How long mmdebstrap took, when this call had to make it.
     pub created_in: Option<Duration>,
+    /// The image's URI ([`RootSpec::image_uri`]) and the tarball's SHA-256.
+    pub image: RootImage,
+}
+
+/// Where a tarball's digest is kept: `<tarball>.sha256`.
+pub fn image_digest_path(tarball: &Path) -> PathBuf {
+    let mut name = tarball.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// The tarball's SHA-256 (64 lowercase hex digits): read from `<tarball>.sha256` when that file
+/// names this tarball and is not older than it, otherwise computed and stored there (written under
+/// a temporary name and renamed, so a reader never sees half of it). Callers hold the root's lock.
+pub fn image_digest(tarball: &Path) -> Result<String> {
+    let digest_path = image_digest_path(tarball);
+    let file_name = tarball
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let stored = std::fs::read_to_string(&digest_path)
+        .ok()
+        .and_then(|text| DigestFile::parse(&text).ok())
+        .filter(|digest| digest.file_name == file_name)
+        .filter(|_| match (modified(&digest_path), modified(tarball)) {
+            (Some(digest_time), Some(tarball_time)) => digest_time >= tarball_time,
+            _ => false,
+        });
+    if let Some(stored) = stored {
+        return Ok(stored.digest.to_hex());
+    }
+    let digest = integrity::sha256_file(tarball)
+        .map_err(BuildRootError::io(format!("hashing {}", tarball.display())))?;
+    let partial = image_digest_path(&tarball.with_file_name(format!(".{file_name}.partial")));
+    std::fs::write(&partial, DigestFile::new(digest, file_name).render())
+        .and_then(|()| std::fs::rename(&partial, &digest_path))
+        .map_err(BuildRootError::io(format!(
+            "writing {}",
+            digest_path.display()
+        )))?;
+    Ok(digest.to_hex())
 }
 
 /// The cache of base images under `<cache dir>/roots`.
@@ -299,21 +357,32 @@ impl RootCache {
             lock_path.display()
         )))?;
         if self.is_fresh(&tarball) {
+            let image = RootImage {
+                uri: spec.image_uri(),
+                sha256: image_digest(&tarball)?,
+            };
             return Ok(BaseImage {
                 key: key.clone(),
                 tarball,
                 created_in: None,
+                image,
             });
         }
         let started = Instant::now();
         self.create(&spec, &tarball)?;
         let created_in = started.elapsed();
+        // The new tarball is newer than any digest file of an image it replaced, so this hashes it.
+        let image = RootImage {
+            uri: spec.image_uri(),
+            sha256: image_digest(&tarball)?,
+        };
         self.prune_other_images(key, &tarball);
         drop(lock);
         Ok(BaseImage {
             key: key.clone(),
             tarball,
             created_in: Some(created_in),
+            image,
         })
     }
 
@@ -390,7 +459,7 @@ impl RootCache {
         outcome
     }
 
-    /// Deletes this root's images with other fingerprints; an unpack still reading one keeps its open
+    /// Deletes this root's images (and their digest files) with other fingerprints; an unpack still reading one keeps its open
     /// file, so this is safe while builds run.
     fn prune_other_images(&self, key: &RootKey, keep: &Path) {
         let prefix = format!("{}-", key.slug());
@@ -400,12 +469,14 @@ impl RootCache {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let fingerprint = name
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix(".tar.zst"));
+            let fingerprint = name.strip_prefix(&prefix).and_then(|rest| {
+                rest.strip_suffix(".tar.zst")
+                    .or_else(|| rest.strip_suffix(".tar.zst.sha256"))
+            });
             if fingerprint
                 .is_some_and(|fp| fp.len() == 12 && fp.chars().all(|c| c.is_ascii_hexdigit()))
                 && entry.path() != keep
+                && entry.path() != image_digest_path(keep)
             {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -415,6 +486,8 @@ impl RootCache {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
     use kernel_id::Distribution;
 
     use super::*;
@@ -492,6 +565,64 @@ mod tests {
             amd64,
             spec(&key("debian", "12", Arch::X86_64), &Mirrors::default()).expect("spec")
         );
+    }
+
+    #[test]
+    fn image_uris_name_distribution_suite_and_debian_arch() {
+        let bookworm = spec(&key("debian", "12", Arch::X86_64), &Mirrors::default()).expect("spec");
+        assert_eq!(bookworm.image_uri(), "mmdebstrap:debian/bookworm/amd64");
+        let trixie = spec(&key("debian", "13", Arch::Aarch64), &Mirrors::default()).expect("spec");
+        assert_eq!(trixie.image_uri(), "mmdebstrap:debian/trixie/arm64");
+    }
+
+    #[test]
+    fn the_image_digest_is_the_tarballs_sha256_computed_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tarball = dir.path().join("debian-12-x86_64-0123456789ab.tar.zst");
+        let content = vec![42u8; 300_000];
+        std::fs::write(&tarball, &content).expect("tarball");
+        let expected = hex::encode(Sha256::digest(&content));
+
+        let first = image_digest(&tarball).expect("digest");
+        assert_eq!(first, expected);
+        let digest_file = image_digest_path(&tarball);
+        assert_eq!(
+            std::fs::read_to_string(&digest_file).expect("stored beside the tarball"),
+            format!("{expected}  debian-12-x86_64-0123456789ab.tar.zst\n")
+        );
+        // Reused, not recomputed: a stored value (here a planted one) is what the next call returns.
+        let planted = "ab".repeat(32);
+        std::fs::write(
+            &digest_file,
+            format!("{planted}  debian-12-x86_64-0123456789ab.tar.zst\n"),
+        )
+        .expect("plant");
+        assert_eq!(image_digest(&tarball).expect("digest"), planted);
+        // A digest file for another tarball, or a missing one, is recomputed.
+        std::fs::write(&digest_file, format!("{planted}  other.tar.zst\n")).expect("plant");
+        assert_eq!(image_digest(&tarball).expect("digest"), expected);
+        std::fs::remove_file(&digest_file).expect("remove");
+        assert_eq!(image_digest(&tarball).expect("digest"), expected);
+        assert!(digest_file.is_file());
+        // A tarball remade after its digest was stored is hashed again.
+        let newer = vec![7u8; 1000];
+        std::fs::write(&tarball, &newer).expect("remade");
+        let later = SystemTime::now() + Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(&tarball)
+            .and_then(|f| f.set_modified(later))
+            .expect("mtime");
+        assert_eq!(
+            image_digest(&tarball).expect("digest"),
+            hex::encode(Sha256::digest(&newer))
+        );
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

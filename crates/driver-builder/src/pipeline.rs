@@ -1,16 +1,21 @@
 //! One build, start to finish: resolve headers -> compile -> (sign modules) -> package -> sign,
-//! timing each phase so the benchmark and the build log can say where the time went.
+//! timing each phase so the benchmark and the build log can say where the time went; then write
+//! what the build observed (`build-facts.json`, [`integrity::BuildFacts`]) beside the package.
+//!
+//! The source commit travels into the modules (`scmversion`, checked by [`compile`]) and the
+//! package (the .deb control field [`driver_package::DEB_SOURCE_COMMIT_FIELD`], the rpm `VCS` tag).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use driver_package::{FileContent, PackageSpec, WriteOptions};
-use kernel_id::{DriverName, KernelIdentity};
+use integrity::{BUILD_FACTS_FILE, BuildFacts};
+use kernel_id::{DriverName, KernelIdentity, SourceCommit};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::artifact::{ArtifactError, SidecarFiles, SigningKey, write_sidecars};
-use crate::compile::{self, CompileError};
+use crate::artifact::{ArtifactError, SidecarFiles, write_sidecars};
+use crate::compile::{self, CompileError, Kbuild};
 use crate::headers::{HeaderChain, HeaderContext, HeaderOptions, HeadersError, ResolvedHeaders};
 use crate::http::Http;
 use crate::system::System;
@@ -24,18 +29,30 @@ pub struct ModuleSigning {
     pub cert: PathBuf,
 }
 
+/// The revision of the driver source being built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRevision {
+    /// The full commit id (validated by kernel-id).
+    pub commit: SourceCommit,
+    /// Where the commit lives: a non-empty single line (checked by the CLI).
+    pub repository: String,
+}
+
 /// Everything one build needs. All identity fields were validated by kernel-id.
 #[derive(Debug)]
 pub struct BuildRequest {
     pub identity: KernelIdentity,
     pub driver: DriverName,
+    /// The source revision in `source`.
+    pub revision: SourceRevision,
     /// Driver source directory (as this process sees it).
     pub source: PathBuf,
     /// Where the package and its sidecar files go (as this process sees it).
     pub out_dir: PathBuf,
     pub headers: HeaderOptions,
     pub module_signing: Option<ModuleSigning>,
-    pub minisign_key: Option<SigningKey>,
+    /// The package signing key (`integrity`'s minisign key; loaded 0600-only by the CLI).
+    pub minisign_key: Option<integrity::SecretKey>,
     /// Parallel make jobs.
     pub jobs: usize,
 }
@@ -52,6 +69,8 @@ pub enum BuildError {
     Spec(#[from] driver_package::SpecError),
     #[error("signature/digest: {0}")]
     Artifact(#[from] ArtifactError),
+    #[error("build facts: {0}")]
+    Facts(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -88,6 +107,10 @@ pub struct BuildOutcome {
     pub modules: Vec<String>,
     pub headers_dir: PathBuf,
     pub headers_source: String,
+    pub source_commit: String,
+    pub source_repository: String,
+    /// `build-facts.json`: the header packages (with digests) and the compiler.
+    pub build_facts: PathBuf,
     pub phases: Vec<PhaseTime>,
 }
 
@@ -117,6 +140,8 @@ pub fn build(
     tracing::info!(
         identity = %identity.cache_key(),
         driver = %request.driver,
+        source_commit = %request.revision.commit,
+        source_repository = %request.revision.repository,
         "build starting"
     );
     let io = |what: &'static str, path: &Path| {
@@ -157,17 +182,24 @@ fn run_phases(
         downloads,
     };
     let headers: ResolvedHeaders = timed(&mut phases, Phase::Headers, || chain.resolve(&ctx))?;
+    let kbuild = Kbuild {
+        identity,
+        driver: &request.driver,
+        headers_dir: &headers.dir,
+        source_commit: &request.revision.commit,
+        jobs: request.jobs,
+    };
     let compiled = timed(&mut phases, Phase::Compile, || {
-        compile::compile(
-            system,
-            work,
-            identity,
-            &request.driver,
-            &headers.dir,
-            &request.source,
-            request.jobs,
-        )
+        compile::compile(system, work, &kbuild, &request.source)
     })?;
+    let compiler = crate::facts::compiler_facts(system, &headers.dir, &compiled.compiler)
+        .map_err(BuildError::Facts)?;
+    tracing::info!(
+        compiler = %compiler.name,
+        root_version_report = %compiler.root_version_report,
+        kernel_cc_version_text = %compiler.kernel_cc_version_text,
+        "compiler"
+    );
     if let Some(signing) = &request.module_signing {
         timed(&mut phases, Phase::ModuleSign, || {
             compile::sign_modules(
@@ -184,6 +216,7 @@ fn run_phases(
         write_package(
             &request.driver,
             identity,
+            &request.revision.commit,
             &compiled.modules,
             &request.out_dir,
         )
@@ -201,6 +234,13 @@ fn run_phases(
         .iter()
         .filter_map(|m| m.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
+    let build_facts = write_build_facts(
+        &request.out_dir,
+        &BuildFacts {
+            headers: headers.packages,
+            compiler,
+        },
+    )?;
     tracing::info!(package = %package.display(), "build finished");
     Ok(BuildOutcome {
         package,
@@ -209,13 +249,39 @@ fn run_phases(
         modules,
         headers_dir: headers.dir,
         headers_source: headers.source,
+        source_commit: request.revision.commit.to_string(),
+        source_repository: request.revision.repository.clone(),
+        build_facts,
         phases,
     })
+}
+
+/// Writes `<out_dir>/build-facts.json` (a new file: a build never replaces another's facts).
+pub fn write_build_facts(out_dir: &Path, facts: &BuildFacts) -> Result<PathBuf, BuildError> {
+    let path = out_dir.join(BUILD_FACTS_FILE);
+    let json = serde_json::to_vec_pretty(facts)
+        .map_err(|error| BuildError::Facts(format!("serializing: {error}")))?;
+    let io = |source| BuildError::Io {
+        what: "writing",
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut file, &json)
+        .and_then(|()| std::io::Write::write_all(&mut file, b"\n"))
+        .map_err(io)?;
+    tracing::info!(file = %path.display(), headers = facts.headers.len(), "wrote the build facts");
+    Ok(path)
 }
 
 fn write_package(
     driver: &DriverName,
     identity: &KernelIdentity,
+    commit: &SourceCommit,
     modules: &[PathBuf],
     out_dir: &Path,
 ) -> Result<PathBuf, BuildError> {
@@ -226,7 +292,8 @@ fn write_package(
             .unwrap_or_default();
         (name, FileContent::Path(path.clone()))
     });
-    let spec = PackageSpec::for_driver(driver, identity, files)?;
+    let mut spec = PackageSpec::for_driver(driver, identity, files)?;
+    spec.source_commit = Some(commit.clone());
     let options = WriteOptions::default_for(spec.format);
     let file_name = identity.package_file_name(driver);
     Ok(driver_package::write_package_file(

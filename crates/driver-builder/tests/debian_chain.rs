@@ -17,7 +17,8 @@ use driver_builder::headers::{
 };
 use driver_builder::http::UreqHttp;
 use driver_builder::system::System;
-use kernel_id::{DriverName, KernelIdentity};
+use kernel_id::{DriverName, KernelIdentity, SourceCommit};
+use sha2::{Digest, Sha256};
 
 const RELEASE: &str = "6.1.0-47-amd64";
 /// The Debian version of linux-headers-6.1.0-47-* in bookworm main.
@@ -122,6 +123,33 @@ fn outcomes(resolved: &ResolvedHeaders) -> Vec<String> {
         .collect()
 }
 
+/// (Package, Version) of a .deb, as dpkg-deb reads them.
+fn deb_name_version(deb: &Path) -> (String, String) {
+    let field = |name: &str| {
+        let output = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(deb)
+            .arg(name)
+            .output()
+            .expect("dpkg-deb -f");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    (field("Package"), field("Version"))
+}
+
+/// `sha256sum <file>`'s digest.
+fn sha256sum(file: &Path) -> String {
+    let output = Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn modinfo(module: &Path, field: &str) -> String {
     let output = Command::new("modinfo")
         .args(["-F", field])
@@ -136,9 +164,10 @@ fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
     let identity = identity(RELEASE, "x86_64", "debian", "12");
     let server = LoopbackServer::start();
     let mut urls = Vec::new();
-    for (name, bytes) in real_header_debs(true) {
+    let served = real_header_debs(true);
+    for (name, bytes) in &served {
         let path = format!("/pool/main/l/linux/{name}");
-        server.file(&path, bytes);
+        server.file(&path, bytes.clone());
         urls.push(server.url(&path));
     }
     // The arch package first: the source must install the shared parts before it anyway.
@@ -176,25 +205,74 @@ fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
         "with every dependency served, a plain dpkg -i must do:\n{}",
         tail(&log)
     );
+    // The build facts name every served file with its URL, its SHA-256 and the name and version
+    // dpkg-deb reads from it, shared parts first (the install order).
+    let mut expected: Vec<(String, String, String)> = served
+        .iter()
+        .map(|(name, bytes)| {
+            (
+                name.clone(),
+                server.url(&format!("/pool/main/l/linux/{name}")),
+                hex::encode(Sha256::digest(bytes)),
+            )
+        })
+        .collect();
+    expected.sort();
+    let mut recorded: Vec<(String, String, String)> = resolved
+        .packages
+        .iter()
+        .map(|p| {
+            (
+                p.file_name.clone(),
+                p.uri.clone().expect("a URL"),
+                p.sha256.clone(),
+            )
+        })
+        .collect();
+    recorded.sort();
+    assert_eq!(recorded, expected);
+    for package in &resolved.packages {
+        let (name, version) = deb_name_version(
+            &system
+                .host_path(Path::new("/tmp"))
+                .read_dir()
+                .expect("tmp")
+                .flatten()
+                .map(|e| e.path().join(&package.file_name))
+                .find(|p| p.is_file())
+                .expect("the downloaded file is still there"),
+        );
+        assert_eq!((&package.name, &package.version), (&name, &version));
+    }
+    assert_eq!(
+        resolved.packages.last().map(|p| p.name.as_str()),
+        Some("linux-headers-6.1.0-47-amd64"),
+        "the arch package is installed last: {:#?}",
+        resolved.packages
+    );
 
     // The headers are usable: kbuild builds the sample driver against them, and the kernel's own
     // sign-file signs it with a throwaway key.
     let driver = DriverName::parse("example-driver").expect("driver");
     let scratch = system.scratch_dir("build").expect("scratch");
-    let compiled = compile::compile(
-        &system,
-        &scratch,
-        &identity,
-        &driver,
-        &resolved.dir,
-        &sample_driver(),
-        2,
-    )
-    .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    let commit = SourceCommit::parse(common::SOURCE_COMMIT).expect("commit");
+    let kbuild = compile::Kbuild {
+        identity: &identity,
+        driver: &driver,
+        headers_dir: &resolved.dir,
+        source_commit: &commit,
+        jobs: 2,
+    };
+    let compiled = compile::compile(&system, &scratch, &kbuild, &sample_driver())
+        .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
     assert_eq!(compiled.modules.len(), 1);
     let module = &compiled.modules[0];
     assert!(modinfo(module, "vermagic").starts_with("6.1.0-47-amd64 "));
     assert_eq!(modinfo(module, "version"), common::DRIVER_VERSION);
+    assert_eq!(modinfo(module, "scmversion"), common::SOURCE_COMMIT);
+    assert!(!modinfo(module, "srcversion").is_empty());
+    // kbuild ran the compiler the kernel was built with (Debian's headers pin gcc-12).
+    assert_eq!(compiled.compiler, ["gcc-12"]);
 
     let keys = tempfile::tempdir().expect("tempdir");
     let (key, cert) = (keys.path().join("key.pem"), keys.path().join("cert.der"));
@@ -273,6 +351,37 @@ fn a_snapshot_archive_listing_is_used_after_a_dead_explicit_url() {
         .filter(|r| r.starts_with(&format!("GET {base}")))
         .collect();
     assert_eq!(fetched.len(), 4, "listing + three packages: {fetched:#?}");
+    let recorded: Vec<(String, String)> = resolved
+        .packages
+        .iter()
+        .map(|p| (p.name.clone(), p.uri.clone().expect("a URL")))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            (
+                "linux-headers-6.1.0-47-common".to_owned(),
+                server.url(&format!(
+                    "{base}/pool/main/l/linux/linux-headers-6.1.0-47-common_6.1.170-3_all.deb"
+                ))
+            ),
+            (
+                "linux-kbuild-6.1".to_owned(),
+                server.url(&format!(
+                    "{base}/pool/main/l/linux/{}",
+                    resolved.packages[1].file_name
+                ))
+            ),
+            (
+                "linux-headers-6.1.0-47-amd64".to_owned(),
+                server.url(&format!(
+                    "{base}/pool/main/l/linux/linux-headers-6.1.0-47-amd64_6.1.170-3_amd64.deb"
+                ))
+            ),
+        ],
+        "{:#?}",
+        resolved.packages
+    );
     assert!(
         system
             .host_path(Path::new(
@@ -398,19 +507,67 @@ fn a_backports_kernel_gets_its_headers_from_the_backports_pocket_of_the_roots_ar
             .exists(),
         "the backports source is removed again"
     );
+    // apt's installs are recorded from its archive cache: every package whose installed version
+    // changed, each the very file in the cache (sha256sum), named and versioned as dpkg-deb says.
+    let names: Vec<&str> = resolved.packages.iter().map(|p| p.name.as_str()).collect();
+    for wanted in [
+        format!("linux-headers-{release}"),
+        format!(
+            "linux-headers-{}-common",
+            release.trim_end_matches("-amd64")
+        ),
+    ] {
+        assert!(names.contains(&wanted.as_str()), "{wanted}: {names:?}");
+    }
+    for package in &resolved.packages {
+        let file = root.join("var/cache/apt/archives").join(&package.file_name);
+        assert_eq!(package.sha256, sha256sum(&file), "{}", file.display());
+        assert_eq!(
+            deb_name_version(&file),
+            (package.name.clone(), package.version.clone())
+        );
+    }
+    // Resolved again, the headers are already there: apt installs nothing, and the packages owning
+    // the kbuild tree (the arch package and the `-common` one its Makefile includes) are recorded
+    // from the archive cache with the same digests.
+    let again = resolve(&identity, &system, &HeaderOptions::default())
+        .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    assert_eq!(
+        again.attempts.len(),
+        1,
+        "apt needs nothing: {:#?}",
+        again.attempts
+    );
+    assert_eq!(again.attempts[0].failure, None);
+    let mut present: Vec<&str> = again.packages.iter().map(|p| p.name.as_str()).collect();
+    present.sort_unstable();
+    let common = format!(
+        "linux-headers-{}-common",
+        release.trim_end_matches("-amd64")
+    );
+    let arch = format!("linux-headers-{release}");
+    assert_eq!(present, [arch.as_str(), common.as_str()]);
+    for package in &again.packages {
+        let first = resolved
+            .packages
+            .iter()
+            .find(|p| p.name == package.name)
+            .expect("installed by the first resolution");
+        assert_eq!(package, first);
+    }
     // The headers are usable with the root's own (bookworm) compiler.
     let driver = DriverName::parse("example-driver").expect("driver");
     let scratch = system.scratch_dir("build").expect("scratch");
-    let compiled = compile::compile(
-        &system,
-        &scratch,
-        &identity,
-        &driver,
-        &resolved.dir,
-        &sample_driver(),
-        2,
-    )
-    .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
+    let commit = SourceCommit::parse(common::SOURCE_COMMIT).expect("commit");
+    let kbuild = compile::Kbuild {
+        identity: &identity,
+        driver: &driver,
+        headers_dir: &resolved.dir,
+        source_commit: &commit,
+        jobs: 2,
+    };
+    let compiled = compile::compile(&system, &scratch, &kbuild, &sample_driver())
+        .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
     assert_eq!(compiled.modules.len(), 1);
     let module = &compiled.modules[0];
     assert!(

@@ -4,6 +4,12 @@
 //! sha256sum, dpkg -i + modinfo in a fresh root — and loaded into the real kernel booted under
 //! qemu. A third test records what a kernel of another ABI does with the 6.1.0-47 module.
 //!
+//! The build's provenance inputs are checked the same way: the source commit in the package's
+//! control file and the module's `scmversion`, `build-facts.json`'s header digests against
+//! `sha256sum` of the very .deb files apt installed (the executor's shared apt archive cache,
+//! where every downloaded package of the root ends up), its compiler against the root's own
+//! `<cc> --version` and the headers' `CONFIG_CC_VERSION_TEXT`, and `root-image.json`.
+//!
 //! A build is cached under `testkit::cache_dir()/driver-builder/e2e`, keyed by the builder
 //! binary's and the driver source's SHA-256, so the tests that need the same package (and a
 //! rerun with unchanged code) share one build; parallel test processes wait on a lock.
@@ -15,8 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use build_root::executor::{ExecutorConfig, LocalExecutor, builder_argv};
-use common::{DRIVER_VERSION, identity, sample_driver, tail};
+use build_root::executor::{
+    ExecutorConfig, LocalExecutor, ROOT_IMAGE_FILE, SourceRevision, builder_argv,
+};
+use common::{DRIVER_VERSION, SOURCE_COMMIT, SOURCE_REPOSITORY, identity, sample_driver, tail};
+use integrity::{BUILD_FACTS_FILE, BuildFacts};
+use kernel_id::SourceCommit;
 use kernel_id::{Arch, DriverName, KernelIdentity};
 use sha2::{Digest, Sha256};
 use testkit::initramfs::{END_MARKER, INIT_MARKER};
@@ -89,6 +99,7 @@ fn built_package(identity: &KernelIdentity) -> Built {
     .expect("static driver-builder");
     let mut hasher = Sha256::new();
     hasher.update(std::fs::read(&builder).expect("builder binary"));
+    hasher.update(SOURCE_COMMIT.as_bytes());
     sha256_tree(&mut hasher, &sample_driver());
     let key = hex::encode(hasher.finalize());
     let slug = identity.cache_key().replace('/', "_");
@@ -126,7 +137,11 @@ fn built_package(identity: &KernelIdentity) -> Built {
     config.work_dir = cache_dir.join("work-driver-builder");
     config.builder_binaries.insert(Arch::X86_64, builder);
     let executor = LocalExecutor::new(config);
-    let mut argv = builder_argv(identity, &driver());
+    let source_revision = SourceRevision {
+        commit: SourceCommit::parse(SOURCE_COMMIT).expect("commit"),
+        repository: SOURCE_REPOSITORY.to_owned(),
+    };
+    let mut argv = builder_argv(identity, &driver(), &source_revision);
     let source_at = argv.iter().position(|a| a == "--source").expect("--source") + 1;
     argv[source_at] = "/build/src/driver".to_owned();
     argv.extend(
@@ -195,6 +210,17 @@ fn check_package(built: &Built, identity: &KernelIdentity) {
         module_path.trim_start_matches('.')
     );
 
+    let commit_field = run(Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(&built.package)
+        .arg(driver_package::DEB_SOURCE_COMMIT_FIELD));
+    assert_eq!(commit_field.trim(), SOURCE_COMMIT);
+    assert_eq!(summary["source_commit"], SOURCE_COMMIT, "{summary:#}");
+    assert_eq!(
+        summary["source_repository"], SOURCE_REPOSITORY,
+        "{summary:#}"
+    );
+
     let lintian = Command::new("lintian")
         .args(["--fail-on", "error", "--no-tag-display-limit"])
         .arg(&built.package)
@@ -230,20 +256,40 @@ fn check_package(built: &Built, identity: &KernelIdentity) {
     assert!(checked.contains(": OK"), "{checked}");
 }
 
+/// What a fresh root of the suite says about the installed package and its compiler.
+struct Installed {
+    vermagic: String,
+    version: String,
+    scmversion: String,
+    srcversion: String,
+    modules_dep: String,
+    /// The first line of `<compiler> --version` in the root.
+    compiler_version: String,
+}
+
 /// Installs the package with dpkg into a fresh root of its suite and reads the module back with
-/// the root's modinfo; returns (vermagic, version, modules.dep).
-fn dpkg_install_and_modinfo(built: &Built, identity: &KernelIdentity) -> (String, String, String) {
+/// the root's modinfo; also asks the root's `compiler` for its version.
+fn dpkg_install_and_modinfo(built: &Built, identity: &KernelIdentity, compiler: &str) -> Installed {
     let release = identity.kernel_release().as_str();
     let work = common::fresh_root(identity);
     work.copy_file_in(&built.package, "/tmp/driver.deb", 0o644)
         .expect("copy the package in");
     let log = work.work_dir().join("install.log");
     let module = format!("/lib/modules/{release}/updates/example-driver/example_driver.ko");
+    assert!(
+        compiler
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c)),
+        "{compiler}"
+    );
     let script = format!(
         "set -e; dpkg -i /tmp/driver.deb; \
          modinfo -F vermagic {module} > /build/out/vermagic; \
          modinfo -F version {module} > /build/out/version; \
-         cp /lib/modules/{release}/modules.dep /build/out/modules.dep"
+         modinfo -F scmversion {module} > /build/out/scmversion; \
+         modinfo -F srcversion {module} > /build/out/srcversion; \
+         cp /lib/modules/{release}/modules.dep /build/out/modules.dep; \
+         {compiler} --version | head -n 1 > /build/out/compiler"
     );
     work.run(
         &["/bin/sh".to_owned(), "-c".to_owned(), script],
@@ -257,9 +303,92 @@ fn dpkg_install_and_modinfo(built: &Built, identity: &KernelIdentity) -> (String
             .trim()
             .to_owned()
     };
-    let result = (read("vermagic"), read("version"), read("modules.dep"));
+    let result = Installed {
+        vermagic: read("vermagic"),
+        version: read("version"),
+        scmversion: read("scmversion"),
+        srcversion: read("srcversion"),
+        modules_dep: read("modules.dep"),
+        compiler_version: read("compiler"),
+    };
     work.remove().expect("remove root");
     result
+}
+
+/// `sha256sum <file>`'s digest.
+fn sha256sum(file: &Path) -> String {
+    run(Command::new("sha256sum").arg(file))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `build-facts.json` against the real files: every recorded header package is a .deb in the
+/// executor's apt archive cache for this root (where each file the root's apt used ends up) whose
+/// `sha256sum` is the recorded digest and whose control file names the recorded package and
+/// version; the release's header packages are among them; the kernel's compiler text is the
+/// headers' own `CONFIG_CC_VERSION_TEXT`. Returns the facts.
+fn check_build_facts(built: &Built, identity: &KernelIdentity) -> BuildFacts {
+    let release = identity.kernel_release().as_str();
+    let facts: BuildFacts = serde_json::from_str(
+        &std::fs::read_to_string(built.dir.join(BUILD_FACTS_FILE)).expect("build-facts.json"),
+    )
+    .expect("build facts parse");
+    eprintln!("build facts for {release}: {facts:#?}");
+    let archives = testkit::cache_dir()
+        .join("build-root/apt-archives")
+        .join(build_root::root::RootKey::for_identity(identity).slug());
+    let field = |deb: &Path, name: &str| {
+        run(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name))
+            .trim()
+            .to_owned()
+    };
+    for package in &facts.headers {
+        let file = archives.join(&package.file_name);
+        assert_eq!(sha256sum(&file), package.sha256, "{}", file.display());
+        assert_eq!(field(&file, "Package"), package.name);
+        assert_eq!(field(&file, "Version"), package.version);
+        let uri = package.uri.as_deref().expect("apt knows every URI");
+        assert!(uri.starts_with("http") && uri.ends_with(".deb"), "{uri}");
+    }
+    let arch_headers = format!("linux-headers-{release}");
+    let headers_deb = facts
+        .headers
+        .iter()
+        .find(|p| p.name == arch_headers)
+        .unwrap_or_else(|| panic!("{arch_headers} is recorded: {facts:#?}"));
+    assert!(
+        facts
+            .headers
+            .iter()
+            .any(|p| p.name.starts_with("linux-headers-") && p.name.ends_with("-common")),
+        "{facts:#?}"
+    );
+    // The headers' CONFIG_CC_VERSION_TEXT, read from the package's own .config.
+    let extracted = tempfile::tempdir().expect("tempdir");
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(archives.join(&headers_deb.file_name))
+        .arg(extracted.path()));
+    let config = std::fs::read_to_string(
+        extracted
+            .path()
+            .join(format!("usr/src/linux-headers-{release}/.config")),
+    )
+    .expect("the headers' .config");
+    let cc_text = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))
+        .expect("CONFIG_CC_VERSION_TEXT")
+        .trim_matches('"');
+    assert_eq!(facts.compiler.kernel_cc_version_text, cc_text);
+    assert!(
+        cc_text.starts_with(&format!("{} ", facts.compiler.name)),
+        "kbuild ran the kernel's own compiler: {:?} vs {cc_text:?}",
+        facts.compiler.name
+    );
+    facts
 }
 
 /// Boots `release` under qemu with the packaged module in the initramfs and tries to insmod it.
@@ -308,13 +437,32 @@ fn end_to_end(release: &str, distro_version: &str) {
     let built = built_package(&identity);
     check_package(&built, &identity);
 
-    let (vermagic, version, modules_dep) = dpkg_install_and_modinfo(&built, &identity);
+    let facts = check_build_facts(&built, &identity);
+    let root_image: integrity::RootImage = serde_json::from_str(
+        &std::fs::read_to_string(built.dir.join(ROOT_IMAGE_FILE)).expect("root-image.json"),
+    )
+    .expect("root image parses");
+    let suite = identity.distro_version().codename().expect("suite");
+    assert_eq!(root_image.uri, format!("mmdebstrap:debian/{suite}/amd64"));
+    assert_eq!(root_image.sha256.len(), 64);
+
+    let installed = dpkg_install_and_modinfo(&built, &identity, &facts.compiler.name);
+    let vermagic = &installed.vermagic;
     assert!(vermagic.starts_with(&format!("{release} ")), "{vermagic}");
     assert!(vermagic.contains("modversions"), "{vermagic}");
-    assert_eq!(version, DRIVER_VERSION);
+    assert_eq!(installed.version, DRIVER_VERSION);
+    assert_eq!(installed.scmversion, SOURCE_COMMIT);
+    assert!(!installed.srcversion.is_empty());
     assert!(
-        modules_dep.contains("updates/example-driver/example_driver.ko:"),
-        "the postinst ran depmod: {modules_dep}"
+        installed
+            .modules_dep
+            .contains("updates/example-driver/example_driver.ko:"),
+        "the postinst ran depmod: {}",
+        installed.modules_dep
+    );
+    assert_eq!(
+        facts.compiler.root_version_report,
+        installed.compiler_version
     );
 
     let console = boot_and_insmod(&built, release, &format!("driver-builder-e2e-{release}"));

@@ -258,7 +258,7 @@ fn fedora_headers_come_from_koji_after_dnf_and_urls() {
         })
         .collect();
     assert_eq!(outcomes.len(), 3, "{outcomes:#?}");
-    assert!(outcomes[0].starts_with("dnf install kernel-devel-6.14.0-100.fc42.x86_64 => failed: `dnf install -y kernel-devel-6.14.0-100.fc42.x86_64`: exit code 127"), "{outcomes:#?}");
+    assert!(outcomes[0].starts_with("dnf install kernel-devel-6.14.0-100.fc42.x86_64 => failed: `dnf install -y --setopt=keepcache=1 kernel-devel-6.14.0-100.fc42.x86_64`: exit code 127"), "{outcomes:#?}");
     assert_eq!(
         outcomes[1],
         "explicit header URLs (0 given) => skipped: no --header-url given"
@@ -279,6 +279,45 @@ fn fedora_headers_come_from_koji_after_dnf_and_urls() {
     assert!(
         installed_packages(root.path()).contains("kernel-devel-6.14.0-100.fc42.x86_64"),
         "rpm must have recorded the install"
+    );
+    // The build facts: the downloaded file, its Koji URL, its digest, and what rpm says it is.
+    let [package] = &resolved.packages[..] else {
+        panic!("{:#?}", resolved.packages)
+    };
+    let file_name = "kernel-devel-6.14.0-100.fc42.x86_64.rpm";
+    let downloaded = std::fs::read_dir(root.path().join("tmp"))
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path().join(file_name))
+        .find(|p| p.is_file())
+        .expect("the downloaded rpm");
+    let sha256sum = Command::new("sha256sum")
+        .arg(&downloaded)
+        .output()
+        .expect("sha256sum");
+    let queried = Command::new("rpm")
+        .args(["-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE}"])
+        .arg(&downloaded)
+        .output()
+        .expect("rpm -qp");
+    assert_eq!(
+        format!("{} {}", package.name, package.version),
+        String::from_utf8_lossy(&queried.stdout)
+    );
+    assert_eq!(package.file_name, file_name);
+    assert_eq!(
+        package.uri.as_deref(),
+        Some(
+            server
+                .url("/kojifiles/packages/kernel/6.14.0/100.fc42/x86_64/kernel-devel-6.14.0-100.fc42.x86_64.rpm")
+                .as_str()
+        )
+    );
+    assert_eq!(
+        Some(package.sha256.as_str()),
+        String::from_utf8_lossy(&sha256sum.stdout)
+            .split_whitespace()
+            .next()
     );
 }
 
@@ -364,7 +403,7 @@ fn every_rpm_failure_path_ends_in_an_error_listing_every_source() {
         "no kernel headers for 6.14.0-100.fc42.x86_64: all 7 header sources failed"
     );
     let expectations = [
-        "1. dnf install kernel-devel-6.14.0-100.fc42.x86_64: failed: `dnf install -y kernel-devel-6.14.0-100.fc42.x86_64`: exit code 127: dnf: command not found in this test root; `dnf install -y kernel-devel-uname-r = 6.14.0-100.fc42.x86_64`: exit code 127",
+        "1. dnf install kernel-devel-6.14.0-100.fc42.x86_64: failed: `dnf install -y --setopt=keepcache=1 kernel-devel-6.14.0-100.fc42.x86_64`: exit code 127: dnf: command not found in this test root; `dnf install -y --setopt=keepcache=1 kernel-devel-uname-r = 6.14.0-100.fc42.x86_64`: exit code 127",
         "2. explicit header URLs (1 given): failed: download ",
         "3. koji profile nil (",
         "4. koji profile fault (",
@@ -418,7 +457,7 @@ fn amazon_linux_tries_dnf_then_the_livepatch_package_then_urls() {
     assert!(
         text.contains(
             "2. dnf install kernel-livepatch-6.1.186-228.376 (kernel-livepatch repository): failed: \
-             `dnf install -y --enablerepo=kernel-livepatch kernel-livepatch-6.1.186-228.376 kernel-devel-uname-r = 6.1.186-228.376.amzn2023.x86_64`"
+             `dnf install -y --setopt=keepcache=1 --enablerepo=kernel-livepatch kernel-livepatch-6.1.186-228.376 kernel-devel-uname-r = 6.1.186-228.376.amzn2023.x86_64`"
         ),
         "{text}"
     );

@@ -1,6 +1,6 @@
 //! The one home for driver package formats: the builder writes a driver's kernel modules into a
 //! `.deb` or `.rpm` ([`write_package`], [`PackageSpec::for_driver`]), and the loader reads packages
-//! back ([`list`], [`extract`], [`decompress_module_file`]).
+//! back ([`list`], [`extract`], [`decompress_module_file`], [`read_metadata`]).
 //!
 //! Reading is streaming (no package or payload is ever held in memory) and defensive: absolute paths,
 //! `..`, links leaving the target, device nodes, oversize entries, decompression bombs, duplicates,
@@ -12,6 +12,7 @@ mod deb_read;
 mod error;
 mod extract;
 mod io_util;
+mod metadata;
 mod read;
 mod rpm_read;
 mod spec;
@@ -24,10 +25,13 @@ pub use compression::{
 pub use error::{ReadError, Refusal, Rule, SpecError, WriteError};
 pub use extract::{EntryInfo, EntryKind, ExtractOptions, ExtractReport, Limits, Selection};
 pub use kernel_id::PackageFormat;
+pub use metadata::{
+    MAX_CONTROL_FILE_BYTES, MAX_CONTROL_TAR_BYTES, PackageMetadata, control_field, read_metadata,
+};
 pub use read::{detect_format, extract, list};
 pub use spec::{
-    DEFAULT_LICENSE, DEFAULT_MAINTAINER, DEFAULT_SOURCE_DATE_EPOCH, FileContent, PackageFile,
-    PackageSpec,
+    DEB_SOURCE_COMMIT_FIELD, DEFAULT_LICENSE, DEFAULT_MAINTAINER, DEFAULT_SOURCE_DATE_EPOCH,
+    FileContent, PackageFile, PackageSpec,
 };
 pub use write::{
     RPM_RELEASE, WriteOptions, write_deb, write_package, write_package_file, write_rpm,

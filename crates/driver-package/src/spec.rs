@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use kernel_id::{DriverName, KernelIdentity, KernelRelease, PackageFormat};
+use kernel_id::{DriverName, KernelIdentity, KernelRelease, PackageFormat, SourceCommit};
 
 use crate::error::{SpecError, WriteError};
 
@@ -55,7 +55,18 @@ pub struct PackageSpec {
     pub files: Vec<PackageFile>,
     /// Timestamp used for every mtime, the changelog and the rpm build time (reproducible builds).
     pub source_date_epoch: u32,
+    /// The commit of the driver source the modules were built from: the .deb control field
+    /// [`DEB_SOURCE_COMMIT_FIELD`] and the rpm `VCS` tag. [`PackageSpec::for_driver`] leaves it
+    /// empty; the builder sets it.
+    pub source_commit: Option<SourceCommit>,
 }
+
+/// The .deb control field carrying [`PackageSpec::source_commit`]. Debian has no binary-package
+/// field for a source commit (`Vcs-*` are source-package fields naming a repository, not a
+/// revision), so it is a field of our own; lintian reports it as `unknown-field`, a warning, never
+/// an error, and dpkg keeps it in its status database (`dpkg-query -W -f
+/// '${Kdriver-Source-Commit}'`).
+pub const DEB_SOURCE_COMMIT_FIELD: &str = "Kdriver-Source-Commit";
 
 /// Longest summary rpmlint accepts without an error.
 const MAX_SUMMARY_LEN: usize = 79;
@@ -154,6 +165,7 @@ impl PackageSpec {
             kernel_release: identity.kernel_release().clone(),
             files,
             source_date_epoch: DEFAULT_SOURCE_DATE_EPOCH,
+            source_commit: None,
         };
         spec.validate()?;
         Ok(spec)
@@ -363,6 +375,7 @@ mod tests {
                 mode: 0o644,
             }],
             source_date_epoch: DEFAULT_SOURCE_DATE_EPOCH,
+            source_commit: None,
         }
     }
 

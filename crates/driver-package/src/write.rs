@@ -11,7 +11,7 @@ use md5::{Digest, Md5};
 
 use crate::compression::Compression;
 use crate::error::{SpecError, WriteError};
-use crate::spec::PackageSpec;
+use crate::spec::{DEB_SOURCE_COMMIT_FIELD, PackageSpec};
 
 /// The release field of every rpm we write: one build per identity, so it never needs bumping.
 pub const RPM_RELEASE: &str = "1";
@@ -401,6 +401,9 @@ pub fn write_deb(
         "Package: {}\nVersion: {}\nArchitecture: {}\nMaintainer: {}\nInstalled-Size: {}\nSection: kernel\nPriority: optional\n",
         spec.name, spec.version, spec.architecture, spec.maintainer, installed_kib
     );
+    if let Some(commit) = &spec.source_commit {
+        control.push_str(&format!("{DEB_SOURCE_COMMIT_FIELD}: {commit}\n"));
+    }
     control.push_str(&control_description(spec));
     let control_items = vec![
         TarItem {
@@ -494,6 +497,10 @@ pub fn write_rpm(
             format!("- {}", spec.summary.trim_end_matches('.')),
             spec.source_date_epoch,
         );
+    if let Some(commit) = &spec.source_commit {
+        // RPMTAG_VCS (5034): `rpm -qp --qf '%{VCS}'` prints the commit.
+        builder.vcs(commit.as_str());
+    }
     // Own only each file's own directory: parents such as /lib/modules/<release> belong to the kernel
     // package, and /lib is a symlink on usr-merged systems.
     let mut own_dirs = std::collections::BTreeSet::new();

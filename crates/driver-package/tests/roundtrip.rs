@@ -1,5 +1,6 @@
 //! Property: any valid spec written as .deb or .rpm (every compression) reads back with exactly the
-//! files, bytes and modes it was written with, and the package lists the parent directories.
+//! files, bytes and modes it was written with, the package lists the parent directories, and its
+//! metadata (name, architecture, source commit) reads back too.
 
 mod common;
 
@@ -54,6 +55,9 @@ fn spec(format: PackageFormat, files: &[(String, Vec<u8>, u32)], subdir: bool) -
             })
             .collect(),
         source_date_epoch: 1_700_000_000,
+        source_commit: Some(
+            kernel_id::SourceCommit::parse(&"ab".repeat(32)).expect("a SHA-256 commit id"),
+        ),
     }
 }
 
@@ -74,6 +78,13 @@ proptest! {
         let path = dir.path().join("pkg");
         std::fs::write(&path, &package).expect("package file");
         prop_assert_eq!(driver_package::detect_format(&path).expect("format"), format);
+        let metadata = driver_package::read_metadata(&path).expect("metadata");
+        prop_assert_eq!(&metadata.name, &spec.name);
+        prop_assert_eq!(&metadata.architecture, &spec.architecture);
+        prop_assert_eq!(
+            metadata.source_commit.as_deref(),
+            spec.source_commit.as_ref().map(|c| c.as_str())
+        );
 
         let listed = driver_package::list(&path, &Limits::default()).expect("list");
         for file in &spec.files {

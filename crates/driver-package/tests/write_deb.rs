@@ -1,5 +1,5 @@
 //! .deb packages written by this crate, checked with the real Debian tools: dpkg-deb shows the right
-//! metadata and paths, lintian finds no errors, dpkg installs into a scratch root and its postinst
+//! metadata (the source commit included) and paths, lintian finds no errors, dpkg installs into a scratch root and its postinst
 //! builds that root's module index with depmod, and dpkg-deb -x agrees with our own reader.
 
 mod common;
@@ -8,8 +8,11 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{KERNEL_RELEASE, driver, driver_spec, identity, real_module, run};
-use driver_package::{Compression, ExtractOptions, WriteOptions, write_package_file};
+use common::{KERNEL_RELEASE, SOURCE_COMMIT, driver, driver_spec, identity, real_module, run};
+use driver_package::{
+    Compression, DEB_SOURCE_COMMIT_FIELD, ExtractOptions, PackageFormat, WriteOptions,
+    write_package_file,
+};
 
 fn write_sample(dir: &Path, compression: Compression) -> (std::path::PathBuf, String) {
     let identity = identity("debian", "12", KERNEL_RELEASE);
@@ -33,6 +36,7 @@ fn dpkg_deb_shows_name_version_arch_and_paths() {
     assert_eq!(field("Version"), "0.1.2");
     assert_eq!(field("Architecture"), "amd64");
     assert_eq!(field("Section"), "kernel");
+    assert_eq!(field(DEB_SOURCE_COMMIT_FIELD), SOURCE_COMMIT);
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
     assert!(
         info.contains("postinst") && info.contains("postrm") && info.contains("md5sums"),
@@ -92,9 +96,69 @@ fn every_data_compression_is_readable_by_dpkg_deb() {
 }
 
 #[test]
+fn the_source_commit_is_a_control_field_dpkg_and_our_reader_agree_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (deb, name) = write_sample(dir.path(), Compression::Xz);
+    let shown = run(Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&deb)
+        .arg("Package")
+        .arg("Version")
+        .arg("Architecture")
+        .arg(DEB_SOURCE_COMMIT_FIELD));
+    assert_eq!(
+        shown,
+        format!(
+            "Package: {name}\nVersion: 0.1.2\nArchitecture: amd64\n\
+             {DEB_SOURCE_COMMIT_FIELD}: {SOURCE_COMMIT}\n"
+        )
+    );
+    let metadata = driver_package::read_metadata(&deb).expect("metadata");
+    assert_eq!(metadata.format, PackageFormat::Deb);
+    assert_eq!(metadata.name, name);
+    assert_eq!(metadata.version, "0.1.2");
+    assert_eq!(metadata.architecture, "amd64");
+    assert_eq!(metadata.source_commit.as_deref(), Some(SOURCE_COMMIT));
+
+    // Without a commit there is no field at all.
+    let mut spec = driver_spec(&identity("debian", "12", KERNEL_RELEASE), real_module());
+    spec.source_commit = None;
+    let plain = write_package_file(
+        &spec,
+        WriteOptions::default_for(spec.format),
+        dir.path(),
+        "plain.deb",
+    )
+    .expect("deb written");
+    let control = run(Command::new("dpkg-deb").arg("--field").arg(&plain));
+    assert!(!control.contains(DEB_SOURCE_COMMIT_FIELD), "{control}");
+    assert_eq!(
+        driver_package::read_metadata(&plain)
+            .expect("metadata")
+            .source_commit,
+        None
+    );
+}
+
+#[test]
+fn our_reader_reads_metadata_of_a_real_debian_package() {
+    let deb = common::real_kernel_deb();
+    let metadata = driver_package::read_metadata(&deb).expect("metadata");
+    let field = |f: &str| {
+        run(Command::new("dpkg-deb").arg("--field").arg(&deb).arg(f))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(metadata.name, field("Package"));
+    assert_eq!(metadata.version, field("Version"));
+    assert_eq!(metadata.architecture, field("Architecture"));
+    assert_eq!(metadata.source_commit, None);
+}
+
+#[test]
 fn lintian_reports_no_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (deb, _) = write_sample(dir.path(), Compression::Xz);
+    let (deb, name) = write_sample(dir.path(), Compression::Xz);
     let output = Command::new("lintian")
         .arg("--no-cfg")
         .arg(&deb)
@@ -109,11 +173,11 @@ fn lintian_reports_no_errors() {
     );
     // lintian exits non-zero only for errors (at its default fail-on level).
     assert!(output.status.success(), "lintian failed:\n{report}");
-    let unexpected: Vec<&str> = report.lines().filter(|l| l.starts_with("W:")).collect();
-    assert!(
-        unexpected.is_empty(),
-        "lintian warnings (there were none when this test was written):\n{report}"
-    );
+    // Debian has no binary-package field for a source commit, so ours is unknown to lintian: a
+    // warning, and the only one (there were none before the field was added).
+    let warnings: Vec<&str> = report.lines().filter(|l| l.starts_with("W:")).collect();
+    let expected = format!("W: {name}: unknown-field {DEB_SOURCE_COMMIT_FIELD}");
+    assert_eq!(warnings, [expected.as_str()], "lintian warnings:\n{report}");
 }
 
 #[test]
@@ -153,6 +217,13 @@ fn dpkg_installs_into_a_root_and_runs_depmod_there() {
         .arg("-s")
         .arg(&name));
     assert!(status.contains("Status: install ok installed"), "{status}");
+    // dpkg keeps the commit in its database, so a host can ask which commit is installed.
+    let commit = run(Command::new("dpkg-query")
+        .arg(format!("--root={}", root.display()))
+        .arg("-W")
+        .arg(format!("-f=${{{DEB_SOURCE_COMMIT_FIELD}}}"))
+        .arg(&name));
+    assert_eq!(commit, SOURCE_COMMIT);
 
     run(Command::new("dpkg")
         .arg(format!("--root={}", root.display()))

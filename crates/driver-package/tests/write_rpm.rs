@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{driver, driver_spec, identity, identity_on, real_module, run, sh};
+use common::{SOURCE_COMMIT, driver, driver_spec, identity, identity_on, real_module, run, sh};
 use driver_package::{Compression, ExtractOptions, WriteOptions, write_package_file};
 
 /// A Fedora 42 kernel release (the identity checks the `.fc42` marker agrees with the distro version).
@@ -52,6 +52,17 @@ fn rpm_queries_show_metadata_files_and_scriptlets() {
             .arg("%{PAYLOADCOMPRESSOR}")
             .arg(&rpm));
         assert_eq!(qf, compressor);
+        let vcs = run(Command::new("rpm")
+            .arg("-qp")
+            .arg("--qf")
+            .arg("%{VCS}")
+            .arg(&rpm));
+        assert_eq!(vcs, SOURCE_COMMIT, "RPMTAG_VCS carries the source commit");
+        let metadata = driver_package::read_metadata(&rpm).expect("metadata");
+        assert_eq!(metadata.name, identity.package_name(&driver()));
+        assert_eq!(metadata.version, "0.1.2-1");
+        assert_eq!(metadata.architecture, "x86_64");
+        assert_eq!(metadata.source_commit.as_deref(), Some(SOURCE_COMMIT));
         let files = run(Command::new("rpm").arg("-qlp").arg(&rpm));
         let module_dir = format!("/lib/modules/{FEDORA_RELEASE}/updates/example-driver");
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The executor's own contract in a real bookworm root: the configured builder runs with the
-//! identity's arguments, outputs come back, and the root is removed after success, failure and
-//! timeout alike; at the timeout every process of the command is gone, detached ones included.
+//! identity's and the source revision's arguments, outputs come back with the base image's
+//! `root-image.json`, and the root is removed after success, failure and timeout alike; at the
+//! timeout every process of the command is gone, detached ones included.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use build_root::BuildRootError;
-use build_root::executor::LocalExecutor;
+use build_root::executor::{BuildJob, LocalExecutor, ROOT_IMAGE_FILE, SourceRevision};
 use build_root::root::RootKey;
-use kernel_id::{Arch, DriverName};
+use kernel_id::{Arch, DriverName, SourceCommit};
 
 use crate::helpers;
 
@@ -45,17 +46,53 @@ fn the_configured_builder_runs_with_the_identity_and_its_outputs_come_back() {
     let out = scratch.path().join("out");
     let log = scratch.path().join("build.log");
 
+    let source = SourceRevision {
+        commit: SourceCommit::parse("0123456789abcdef0123456789abcdef01234567").expect("commit"),
+        repository: "https://example.com/driver.git".to_owned(),
+    };
+
     let report = executor
-        .build(&identity, &driver, &helpers::sample_driver(), &out, &log)
+        .build(&BuildJob {
+            identity: &identity,
+            driver: &driver,
+            source: &source,
+            driver_src: &helpers::sample_driver(),
+            out_dir: &out,
+            log: &log,
+        })
         .unwrap_or_else(|error| panic!("{error}\n{}", helpers::tail(&log)));
 
-    assert_eq!(report.outputs, [out.join("nested/argv.txt")]);
+    assert_eq!(
+        report.outputs,
+        [out.join("nested/argv.txt"), out.join(ROOT_IMAGE_FILE)]
+    );
     let argv = std::fs::read_to_string(out.join("nested/argv.txt")).expect("argv recorded");
     assert_eq!(
         argv.trim(),
         "build --kernel-release 6.1.0-47-amd64 --arch x86_64 --distribution debian --distro-version 12 \
-         --driver-name example-driver --driver-version v0.1.2 --source /build/src --out /build/out"
+         --driver-name example-driver --driver-version v0.1.2 --source /build/src --out /build/out \
+         --source-commit 0123456789abcdef0123456789abcdef01234567 \
+         --source-repository https://example.com/driver.git"
     );
+    // The base image the build ran in: its URI, and the SHA-256 of the cached tarball.
+    assert_eq!(report.root_image.uri, "mmdebstrap:debian/bookworm/amd64");
+    let base = executor
+        .roots()
+        .ensure(&RootKey::for_identity(&identity))
+        .expect("cached image");
+    let sha256sum = std::process::Command::new("sha256sum")
+        .arg(&base.tarball)
+        .output()
+        .expect("sha256sum runs");
+    let sha256sum = String::from_utf8_lossy(&sha256sum.stdout);
+    assert_eq!(
+        Some(report.root_image.sha256.as_str()),
+        sha256sum.split_whitespace().next()
+    );
+    let written: integrity::RootImage =
+        serde_json::from_slice(&std::fs::read(out.join(ROOT_IMAGE_FILE)).expect("root-image.json"))
+            .expect("json");
+    assert_eq!(written, report.root_image);
     assert!(leftover_work_dirs(&executor.config().work_dir).is_empty());
     eprintln!("executor phases: {report:?}");
 }

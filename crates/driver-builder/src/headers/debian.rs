@@ -6,14 +6,21 @@
 //! `linux-headers-<release>` plus `linux-headers-<abi>` or `linux-<flavor>-headers-<abi>`. When
 //! installing downloaded files, the shared parts go first so `dpkg -i` configures the arch package
 //! last.
+//!
+//! apt runs with `APT::Keep-Downloaded-Packages=true`, so the package files it installed stay in
+//! its archive cache to be hashed for the build facts ([`crate::facts::apt_package_facts`]).
 
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 
+use integrity::HeaderPackage;
+
+use crate::facts::{self, DpkgSnapshot};
 use crate::system::CommandLine;
 
 use super::{
-    HeaderContext, HeaderSource, SourceFailure, display_paths, download_all, percent_decode,
-    run_step,
+    Downloaded, HeaderContext, HeaderSource, SourceFailure, download_all, downloaded_facts,
+    percent_decode, run_step,
 };
 
 /// `apt-get install linux-headers-<release>`, refreshing the package lists first if the root has
@@ -33,6 +40,50 @@ impl AptSource {
 
 fn apt_get(args: &[&str]) -> CommandLine {
     CommandLine::new("apt-get", args.iter().copied()).env("DEBIAN_FRONTEND", "noninteractive")
+}
+
+/// `apt-get install` of one package, keeping the downloaded files for the build facts.
+fn apt_get_install(package: &str) -> CommandLine {
+    apt_get(&[
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "-o",
+        "APT::Keep-Downloaded-Packages=true",
+        package,
+    ])
+}
+
+/// What dpkg wrote to its log since `since` bytes.
+fn dpkg_log_since(ctx: &HeaderContext<'_>, since: u64) -> String {
+    let path = ctx.system.host_path(Path::new(facts::DPKG_LOG));
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.seek(SeekFrom::Start(since)).is_ok()
+    {
+        let mut bytes = Vec::new();
+        if file.read_to_end(&mut bytes).is_ok() {
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    text
+}
+
+/// The packages apt installed since `before`, with their files' digests.
+fn apt_installed_since(
+    ctx: &HeaderContext<'_>,
+    before: &DpkgSnapshot,
+) -> Result<Vec<HeaderPackage>, SourceFailure> {
+    let after = DpkgSnapshot::take(ctx.system);
+    let log = dpkg_log_since(ctx, before.log_len);
+    let changed = facts::changed_packages(&before.inventory, &after.inventory, &log);
+    facts::apt_package_facts(
+        ctx.system,
+        ctx.downloads,
+        ctx.identity.arch().debian_name(),
+        &changed,
+    )
+    .map_err(|error| SourceFailure::Failed(format!("recording the installed packages: {error}")))
 }
 
 /// Debian's 6.12 header packages depend on their kernel image, whose postinst builds an initramfs:
@@ -63,10 +114,9 @@ impl HeaderSource for AptSource {
         format!("apt-get install {}", self.package)
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
-        let lists = ctx
-            .system
-            .host_path(std::path::Path::new("/var/lib/apt/lists"));
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
+        let before = DpkgSnapshot::take(ctx.system);
+        let lists = ctx.system.host_path(Path::new("/var/lib/apt/lists"));
         let has_lists = std::fs::read_dir(&lists)
             .map(|entries| {
                 entries
@@ -82,16 +132,17 @@ impl HeaderSource for AptSource {
             updated = true;
         }
         skip_initramfs(ctx);
-        let install = apt_get(&["install", "-y", "--no-install-recommends", &self.package]);
+        let install = apt_get_install(&self.package);
         match run_step(ctx.system, &install) {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(first) if !updated => {
                 tracing::info!(reason = %first, "apt-get install failed with old lists: updating and retrying once");
                 run_step(ctx.system, &update)?;
-                run_step(ctx.system, &install)
+                run_step(ctx.system, &install)?;
             }
-            Err(failure) => Err(failure),
+            Err(failure) => return Err(failure),
         }
+        apt_installed_since(ctx, &before)
     }
 }
 
@@ -144,15 +195,13 @@ impl HeaderSource for BackportsSource {
         }
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
         let Some(codename) = self.codename else {
             return Err(SourceFailure::Skipped(
                 "no suite codename is known for this distro version".to_owned(),
             ));
         };
-        let sources_path = ctx
-            .system
-            .host_path(std::path::Path::new("/etc/apt/sources.list"));
+        let sources_path = ctx.system.host_path(Path::new("/etc/apt/sources.list"));
         let sources = std::fs::read_to_string(&sources_path).unwrap_or_default();
         let Some(archive) = archive_for_suite(&sources, codename) else {
             return Err(SourceFailure::Skipped(format!(
@@ -160,19 +209,19 @@ impl HeaderSource for BackportsSource {
             )));
         };
         let backports = format!("{codename}-backports");
-        let list = ctx.system.host_path(std::path::Path::new(BACKPORTS_LIST));
+        let list = ctx.system.host_path(Path::new(BACKPORTS_LIST));
         std::fs::write(&list, format!("deb {archive} {backports} main\n"))
             .map_err(|e| SourceFailure::Failed(format!("writing {}: {e}", list.display())))?;
         // No `-t <codename>-backports`: that would raise every backports version above the
         // suite's and upgrade half the toolchain. The headers exist only in backports, so apt picks
         // them (and their same-version companions) there and everything else from the suite.
         skip_initramfs(ctx);
-        let result = run_step(ctx.system, &apt_get(&["update"])).and_then(|()| {
-            run_step(
-                ctx.system,
-                &apt_get(&["install", "-y", "--no-install-recommends", &self.package]),
-            )
-        });
+        let before = DpkgSnapshot::take(ctx.system);
+        // The facts are taken while the backports pocket is still a source, so apt can name and
+        // fetch its packages.
+        let result = run_step(ctx.system, &apt_get(&["update"]))
+            .and_then(|()| run_step(ctx.system, &apt_get_install(&self.package)))
+            .and_then(|()| apt_installed_since(ctx, &before));
         // Leave the root's sources as they were, whatever happened.
         let _ = std::fs::remove_file(&list);
         result
@@ -184,13 +233,18 @@ impl HeaderSource for BackportsSource {
 /// has) are forced only after a plain install failed, and that is logged.
 pub(crate) fn install_debs(
     ctx: &HeaderContext<'_>,
-    mut files: Vec<PathBuf>,
-) -> Result<(), SourceFailure> {
-    files.sort_by_key(|path| install_rank(&path.file_name().unwrap_or_default().to_string_lossy()));
-    let paths = display_paths(&files);
+    mut files: Vec<Downloaded>,
+) -> Result<Vec<HeaderPackage>, SourceFailure> {
+    files.sort_by_key(|file| {
+        install_rank(&file.guest.file_name().unwrap_or_default().to_string_lossy())
+    });
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| f.guest.display().to_string())
+        .collect();
     let plain = CommandLine::new("dpkg", ["-i".to_owned()].into_iter().chain(paths.clone()))
         .env("DEBIAN_FRONTEND", "noninteractive");
-    match run_step(ctx.system, &plain) {
+    let installed = match run_step(ctx.system, &plain) {
         Ok(()) => Ok(()),
         Err(first) => {
             tracing::warn!(reason = %first, "dpkg -i failed; retrying with --force-depends");
@@ -209,7 +263,8 @@ pub(crate) fn install_debs(
                 ))
             })
         }
-    }
+    };
+    installed.and_then(|()| downloaded_facts(&files))
 }
 
 /// 0 for packages other header packages depend on, 1 for the rest.
@@ -249,7 +304,7 @@ impl HeaderSource for DebUrlSource {
         format!("explicit header URLs ({} given)", self.urls.len())
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
         if self.urls.is_empty() {
             return Err(SourceFailure::Skipped("no --header-url given".to_owned()));
         }
@@ -443,7 +498,7 @@ impl HeaderSource for SnapshotSource {
         format!("snapshot archives ({} configured)", self.bases.len())
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
         if self.bases.is_empty() {
             return Err(SourceFailure::Skipped(
                 "no --snapshot-base given".to_owned(),
@@ -478,7 +533,7 @@ impl HeaderSource for SnapshotSource {
                 tracing::info!(dir = %dir, packages = ?picked, "snapshot: found header packages");
                 let urls: Vec<String> = picked.iter().map(|href| format!("{dir}{href}")).collect();
                 match download_all(ctx, &urls, "deb").and_then(|files| install_debs(ctx, files)) {
-                    Ok(()) => return Ok(()),
+                    Ok(installed) => return Ok(installed),
                     Err(failure) => reasons.push(format!("{dir}: {}", failure.reason())),
                 }
             }

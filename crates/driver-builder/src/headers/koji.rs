@@ -251,7 +251,10 @@ impl HeaderSource for KojiSource {
         format!("koji profile {}", self.profile)
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+    fn install(
+        &self,
+        ctx: &HeaderContext<'_>,
+    ) -> Result<Vec<integrity::HeaderPackage>, SourceFailure> {
         let url = self.find_kernel_devel(ctx)?;
         tracing::info!(profile = %self.profile.name, url = %url, "koji: found kernel-devel");
         let files = download_all(ctx, &[url], "rpm")?;

@@ -5,6 +5,10 @@
 //! them, by looking for the headers of exactly this release ([`locate_headers`]). Every attempt
 //! is logged with its outcome, and when all fail the error lists each source and why.
 //!
+//! A source also says which packages it installed, with the SHA-256 of each package file as
+//! downloaded ([`crate::facts`]); when the headers were already in the root and nothing was
+//! installed, the packages owning the kbuild tree are recorded instead ([`present_packages`]).
+//!
 //! Order per distribution (see [`HeaderChain::for_identity`]):
 //! - Debian/Ubuntu: apt-get, explicit URLs, snapshot archives.
 //! - Fedora/CentOS Stream: dnf, explicit URLs, Koji hub(s) (Fedora: `fedora`; CentOS Stream:
@@ -18,6 +22,7 @@ mod rpm;
 use std::fmt;
 use std::path::PathBuf;
 
+use integrity::HeaderPackage;
 use kernel_id::{KernelIdentity, PackageFormat};
 use thiserror::Error;
 
@@ -69,8 +74,9 @@ impl fmt::Display for SourceFailure {
 pub trait HeaderSource: fmt::Debug {
     /// A short description for logs and errors, e.g. `apt-get install linux-headers-6.1.0-47-amd64`.
     fn describe(&self) -> String;
-    /// Installs the headers into the context's root.
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure>;
+    /// Installs the headers into the context's root; returns the packages it installed (header
+    /// packages and whatever they pulled in), in install order, each with its file's SHA-256.
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure>;
 }
 
 /// One tried source and how it went.
@@ -90,6 +96,9 @@ pub struct ResolvedHeaders {
     pub source: String,
     /// Every source tried, in order, ending with the one that worked.
     pub attempts: Vec<Attempt>,
+    /// The packages the source installed for this build (or, when the headers were already
+    /// there, the installed packages owning them), with the SHA-256 of each package file.
+    pub packages: Vec<HeaderPackage>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -237,17 +246,35 @@ impl HeaderChain {
             let name = source.describe();
             tracing::info!(source = %name, "header source: trying");
             let failure = match source.install(ctx) {
-                Ok(()) => match locate_headers(ctx.system, release) {
+                Ok(installed) => match locate_headers(ctx.system, release) {
                     Some(dir) => {
                         tracing::info!(source = %name, dir = %dir.display(), "header source: ok");
                         attempts.push(Attempt {
                             source: name.clone(),
                             failure: None,
                         });
+                        let packages = if installed.is_empty() {
+                            tracing::info!(
+                                "nothing was installed: the headers were already in the root"
+                            );
+                            present_packages(ctx, &dir)
+                        } else {
+                            installed
+                        };
+                        for package in &packages {
+                            tracing::info!(
+                                package = %package.name,
+                                version = %package.version,
+                                file = %package.file_name,
+                                sha256 = %package.sha256,
+                                "header package"
+                            );
+                        }
                         return Ok(ResolvedHeaders {
                             dir,
                             source: name,
                             attempts,
+                            packages,
                         });
                     }
                     None => SourceFailure::Failed(format!(
@@ -279,6 +306,65 @@ impl HeaderChain {
             attempts,
         })
     }
+}
+
+/// The installed packages owning an already present kbuild tree (`dir`, a guest path), with
+/// digests when their files can be found or fetched (see [`crate::facts`]); packages without one
+/// are left out with a warning.
+pub fn present_packages(ctx: &HeaderContext<'_>, dir: &std::path::Path) -> Vec<HeaderPackage> {
+    let result = match ctx.identity.distribution().package_format() {
+        PackageFormat::Deb => {
+            // The arch tree and the trees its Makefile includes (Debian's `-common` package).
+            let mut paths = vec![dir.to_path_buf()];
+            let makefile = std::fs::read_to_string(ctx.system.host_path(&dir.join("Makefile")))
+                .unwrap_or_default();
+            paths.extend(makefile.lines().filter_map(|line| {
+                let included = line.strip_prefix("include ")?.trim();
+                included.starts_with('/').then(|| PathBuf::from(included))
+            }));
+            let mut owners: Vec<(String, String, String)> = Vec::new();
+            for path in &paths {
+                match crate::facts::dpkg_owner(ctx.system, path) {
+                    Some(owner) if !owners.contains(&owner) => owners.push(owner),
+                    Some(_) => {}
+                    None => tracing::warn!(path = %path.display(), "no installed package owns it"),
+                }
+            }
+            crate::facts::apt_package_facts(
+                ctx.system,
+                ctx.downloads,
+                ctx.identity.arch().debian_name(),
+                &owners,
+            )
+        }
+        PackageFormat::Rpm => {
+            let query = CommandLine::new(
+                "rpm",
+                [
+                    "-qf".to_owned(),
+                    "--qf".to_owned(),
+                    "%{NAME}\\t%{EPOCH}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\n".to_owned(),
+                    dir.display().to_string(),
+                ],
+            );
+            match ctx.system.run(&query) {
+                Ok(output) if output.success() => {
+                    let owners: Vec<(String, String, String)> =
+                        crate::facts::parse_rpm_query(&output.stdout)
+                            .into_iter()
+                            .map(|((name, _), (evr, file))| (name, evr, file))
+                            .collect();
+                    crate::facts::dnf_package_facts(ctx.system, ctx.downloads, &owners)
+                }
+                Ok(output) => Err(format!("`{query}`: {}", output.describe_failure())),
+                Err(error) => Err(error.to_string()),
+            }
+        }
+    };
+    result.unwrap_or_else(|error| {
+        tracing::warn!(%error, "the packages of the present headers are left out of the build facts");
+        Vec::new()
+    })
 }
 
 /// Runs a command; a non-zero exit becomes a [`SourceFailure::Failed`] naming the command.
@@ -335,12 +421,30 @@ pub(crate) fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Downloads each URL into the context's download directory; returns guest paths in URL order.
+/// A package file the builder downloaded: where commands in the root see it, where this process
+/// reads it, and its URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Downloaded {
+    pub guest: PathBuf,
+    pub host: PathBuf,
+    pub url: String,
+}
+
+/// The build facts of downloaded files that were installed.
+pub(crate) fn downloaded_facts(files: &[Downloaded]) -> Result<Vec<HeaderPackage>, SourceFailure> {
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|f| (f.host.clone(), f.url.clone()))
+        .collect();
+    crate::facts::downloaded_file_facts(&files).map_err(SourceFailure::Failed)
+}
+
+/// Downloads each URL into the context's download directory, in URL order.
 pub(crate) fn download_all(
     ctx: &HeaderContext<'_>,
     urls: &[String],
     extension: &str,
-) -> Result<Vec<PathBuf>, SourceFailure> {
+) -> Result<Vec<Downloaded>, SourceFailure> {
     let mut files = Vec::new();
     for url in urls {
         let name = package_file_name(url, extension).map_err(SourceFailure::Failed)?;
@@ -352,13 +456,13 @@ pub(crate) fn download_all(
             .download(url, &host)
             .map_err(|e| SourceFailure::Failed(format!("download {e}")))?;
         tracing::info!(url = %url, bytes, "downloaded");
-        files.push(guest);
+        files.push(Downloaded {
+            guest,
+            host,
+            url: url.clone(),
+        });
     }
     Ok(files)
-}
-
-pub(crate) fn display_paths(paths: &[PathBuf]) -> Vec<String> {
-    paths.iter().map(|p| p.display().to_string()).collect()
 }
 
 #[cfg(test)]

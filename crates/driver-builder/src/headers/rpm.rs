@@ -1,13 +1,34 @@
 //! Header sources for the RPM distributions: dnf, explicit `.rpm` URLs and Amazon Linux's
 //! kernel-livepatch packages. Koji lives in its own module.
 
-use std::path::PathBuf;
-
+use integrity::HeaderPackage;
 use kernel_id::KernelIdentity;
 
+use crate::facts;
 use crate::system::CommandLine;
 
-use super::{HeaderContext, HeaderSource, SourceFailure, display_paths, download_all, run_step};
+use super::{
+    Downloaded, HeaderContext, HeaderSource, SourceFailure, download_all, downloaded_facts,
+    run_step,
+};
+
+/// Runs a dnf install (with `keepcache=1`, so the package files stay to be hashed) and returns the
+/// packages it installed with their files' digests ([`facts::dnf_package_facts`]).
+fn dnf_install(
+    ctx: &HeaderContext<'_>,
+    command: &CommandLine,
+) -> Result<Vec<HeaderPackage>, SourceFailure> {
+    let before = facts::rpm_inventory(ctx.system);
+    run_step(ctx.system, command)?;
+    let (Some(before), Some(after)) = (before, facts::rpm_inventory(ctx.system)) else {
+        tracing::warn!("rpm -qa gave no answer: the installed header packages are unknown");
+        return Ok(Vec::new());
+    };
+    let changed = facts::changed_rpms(&before, &after);
+    facts::dnf_package_facts(ctx.system, ctx.downloads, &changed).map_err(|error| {
+        SourceFailure::Failed(format!("recording the installed packages: {error}"))
+    })
+}
 
 /// `dnf install kernel-devel-<release>`. The package name is not the same everywhere (Amazon
 /// Linux ships its 6.12 kernels as `kernel6.12-devel`), so when the plain name is unknown the
@@ -34,12 +55,15 @@ impl HeaderSource for DnfSource {
         format!("dnf install {}", self.specs[0])
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
         let mut reasons = Vec::new();
         for spec in &self.specs {
-            let command = CommandLine::new("dnf", ["install", "-y", spec.as_str()]);
-            match run_step(ctx.system, &command) {
-                Ok(()) => return Ok(()),
+            let command = CommandLine::new(
+                "dnf",
+                ["install", "-y", "--setopt=keepcache=1", spec.as_str()],
+            );
+            match dnf_install(ctx, &command) {
+                Ok(installed) => return Ok(installed),
                 Err(failure) => reasons.push(failure.reason().to_owned()),
             }
         }
@@ -82,7 +106,7 @@ impl HeaderSource for LivepatchSource {
         }
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
         let Some(package) = &self.package else {
             return Err(SourceFailure::Skipped(
                 "the release is not an Amazon Linux 2023 kernel (.amzn2023.<arch>)".to_owned(),
@@ -94,12 +118,13 @@ impl HeaderSource for LivepatchSource {
             [
                 "install".to_owned(),
                 "-y".to_owned(),
+                "--setopt=keepcache=1".to_owned(),
                 "--enablerepo=kernel-livepatch".to_owned(),
                 package.clone(),
                 format!("kernel-devel-uname-r = {release}"),
             ],
         );
-        run_step(ctx.system, &command)
+        dnf_install(ctx, &command)
     }
 }
 
@@ -108,8 +133,8 @@ impl HeaderSource for LivepatchSource {
 /// lost the package.
 pub(crate) fn install_rpms(
     ctx: &HeaderContext<'_>,
-    files: Vec<PathBuf>,
-) -> Result<(), SourceFailure> {
+    files: Vec<Downloaded>,
+) -> Result<Vec<HeaderPackage>, SourceFailure> {
     let command = CommandLine::new(
         "rpm",
         [
@@ -118,9 +143,10 @@ pub(crate) fn install_rpms(
             "--replacepkgs".to_owned(),
         ]
         .into_iter()
-        .chain(display_paths(&files)),
+        .chain(files.iter().map(|f| f.guest.display().to_string())),
     );
-    run_step(ctx.system, &command)
+    run_step(ctx.system, &command)?;
+    downloaded_facts(&files)
 }
 
 /// Explicit `.rpm` URLs given on the command line.
@@ -140,7 +166,7 @@ impl HeaderSource for RpmUrlSource {
         format!("explicit header URLs ({} given)", self.urls.len())
     }
 
-    fn install(&self, ctx: &HeaderContext<'_>) -> Result<(), SourceFailure> {
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
         if self.urls.is_empty() {
             return Err(SourceFailure::Skipped("no --header-url given".to_owned()));
         }

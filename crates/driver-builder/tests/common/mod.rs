@@ -17,6 +17,10 @@ use driver_builder::system::{CommandLine, CommandOutput, CommandRunner, RunError
 use kernel_id::{IdentityInput, KernelIdentity};
 
 pub const DRIVER_VERSION: &str = "v0.1.2";
+/// The source commit test builds record.
+pub const SOURCE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+/// The repository test builds name.
+pub const SOURCE_REPOSITORY: &str = "https://example.com/kernel-driver-delivery.git";
 
 pub fn identity(release: &str, arch: &str, distribution: &str, version: &str) -> KernelIdentity {
     KernelIdentity::from_input(&IdentityInput {

@@ -139,14 +139,19 @@ pub fn driver() -> DriverName {
     DriverName::parse("example-driver").expect("driver name")
 }
 
-/// The spec the builder would make for the sample driver on `identity`.
+/// The driver-source commit the sample packages record.
+pub const SOURCE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// The spec the builder would make for the sample driver on `identity` (with its source commit).
 pub fn driver_spec(identity: &KernelIdentity, module: Vec<u8>) -> PackageSpec {
-    PackageSpec::for_driver(
+    let mut spec = PackageSpec::for_driver(
         &driver(),
         identity,
         [("example_driver.ko".to_owned(), FileContent::Bytes(module))],
     )
-    .expect("valid spec")
+    .expect("valid spec");
+    spec.source_commit = Some(kernel_id::SourceCommit::parse(SOURCE_COMMIT).expect("commit"));
+    spec
 }
 
 /// One node of a directory tree, as compared between extractors.
