@@ -225,6 +225,9 @@ pub struct BuildStatus {
     pub run_id: Option<String>,
     /// The backend's run URL.
     pub run_url: Option<String>,
+    /// The commit the build is made from: what the driver version's tag named when the build was
+    /// reserved (full git commit id). `null` for builds from before commits were recorded.
+    pub source_commit: Option<String>,
     /// When the backend reported it running.
     pub started_at: Option<String>,
     /// Its state.
@@ -482,16 +485,25 @@ mod tests {
             request: request(),
             run_id: None,
             run_url: None,
+            source_commit: None,
             started_at: None,
             status: BuildState::Queued,
             updated_at: "2026-01-02T03:04:05.678Z".to_owned(),
         };
         let value = serde_json::to_value(&status).unwrap();
         assert_eq!(value["run_id"], Value::Null);
+        assert_eq!(value["source_commit"], Value::Null);
         assert!(value.as_object().unwrap().contains_key("finished_at"));
         assert_eq!(value["status"], "queued");
         assert_eq!(
-            serde_json::from_value::<BuildStatus>(value).unwrap(),
+            serde_json::from_value::<BuildStatus>(value.clone()).unwrap(),
+            status
+        );
+        // A service from before source commits were recorded does not send the key.
+        let mut older = value;
+        older.as_object_mut().unwrap().remove("source_commit");
+        assert_eq!(
+            serde_json::from_value::<BuildStatus>(older).unwrap(),
             status
         );
     }

@@ -98,6 +98,28 @@ impl ApiError {
             CoordinatorError::Backend(error) => Self::backend(&error),
             CoordinatorError::OverCap(reached) => Self::over_cap(reached),
             CoordinatorError::UnknownBuild(build_id) => not_found_error(&build_id),
+            // Nothing was reserved: the version names no commit to build.
+            CoordinatorError::UnknownVersion {
+                version,
+                repository,
+            } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("driver_version: {version} is not a tag of {repository}"),
+                Some("driver_version"),
+                format!("must be a tag of {repository}"),
+            ),
+            CoordinatorError::SourceUnavailable {
+                reason,
+                retry_after,
+            } => Self {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    reason,
+                    None,
+                    "the driver repository could not be read to resolve driver_version; retry",
+                )
+            },
         }
     }
 
@@ -280,6 +302,13 @@ async fn build(
             metrics::counter!(telemetry::REQUESTS, "outcome" => "building").increment(1);
             tracing::Span::current().record("build_id", build_id.as_str());
             (StatusCode::ACCEPTED, Json(BuildAccepted::new(build_id))).into_response()
+        }
+        Err(error @ CoordinatorError::UnknownVersion { .. }) => {
+            // The caller's mistake, like any invalid field: nothing was reserved.
+            let error = ApiError::coordinator(error);
+            metrics::counter!(telemetry::REQUESTS, "outcome" => "invalid").increment(1);
+            tracing::info!(status = error.status.as_u16(), field = ?error.field, rule = %error.rule, "refused");
+            error.into_response()
         }
         Err(error) => {
             let error = ApiError::coordinator(error);
@@ -606,6 +635,7 @@ pub fn status_body(record: &BuildRecord) -> BuildStatus {
         request: BuildRequest::from(&record.identity),
         run_id: record.run_id.clone(),
         run_url: record.run_url.clone(),
+        source_commit: record.source_commit.as_ref().map(ToString::to_string),
         started_at: record.started_at.map(timestamp),
         status: record.state.public(),
         updated_at: timestamp(record.updated_at),

@@ -3,10 +3,13 @@
 //! embedded default. The service only ever talks to a [`Backend`]; everything backend-specific
 //! (rate limits, run lookup, signing) lives behind it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use kernel_id::{DriverName, KernelIdentity};
+use kernel_id::{DriverName, KernelIdentity, SourceCommit};
 use serde::{Deserialize, Serialize};
+
+use crate::source::SourceRepository;
 
 /// Where artifacts are looked up and builds are run. Every call makes one attempt and reports what
 /// went wrong as a [`BackendError`]; retrying is the caller's (the tracker's, see [`crate::retry`]).
@@ -14,6 +17,10 @@ use serde::{Deserialize, Serialize};
 pub trait Backend: Send + Sync + 'static {
     /// Short name for logs, metrics and /healthz (`"github"`, `"local"`).
     fn name(&self) -> &'static str;
+
+    /// The repository this backend builds the driver from: its tags are the driver versions, and
+    /// the coordinator resolves a version to a commit there before any reservation.
+    fn source_repository(&self) -> Arc<dyn SourceRepository>;
 
     /// Existence check: the artifact's public download URL when it is published.
     async fn find_artifact(
@@ -72,7 +79,7 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// One build as the service tracks it: its id (unique, also carried into the run so the run can be
-/// found again) and the exact identity it is for.
+/// found again), the exact identity it is for and the commit it is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildSpec {
     /// The service's build id (a UUID string); stable across retries and restarts.
@@ -81,6 +88,10 @@ pub struct BuildSpec {
     pub driver: DriverName,
     /// What the artifact is for.
     pub identity: KernelIdentity,
+    /// The commit the driver version's tag named when the build was reserved; the build is made
+    /// from exactly this tree. `None` only for builds reserved before commits were recorded, which
+    /// no backend dispatches.
+    pub source_commit: Option<SourceCommit>,
 }
 
 /// A published artifact.

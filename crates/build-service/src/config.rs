@@ -13,6 +13,7 @@ use kernel_id::{Arch, DriverName, ReleaseLayout};
 use crate::access::{AccessConfig, Principals};
 use crate::backend::Backend;
 use crate::local::{BuildExecutor, Signer};
+use crate::source::SourceSettings;
 use crate::store::InFlightCaps;
 use crate::telemetry::LogFormat;
 
@@ -68,6 +69,9 @@ pub struct ServiceConfig {
     pub access: AccessConfig,
     /// Caps on builds in flight, service-wide and per caller.
     pub caps: InFlightCaps,
+    /// How driver versions are resolved to commits of the backend's source repository: the tag
+    /// map's age and the bound on listing it again. Default [`SourceSettings::default`].
+    pub source: SourceSettings,
     /// Lease owner name of this replica; default a fresh UUID per start.
     pub replica_id: Option<String>,
     /// Finished builds (rows, local build directories and logs) and audit rows older than this are
@@ -94,6 +98,7 @@ impl std::fmt::Debug for ServiceConfig {
             .field("max_long_polls", &self.max_long_polls)
             .field("max_requests_per_client", &self.max_requests_per_client)
             .field("retention", &self.retention)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +141,7 @@ impl ServiceConfig {
                 total: Some(DEFAULT_MAX_IN_FLIGHT),
                 per_caller: Some(DEFAULT_MAX_IN_FLIGHT_PER_CALLER),
             },
+            source: SourceSettings::default(),
             replica_id: None,
             retention: DEFAULT_RETENTION,
             backend,
@@ -167,8 +173,12 @@ pub struct LocalConfig {
     pub artifact_dir: PathBuf,
     /// Per-build state, logs and outputs.
     pub builds_dir: PathBuf,
-    /// Driver source directory.
-    pub source_dir: PathBuf,
+    /// The driver's git repository (a local path or a URL); its tags are the driver versions.
+    pub driver_repo: String,
+    /// The driver's directory inside the repository (empty: the root).
+    pub driver_subdir: PathBuf,
+    /// Where the repository's bare mirror is kept.
+    pub source_mirror: PathBuf,
     /// Builds at once.
     pub max_concurrent_builds: usize,
     /// Signs packages the builder left unsigned.
@@ -182,7 +192,9 @@ impl std::fmt::Debug for LocalConfig {
         f.debug_struct("LocalConfig")
             .field("artifact_dir", &self.artifact_dir)
             .field("builds_dir", &self.builds_dir)
-            .field("source_dir", &self.source_dir)
+            .field("driver_repo", &self.driver_repo)
+            .field("driver_subdir", &self.driver_subdir)
+            .field("source_mirror", &self.source_mirror)
             .field("max_concurrent_builds", &self.max_concurrent_builds)
             .field("signer", &self.signer)
             .finish_non_exhaustive()
@@ -264,13 +276,22 @@ pub struct ServeArgs {
         default_value = "example-driver"
     )]
     pub driver_name: String,
-    /// Local backend: the driver source directory.
-    #[arg(
-        long,
-        env = "BUILD_SERVICE_DRIVER_SOURCE",
-        default_value = "driver/example-driver"
-    )]
-    pub driver_source: PathBuf,
+    /// Local backend: the driver's git repository, a local path or a URL (https://, ssh://,
+    /// file://, user@host:path). Its tags are the driver versions; each build is made from the
+    /// commit its version's tag named when the build was requested. Mirrored under
+    /// `<state dir>/driver-source.git`.
+    #[arg(long, env = "BUILD_SERVICE_DRIVER_REPO")]
+    pub driver_repo: Option<String>,
+    /// Local backend: the driver's directory inside the repository (default: its root).
+    #[arg(long, env = "BUILD_SERVICE_DRIVER_SUBDIR")]
+    pub driver_subdir: Option<PathBuf>,
+    /// How often the driver repository's tags may be listed again (on a version missing from the
+    /// cached tags, or when they are older than --source-max-age).
+    #[arg(long, env = "BUILD_SERVICE_SOURCE_REFRESH_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub source_refresh_interval: Duration,
+    /// How long the listed tags answer before they are listed again (how soon a moved tag is seen).
+    #[arg(long, env = "BUILD_SERVICE_SOURCE_MAX_AGE", value_parser = parse_duration, default_value = "60s")]
+    pub source_max_age: Duration,
     /// Release layout: per-artifact or per-driver-version.
     #[arg(
         long,
@@ -525,7 +546,12 @@ impl ServeArgs {
                         .clone()
                         .unwrap_or_else(|| self.state_dir.join("artifacts")),
                     builds_dir: self.state_dir.join("builds"),
-                    source_dir: self.driver_source.clone(),
+                    driver_repo: self.driver_repo.clone().context(
+                        "--driver-repo is required with --backend local: the driver's git \
+                         repository, whose tags are the driver versions",
+                    )?,
+                    driver_subdir: self.driver_subdir.clone().unwrap_or_default(),
+                    source_mirror: self.state_dir.join("driver-source.git"),
                     max_concurrent_builds: self.max_concurrent_builds,
                     signer,
                     executor: Arc::new(build_root::executor::LocalExecutor::new(executor_config)),
@@ -551,6 +577,10 @@ impl ServeArgs {
         config.max_requests_per_client =
             (self.max_requests_per_client > 0).then_some(self.max_requests_per_client);
         config.health_probe_interval = self.health_probe_interval;
+        config.source = SourceSettings {
+            refresh_interval: self.source_refresh_interval,
+            max_age: self.source_max_age,
+        };
         let principals = match &self.principals_file {
             Some(path) => Some(Principals::from_file(path)?),
             None => None,
@@ -587,6 +617,38 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("15 minutes").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn the_local_backend_needs_a_driver_repository() {
+        use clap::Parser;
+        let state = tempfile::tempdir().expect("dir");
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["build-service", "serve", "--state-dir"];
+            let state = state.path().to_str().expect("utf-8");
+            args.push(state);
+            args.extend_from_slice(extra);
+            let Command::Serve(serve) = Cli::try_parse_from(args).expect("parses").command else {
+                panic!("serve");
+            };
+            serve.into_config()
+        };
+        let error = parse(&[]).expect_err("no repository").to_string();
+        assert!(error.contains("--driver-repo"), "{error}");
+        let config = parse(&[
+            "--driver-repo",
+            "https://git.example/driver.git",
+            "--driver-subdir",
+            "driver/example-driver",
+        ])
+        .expect("configured");
+        let BackendConfig::Local(local) = config.backend else {
+            panic!("local backend");
+        };
+        assert_eq!(local.driver_repo, "https://git.example/driver.git");
+        assert_eq!(local.driver_subdir, PathBuf::from("driver/example-driver"));
+        assert_eq!(local.source_mirror, state.path().join("driver-source.git"));
+        assert_eq!(config.source, SourceSettings::default());
     }
 
     #[test]

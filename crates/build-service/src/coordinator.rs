@@ -5,8 +5,11 @@
 //! results.
 //!
 //! `request_build`: the artifact store first, else the in-flight build of the same identity, else
-//! an atomic reservation that starts exactly one build (across replicas: the store's unique active
-//! key). Concurrent identical requests of one caller in this process share one lookup-and-reserve
+//! the driver version is resolved to the commit its tag names ([`SourceResolver`]: a version that
+//! is not a tag is refused, an unreadable repository is "unavailable", and neither reserves or
+//! dispatches anything), else an atomic reservation, carrying that commit, that starts exactly one
+//! build (across replicas: the store's unique active key). The commit is stored with the build and
+//! never resolved again for it. Concurrent identical requests of one caller in this process share one lookup-and-reserve
 //! ([`SingleFlight`]); an in-flight answer lingers for `in_flight_linger` so a fleet booting in
 //! waves is answered from memory, and is forgotten when the build ends. Every request that creates,
 //! joins or is refused a build is recorded in the audit trail here.
@@ -22,6 +25,7 @@ use crate::access::Caller;
 use crate::backend::{Backend, BackendError};
 use crate::health::CachedHealth;
 use crate::single_flight::SingleFlight;
+use crate::source::{Resolution, SourceResolver, SourceSettings};
 use crate::store::{
     BuildFilter, BuildRecord, CapReached, InFlightCaps, NewBuild, RequestOutcome, RequestRecord,
     Reservation, Store, active_key, now_ms,
@@ -50,6 +54,8 @@ pub struct CoordinatorSettings {
     pub wait_recheck: Duration,
     /// Most long polls waiting at once.
     pub max_long_polls: usize,
+    /// How driver versions are resolved to commits (cache age, refresh bound).
+    pub source: SourceSettings,
 }
 
 /// The answer to a build request.
@@ -87,6 +93,23 @@ pub enum CoordinatorError {
     /// No such build.
     #[error("no build '{0}'")]
     UnknownBuild(String),
+    /// The driver version is not a tag of the driver's repository: nothing was reserved.
+    #[error("driver_version: {version} is not a tag of {repository}")]
+    UnknownVersion {
+        /// The version asked for.
+        version: String,
+        /// The repository's URI.
+        repository: String,
+    },
+    /// The driver's repository could not be read, so the version could not be resolved: nothing
+    /// was reserved; retrying later may help.
+    #[error("{reason}")]
+    SourceUnavailable {
+        /// Why.
+        reason: String,
+        /// When asking again makes sense (the resolver lists the tags at most this often).
+        retry_after: Duration,
+    },
 }
 
 impl CoordinatorError {
@@ -141,6 +164,9 @@ pub struct Coordinator {
     in_flight_linger: Duration,
     caps: InFlightCaps,
     shutting_down: watch::Receiver<bool>,
+    resolver: SourceResolver,
+    /// What a refusal for an unreadable repository tells the caller to wait.
+    source_retry_after: Duration,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -177,6 +203,7 @@ impl Coordinator {
                 flights.forget_where(|(active, _)| *active == key);
             })
         };
+        let resolver = SourceResolver::new(backend.source_repository(), settings.source);
         let trackers = Trackers::new(
             store.clone(),
             Arc::clone(&backend),
@@ -198,7 +225,14 @@ impl Coordinator {
             in_flight_linger: settings.in_flight_linger,
             caps: settings.caps,
             shutting_down,
+            resolver,
+            source_retry_after: settings.source.refresh_interval.max(Duration::from_secs(5)),
         })
+    }
+
+    /// The resolver of driver versions (its repository's URI, for logs and tests).
+    pub fn resolver(&self) -> &SourceResolver {
+        &self.resolver
     }
 
     /// This replica's trackers (the service runs their sweeper and stops them).
@@ -297,6 +331,34 @@ impl Coordinator {
             Ok(None) => {}
             Err(error) => return Err(CoordinatorError::Backend(error)),
         }
+        let key = active_key(&self.driver, &identity);
+        if let Some(build_id) = self
+            .store
+            .active_build(&key)
+            .await
+            .map_err(CoordinatorError::unavailable)?
+        {
+            return Ok(Answer::InFlight { build_id });
+        }
+        // A miss: which commit is this version? Nothing is reserved for a version that is no tag.
+        let version = identity.driver_version();
+        let source_commit = match self.resolver.resolve(version).await {
+            Resolution::Resolved(commit) => commit,
+            Resolution::UnknownVersion => {
+                let repository = self.resolver.repository().uri();
+                tracing::info!(requester, driver_version = %version, %repository, "build refused: the driver version is not a tag");
+                return Err(CoordinatorError::UnknownVersion {
+                    version: version.to_string(),
+                    repository,
+                });
+            }
+            Resolution::Unavailable(reason) => {
+                return Err(CoordinatorError::SourceUnavailable {
+                    reason,
+                    retry_after: self.source_retry_after,
+                });
+            }
+        };
         let now = now_ms();
         let new = NewBuild {
             build_id: uuid::Uuid::new_v4().to_string(),
@@ -307,15 +369,8 @@ impl Coordinator {
             lease_owner: self.trackers.owner().to_owned(),
             lease_until: now.saturating_add(millis(self.trackers.lease())),
             requested_by: requester.to_owned(),
+            source_commit,
         };
-        if let Some(build_id) = self
-            .store
-            .active_build(&new.active_key())
-            .await
-            .map_err(CoordinatorError::unavailable)?
-        {
-            return Ok(Answer::InFlight { build_id });
-        }
         match self
             .store
             .reserve(&new, caps)
@@ -323,7 +378,7 @@ impl Coordinator {
             .map_err(CoordinatorError::unavailable)?
         {
             Reservation::Created(build_id) => {
-                tracing::info!(build_id = %build_id, cache_key = %new.cache_key(), "new build reserved");
+                tracing::info!(build_id = %build_id, cache_key = %new.cache_key(), source_commit = %new.source_commit, "new build reserved");
                 self.trackers.track(build_id.clone()).await;
                 Ok(Answer::Dispatched { build_id })
             }
@@ -455,6 +510,8 @@ mod tests {
     use super::*;
     use crate::backend::{ArtifactRef, BuildSpec, Dispatched, RunState};
 
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
     /// Nothing is published; every dispatch is counted and its run fails once `fail` is set.
     #[derive(Default)]
     struct Failing {
@@ -466,6 +523,9 @@ mod tests {
     impl Backend for Failing {
         fn name(&self) -> &'static str {
             "failing"
+        }
+        fn source_repository(&self) -> Arc<dyn crate::source::SourceRepository> {
+            crate::source::StaticTags::of(&[("v0.1.2", COMMIT)])
         }
         async fn find_artifact(
             &self,
@@ -495,14 +555,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_in_flight_answer_lingers_until_its_build_ends() {
-        let dir = tempfile::tempdir().expect("dir");
+    async fn coordinator(
+        dir: &tempfile::TempDir,
+        backend: &Arc<Failing>,
+    ) -> (Arc<Coordinator>, Store, watch::Sender<bool>) {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
         let store = Store::connect(&url).await.expect("store");
-        let backend = Arc::new(Failing::default());
         let (_probe, health) = crate::health::probe(backend.clone(), Duration::from_secs(60));
-        let (_stopping, shutting_down) = watch::channel(false);
+        let (stopping, shutting_down) = watch::channel(false);
         let coordinator = Coordinator::new(
             store.clone(),
             backend.clone(),
@@ -525,8 +585,65 @@ mod tests {
                 caps: InFlightCaps::default(),
                 wait_recheck: Duration::from_secs(60),
                 max_long_polls: 10,
+                source: SourceSettings::default(),
             },
         );
+        (coordinator, store, stopping)
+    }
+
+    fn identity(driver_version: &str) -> KernelIdentity {
+        KernelIdentity::from_input(&IdentityInput {
+            kernel_version: "6.1.0-47-amd64".to_owned(),
+            architecture: "x86_64".to_owned(),
+            distribution: "debian".to_owned(),
+            distro_version: None,
+            driver_version: driver_version.to_owned(),
+        })
+        .expect("identity")
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            principal: None,
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_that_is_no_tag_reserves_and_dispatches_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let backend = Arc::new(Failing::default());
+        let (coordinator, store, _stopping) = coordinator(&dir, &backend).await;
+        assert_eq!(
+            coordinator
+                .request_build(&caller(), identity("v9.9.9"))
+                .await,
+            Err(CoordinatorError::UnknownVersion {
+                version: "v9.9.9".to_owned(),
+                repository: "file:///test/driver".to_owned(),
+            })
+        );
+        assert_eq!(store.count_builds().await.expect("count"), 0);
+        let Ok(Requested::Created { build_id }) = coordinator
+            .request_build(&caller(), identity("v0.1.2"))
+            .await
+        else {
+            panic!("a tag creates the build");
+        };
+        let record = store.get(&build_id).await.expect("get").expect("row");
+        assert_eq!(
+            record.source_commit.as_ref().map(|c| c.as_str()),
+            Some(COMMIT)
+        );
+        coordinator.trackers().shutdown().await;
+        assert_eq!(backend.dispatches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_in_flight_answer_lingers_until_its_build_ends() {
+        let dir = tempfile::tempdir().expect("dir");
+        let backend = Arc::new(Failing::default());
+        let (coordinator, _store, _stopping) = coordinator(&dir, &backend).await;
         let caller = Caller {
             principal: None,
             client: std::net::IpAddr::from([127, 0, 0, 1]),

@@ -3,10 +3,16 @@
 //! `/releases/download/{tag}/{file}`; builds run on this host through a [`BuildExecutor`] (in
 //! production `build_root::LocalExecutor`: a fresh mmdebstrap root of the target's suite).
 //!
-//! Build state is kept on disk per build (`<builds>/<id>/state.json`, `build.log`, `out/`), and a
-//! running job holds an advisory lock on `<builds>/<id>/lock`. So a restarted service (or a second
-//! instance over the same directories) sees a build that is still running elsewhere as in progress,
-//! and restarts one whose process died (the lock is gone) instead of waiting for it forever.
+//! The driver's source is a git repository whose tags are the driver versions ([`GitRepository`],
+//! mirrored under the service's state directory): before each build exactly the build's recorded
+//! commit is exported (`git archive <commit>[:<subdir>]`) into `<builds>/<id>/src`, and that tree
+//! is what the executor builds, with the commit and the repository's URI for its provenance.
+//!
+//! Build state is kept on disk per build (`<builds>/<id>/state.json`, `build.log`, `src/`,
+//! `out/`), and a running job holds an advisory lock on `<builds>/<id>/lock`. So a restarted service
+//! (or a second instance over the same directories) sees a build that is still running elsewhere as
+//! in progress, and restarts one whose process died (the lock is gone) instead of waiting for it
+//! forever.
 //!
 //! Cancelling a build writes `<builds>/<id>/cancelled`: a job that has not started (waiting for a
 //! slot) never starts, a running one has its executor killed (the whole process group, whichever
@@ -34,6 +40,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::backend::{ArtifactRef, Backend, BackendError, BuildSpec, Dispatched, RunState};
+use crate::source::{GitRepository, SourceRepository, check_subdir};
 
 /// Routes of the local backend (beside [`crate::api::ROUTES`]); GET routes answer HEAD too.
 pub const ROUTES: &[crate::api::RouteInfo] = &[
@@ -56,8 +63,13 @@ pub struct ExecutorJob {
     pub driver: DriverName,
     /// What to build for.
     pub identity: KernelIdentity,
-    /// The driver source directory.
+    /// The driver source: the export of exactly `source_commit` (the driver's subdirectory of it)
+    /// made for this build (`<builds>/<id>/src`).
     pub source_dir: PathBuf,
+    /// The commit the source is: what the driver version's tag named when the build was reserved.
+    pub source_commit: kernel_id::SourceCommit,
+    /// The URI of the repository the commit is from (`file://<path>` or the configured URL).
+    pub source_repository: String,
     /// Empty directory the package (and optionally its `.minisig` / `.sha256`) must end up in.
     pub out_dir: PathBuf,
     /// The build log; the executor appends everything it runs to it.
@@ -77,14 +89,24 @@ pub trait BuildExecutor: Send + Sync + 'static {
 }
 
 impl BuildExecutor for build_root::executor::LocalExecutor {
+    /// Runs the builder with the job's source revision; on success `job.out_dir` also holds the
+    /// builder's `build-facts.json` and the executor's `root-image.json` (the base image's URI and
+    /// SHA-256), the inputs of the build's provenance.
     fn build(&self, job: &ExecutorJob) -> Result<(), String> {
+        let source = build_root::executor::SourceRevision {
+            commit: job.source_commit.clone(),
+            repository: job.source_repository.clone(),
+        };
         build_root::executor::LocalExecutor::build_cancellable(
             self,
-            &job.identity,
-            &job.driver,
-            &job.source_dir,
-            &job.out_dir,
-            &job.log,
+            &build_root::executor::BuildJob {
+                identity: &job.identity,
+                driver: &job.driver,
+                source: &source,
+                driver_src: &job.source_dir,
+                out_dir: &job.out_dir,
+                log: &job.log,
+            },
             &job.cancel,
         )
         .map(|_report| ())
@@ -143,8 +165,12 @@ pub struct LocalSettings {
     pub artifact_dir: PathBuf,
     /// Per-build state, logs and outputs.
     pub builds_dir: PathBuf,
-    /// The driver source.
-    pub source_dir: PathBuf,
+    /// The driver's git repository: a local path or a URL. Its tags are the driver versions.
+    pub driver_repo: String,
+    /// The driver's directory inside the repository (empty: the repository's root).
+    pub driver_subdir: PathBuf,
+    /// Where the repository's bare mirror is kept (created on first use).
+    pub source_mirror: PathBuf,
     /// The driver.
     pub driver: DriverName,
     /// Tag and path naming.
@@ -216,6 +242,7 @@ impl JobControl {
 /// The local backend.
 pub struct LocalBackend {
     settings: LocalSettings,
+    source: GitRepository,
     executor: Arc<dyn BuildExecutor>,
     signer: Option<Arc<Signer>>,
     slots: Arc<Semaphore>,
@@ -235,7 +262,8 @@ impl std::fmt::Debug for LocalBackend {
 }
 
 impl LocalBackend {
-    /// A backend over existing (or creatable) directories.
+    /// A backend over existing (or creatable) directories and the driver's repository (a local
+    /// repository must exist; a URL is first read when a version is resolved).
     pub fn new(
         settings: LocalSettings,
         executor: Arc<dyn BuildExecutor>,
@@ -243,7 +271,11 @@ impl LocalBackend {
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&settings.artifact_dir)?;
         std::fs::create_dir_all(&settings.builds_dir)?;
+        check_subdir(&settings.driver_subdir).map_err(std::io::Error::other)?;
+        let source = GitRepository::new(&settings.driver_repo, settings.source_mirror.clone())
+            .map_err(std::io::Error::other)?;
         Ok(Self {
+            source,
             slots: Arc::new(Semaphore::new(settings.max_concurrent_builds.max(1))),
             settings,
             executor,
@@ -270,6 +302,11 @@ impl LocalBackend {
     /// The settings.
     pub fn settings(&self) -> &LocalSettings {
         &self.settings
+    }
+
+    /// The driver's repository (and its mirror).
+    pub fn source(&self) -> &GitRepository {
+        &self.source
     }
 
     /// Routes this backend serves: artifact downloads and build logs.
@@ -326,6 +363,7 @@ impl LocalBackend {
         };
         let job = Job {
             settings: self.settings.clone(),
+            source: self.source.clone(),
             executor: Arc::clone(&self.executor),
             signer: self.signer.clone(),
             build: build.clone(),
@@ -381,6 +419,10 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    fn source_repository(&self) -> Arc<dyn SourceRepository> {
+        Arc::new(self.source.clone())
+    }
+
     async fn find_artifact(
         &self,
         driver: &DriverName,
@@ -408,6 +450,13 @@ impl Backend for LocalBackend {
 
     async fn dispatch(&self, build: &BuildSpec) -> Result<Dispatched, BackendError> {
         let dir = self.build_dir(&build.build_id)?;
+        if build.source_commit.is_none() {
+            return Err(BackendError::Permanent(format!(
+                "build {} has no source commit recorded (reserved before driver versions were \
+                 resolved to commits); request it again",
+                build.build_id
+            )));
+        }
         let dispatched = self.dispatched(&build.build_id);
         // The directory is the record that a dispatch happened: creating it is the one-time step,
         // a repeated dispatch of the same id finds it and changes nothing.
@@ -688,6 +737,7 @@ fn prune_builds(
 /// One build job in the process running it.
 struct Job {
     settings: LocalSettings,
+    source: GitRepository,
     executor: Arc<dyn BuildExecutor>,
     signer: Option<Arc<Signer>>,
     build: BuildSpec,
@@ -745,6 +795,35 @@ impl Job {
                 self.build.identity.cache_key()
             ),
         );
+        // Exactly the recorded commit, exported afresh: never a working tree, never re-resolved.
+        let Some(source_commit) = self.build.source_commit.clone() else {
+            self.fail(&log, "the build has no source commit recorded");
+            return;
+        };
+        let source_repository = self.source.uri();
+        let source_dir = self.dir.join("src");
+        let _ = std::fs::remove_dir_all(&source_dir);
+        if let Err(error) =
+            self.source
+                .export_blocking(&source_commit, &self.settings.driver_subdir, &source_dir)
+        {
+            self.fail(
+                &log,
+                &format!("exporting the driver source at {source_commit}: {error}"),
+            );
+            return;
+        }
+        append_log(
+            &log,
+            &format!(
+                "driver source: {source_repository} at {source_commit}{}",
+                if self.settings.driver_subdir.as_os_str().is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", self.settings.driver_subdir.display())
+                }
+            ),
+        );
         let out_dir = self.dir.join("out");
         let _ = std::fs::remove_dir_all(&out_dir);
         if let Err(error) = std::fs::create_dir_all(&out_dir) {
@@ -755,7 +834,9 @@ impl Job {
             build_id: self.build.build_id.clone(),
             driver: self.build.driver.clone(),
             identity: self.build.identity.clone(),
-            source_dir: self.settings.source_dir.clone(),
+            source_dir,
+            source_commit,
+            source_repository,
             out_dir: out_dir.clone(),
             log: log.clone(),
             cancel: self.cancel.clone(),
@@ -1103,7 +1184,9 @@ mod tests {
         LocalSettings {
             artifact_dir: dir.join("artifacts"),
             builds_dir: dir.join("builds"),
-            source_dir: dir.join("src"),
+            driver_repo: dir.join("repo").to_string_lossy().into_owned(),
+            driver_subdir: PathBuf::new(),
+            source_mirror: dir.join("driver-source.git"),
             driver: DriverName::parse("example-driver").expect("driver"),
             layout: ReleaseLayout::PerArtifact,
             public_url: "http://127.0.0.1:1".to_owned(),

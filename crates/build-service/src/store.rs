@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use kernel_id::{DriverName, IdentityInput, KernelIdentity};
+use kernel_id::{DriverName, IdentityInput, KernelIdentity, SourceCommit};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
@@ -169,6 +169,9 @@ pub struct BuildRecord {
     pub dispatch_sent_at: Option<i64>,
     /// The caller whose request created it (absent for builds from before the audit trail).
     pub requested_by: Option<String>,
+    /// The commit the driver version's tag named when the build was reserved (absent for builds
+    /// from before commits were recorded). Never resolved again for this build.
+    pub source_commit: Option<SourceCommit>,
 }
 
 impl BuildRecord {
@@ -212,6 +215,8 @@ pub struct NewBuild {
     pub lease_until: i64,
     /// The caller creating it (principal name, or `anonymous@<address>`).
     pub requested_by: String,
+    /// The commit the driver version's tag names now: what the build is made from.
+    pub source_commit: SourceCommit,
 }
 
 impl NewBuild {
@@ -331,7 +336,7 @@ pub struct Store {
 
 const COLUMNS: &str = "build_id, cache_key, driver_name, kernel_version, architecture, distribution, \
      distro_version, driver_version, state, run_id, run_url, download_url, error, created_at, updated_at, \
-     started_at, finished_at, deadline_at, dispatch_attempts, dispatch_sent_at, requested_by";
+     started_at, finished_at, deadline_at, dispatch_attempts, dispatch_sent_at, requested_by, source_commit";
 
 impl Store {
     /// Connects, creating a SQLite file when the URL asks for it (`mode=rwc`), and applies the
@@ -388,7 +393,7 @@ impl Store {
             DbKind::Sqlite => include_str!("../migrations/sqlite/0001_builds.sql"),
             DbKind::Postgres => include_str!("../migrations/postgres/0001_builds.sql"),
         };
-        let scripts: [(i64, &str, &'static str); 3] = [
+        let scripts: [(i64, &str, &'static str); 4] = [
             (1, "builds", first),
             (
                 2,
@@ -399,6 +404,11 @@ impl Store {
                 3,
                 "dispatch_sent",
                 include_str!("../migrations/shared/0003_dispatch_sent.sql"),
+            ),
+            (
+                4,
+                "source_commit",
+                include_str!("../migrations/shared/0004_source_commit.sql"),
             ),
         ];
         let migrator = Migrator::with_migrations(
@@ -493,8 +503,8 @@ impl Store {
             let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO builds (build_id, cache_key, active_key, driver_name, kernel_version, architecture, \
                  distribution, distro_version, driver_version, state, created_at, updated_at, deadline_at, \
-                 lease_owner, lease_until, requested_by) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'dispatching', $10, $10, $11, $12, {} + $13, $14 \
+                 lease_owner, lease_until, requested_by, source_commit) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'dispatching', $10, $10, $11, $12, {} + $13, $14, $17 \
                  WHERE (SELECT COUNT(*) FROM builds WHERE active_key IS NOT NULL) < $15 \
                  AND (SELECT COUNT(*) FROM builds WHERE active_key IS NOT NULL AND requested_by = $14) < $16 \
                  ON CONFLICT DO NOTHING RETURNING build_id",
@@ -516,6 +526,7 @@ impl Store {
             .bind(&build.requested_by)
             .bind(cap(caps.total))
             .bind(cap(caps.per_caller))
+            .bind(build.source_commit.as_str())
             .fetch_optional(&mut *transaction)
             .await?;
             transaction.commit().await?;
@@ -979,6 +990,11 @@ fn decode(row: &AnyRow) -> Result<BuildRecord, StoreError> {
         driver_version: row.try_get("driver_version")?,
     })
     .map_err(|error| corrupt(format!("stored identity is invalid: {error}")))?;
+    let source_commit = row
+        .try_get::<Option<String>, _>("source_commit")?
+        .map(|raw| SourceCommit::parse(&raw))
+        .transpose()
+        .map_err(|error| corrupt(format!("stored source commit is invalid: {error}")))?;
     Ok(BuildRecord {
         cache_key: row.try_get("cache_key")?,
         driver,
@@ -996,6 +1012,7 @@ fn decode(row: &AnyRow) -> Result<BuildRecord, StoreError> {
         dispatch_attempts: row.try_get("dispatch_attempts")?,
         dispatch_sent_at: row.try_get("dispatch_sent_at")?,
         requested_by: row.try_get("requested_by")?,
+        source_commit,
         build_id,
     })
 }
@@ -1031,6 +1048,8 @@ impl NewBuild {
             lease_owner: "me".to_owned(),
             lease_until: now + 60_000,
             requested_by: "test".to_owned(),
+            source_commit: SourceCommit::parse("0123456789abcdef0123456789abcdef01234567")
+                .expect("commit"),
         }
     }
 }
@@ -1056,6 +1075,7 @@ mod tests {
         let record = store.get(&new.build_id).await.expect("get").expect("row");
         assert_eq!(record.identity, new.identity);
         assert_eq!(record.driver, new.driver);
+        assert_eq!(record.source_commit.as_ref(), Some(&new.source_commit));
         assert_eq!(record.cache_key, "debian/12/x86_64/6.1.0-47-amd64/v0.1.2");
         assert_eq!(record.active_key(), new.active_key());
         assert_eq!(
@@ -1098,5 +1118,34 @@ mod tests {
                 other => panic!("{column}: expected a corrupt row, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_stored_commit_must_be_a_full_commit_id() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir).await;
+        let new = NewBuild::for_test("00000000-0000-4000-8000-000000000003");
+        store
+            .reserve(&new, InFlightCaps::default())
+            .await
+            .expect("reserve");
+        store
+            .corrupt_for_test(&new.build_id, "source_commit", "HEAD~1")
+            .await;
+        match store.get(&new.build_id).await {
+            Err(StoreError::Corrupt { build_id, problem }) => {
+                assert_eq!(build_id, new.build_id);
+                assert!(problem.contains("source commit"), "{problem}");
+                assert!(problem.contains("source_commit"), "{problem}");
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
+        }
+        // A build from before commits were recorded reads back without one.
+        sqlx::query("UPDATE builds SET source_commit = NULL")
+            .execute(&store.pool)
+            .await
+            .expect("update");
+        let record = store.get(&new.build_id).await.expect("get").expect("row");
+        assert_eq!(record.source_commit, None);
     }
 }

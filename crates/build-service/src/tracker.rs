@@ -259,6 +259,8 @@ fn spec_of(record: &BuildRecord) -> BuildSpec {
         build_id: record.build_id.clone(),
         driver: record.driver.clone(),
         identity: record.identity.clone(),
+        // The commit stored at reservation: a resumed or retried build never resolves again.
+        source_commit: record.source_commit.clone(),
     }
 }
 
@@ -704,6 +706,9 @@ mod tests {
     impl Backend for Unreachable {
         fn name(&self) -> &'static str {
             "unreachable"
+        }
+        fn source_repository(&self) -> Arc<dyn crate::source::SourceRepository> {
+            crate::source::StaticTags::of(&[])
         }
         async fn find_artifact(
             &self,

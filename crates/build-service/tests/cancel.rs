@@ -43,7 +43,7 @@ fn identity_of(request: &Value) -> KernelIdentity {
 // ----- a service over given directories -----
 
 struct Setup {
-    /// Holds `builds.db`, `builds/` and `src/`.
+    /// Holds `builds.db`, `builds/`, the driver's repository `driver-repo/` and its mirror.
     state_dir: PathBuf,
     artifact_dir: PathBuf,
     layout: ReleaseLayout,
@@ -54,7 +54,8 @@ struct Setup {
 
 impl Setup {
     fn new(state_dir: &Path, artifact_dir: &Path) -> Self {
-        std::fs::create_dir_all(state_dir.join("src")).expect("source dir");
+        testkit::SampleDriverRepo::refresh(&state_dir.join("driver-repo"), "", common::TAGS)
+            .expect("the driver's repository");
         Self {
             state_dir: state_dir.to_owned(),
             artifact_dir: artifact_dir.to_owned(),
@@ -89,7 +90,13 @@ impl Setup {
             LocalSettings {
                 artifact_dir: self.artifact_dir.clone(),
                 builds_dir: self.builds_dir(),
-                source_dir: self.state_dir.join("src"),
+                driver_repo: self
+                    .state_dir
+                    .join("driver-repo")
+                    .to_string_lossy()
+                    .into_owned(),
+                driver_subdir: PathBuf::new(),
+                source_mirror: self.state_dir.join("driver-source.git"),
                 driver: driver(),
                 layout: self.layout,
                 public_url,

@@ -62,6 +62,10 @@ impl Cluster {
         })
         .await
         .unwrap();
+        // The driver versions asked for are tags of the repository.
+        for tag in github_support::TAGS {
+            sim.create_tag(tag, github_support::COMMIT).unwrap();
+        }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
         let postgres = tokio::task::spawn_blocking(Postgres::start).await.unwrap();

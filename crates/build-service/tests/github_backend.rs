@@ -797,6 +797,7 @@ async fn run_lookup_pages_through_many_newer_runs() {
                 "kernel_version": KERNEL, "architecture": "x86_64", "distribution": "debian",
                 "distro_version": "12", "driver_version": "v0.5.16",
                 "build_id": format!("0f9c1d5e-0000-4000-8000-00000000{:04}", 5000 + n),
+                "source_commit": COMMIT,
             },
         });
         let response = client

@@ -297,11 +297,17 @@ impl Drop for ServiceProcess {
 }
 
 fn service_command(state: &std::path::Path) -> Command {
+    let repo = state.join("driver-repo");
+    if !repo.exists() {
+        testkit::SampleDriverRepo::create_tagged(&repo, common::TAGS).unwrap();
+    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_build-service"));
     command
         .arg("serve")
         .arg("--state-dir")
         .arg(state)
+        .arg("--driver-repo")
+        .arg(&repo)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     command

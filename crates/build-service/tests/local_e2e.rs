@@ -1,7 +1,8 @@
 //! End to end with the production local backend: `POST /build` for a real Debian kernel
 //! (6.1.0-47-amd64, bookworm) -> the real clean-root executor (`build_root::LocalExecutor` running
-//! the static `driver-builder` in a fresh mmdebstrap root of bookworm) builds the committed sample
-//! driver -> the service signs and publishes it -> the package is downloaded from the releases path and
+//! the static `driver-builder` in a fresh mmdebstrap root of bookworm) builds the sample driver at
+//! the commit its version's tag names in a git repository (the driver in a subdirectory of it,
+//! `--driver-subdir`) -> the service signs and publishes it -> the package is downloaded from the releases path and
 //! checked with dpkg-deb, its digest and its minisign signature -> a second request is answered
 //! `done` from the store without another build.
 //!
@@ -37,6 +38,13 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
 
     let keys = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
     let state = tempfile::tempdir().unwrap();
+    let repo = testkit::SampleDriverRepo::create_in(
+        &state.path().join("driver-repo"),
+        "driver/example-driver",
+    )
+    .unwrap();
+    let commit = repo.head().unwrap();
+    repo.tag("v0.1.2", &commit).unwrap();
     let driver = DriverName::parse("example-driver").unwrap();
     let mut config = ServiceConfig::new(
         format!(
@@ -47,7 +55,9 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
         BackendConfig::Local(Box::new(LocalConfig {
             artifact_dir: state.path().join("artifacts"),
             builds_dir: state.path().join("builds"),
-            source_dir: testkit::workspace_root().join("driver/example-driver"),
+            driver_repo: repo.path().to_string_lossy().into_owned(),
+            driver_subdir: "driver/example-driver".into(),
+            source_mirror: state.path().join("driver-source.git"),
             max_concurrent_builds: 1,
             signer: Some(Signer::from_secret_key(keys.sk)),
             executor,
@@ -107,6 +117,11 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
     assert_eq!(
         status["status"], "done",
         "{status}\n--- build log ---\n{log}"
+    );
+    assert_eq!(status["source_commit"].as_str(), Some(commit.as_str()));
+    assert!(
+        log.contains(&format!(" at {commit} (driver/example-driver)")),
+        "{log}"
     );
 
     let identity = KernelIdentity::from_input(

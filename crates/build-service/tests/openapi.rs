@@ -286,6 +286,7 @@ fn status(set: bool) -> BuildStatus {
         request: request(Some("12")),
         run_id: some("1"),
         run_url: some("https://github.com/o/r/actions/runs/1"),
+        source_commit: some("0123456789abcdef0123456789abcdef01234567"),
         started_at: some(AT),
         status: BuildState::Done,
         updated_at: AT.to_owned(),

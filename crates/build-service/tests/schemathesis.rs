@@ -37,6 +37,11 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         .unwrap()
         .port();
     let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
+    // Generated driver versions are mostly not tags (422, documented); the ones that are reach a
+    // build.
+    let repo =
+        testkit::SampleDriverRepo::create_tagged(&dir.path().join("driver-repo"), &["v0.1.2"])
+            .unwrap();
     // No driver-builder is configured: a body that passes validation ends as a failed build at once
     // instead of spending minutes in a build root.
     let mut service = Command::new(binary)
@@ -44,6 +49,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        .arg("--driver-repo")
+        .arg(repo.path())
         .arg("--principals-file")
         .arg(&principals)
         .args(["--max-wait", "2s"])

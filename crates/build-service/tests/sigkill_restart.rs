@@ -3,7 +3,9 @@
 //! root) is SIGKILLed while it builds 6.1.0-47-amd64, and a new process on the same database and
 //! directories must finish that very build: `done`, one build id, one published package whose digest
 //! and minisign signature verify (with the `minisign` CLI), and requests for the same identity answered
-//! with that build or its artifact.
+//! with that build or its artifact. The driver version's tag is moved to another commit while no
+//! process runs: the new process must build the commit recorded when the build was reserved, never
+//! resolve the version again.
 //!
 //! Unlike `service.rs`'s in-process restart (whose executor thread lives on), nothing of the first
 //! process survives here except what the kernel leaves behind: the lease row in SQLite (never handed
@@ -57,6 +59,7 @@ async fn a_sigkilled_service_process_is_replaced_and_the_new_one_finishes_the_bu
     let (code, answer) = post_build(&client, &first.url(), &request).await;
     assert_eq!(code, 202, "{answer}");
     let build_id = answer["build_id"].as_str().unwrap().to_owned();
+    let reserved_commit = fixture.repo.tag_commit("v0.1.2").unwrap();
     let build_dir = fixture.state_dir.join("builds").join(&build_id);
     let build_log = build_dir.join("build.log");
     let start_line = format!("build-service: build {build_id} of ");
@@ -150,6 +153,14 @@ async fn a_sigkilled_service_process_is_replaced_and_the_new_one_finishes_the_bu
         survivors.len(),
         describe(&survivors)
     ));
+
+    // While nothing runs, the version's tag moves on: the build must not follow it.
+    let moved_to = fixture
+        .repo
+        .commit_file("MOVED", b"after the build was reserved\n", "a later commit")
+        .unwrap();
+    fixture.repo.move_tag("v0.1.2", &moved_to).unwrap();
+    assert_ne!(moved_to, reserved_commit);
 
     // --- second process: same database, same directories, new port, new replica id.
     let mut second = ServiceProcess::start(&fixture, "second");
@@ -249,6 +260,26 @@ async fn a_sigkilled_service_process_is_replaced_and_the_new_one_finishes_the_bu
         second.log()
     );
     assert_eq!(ended["build_id"], build_id.as_str());
+    assert_eq!(
+        ended["source_commit"].as_str(),
+        Some(reserved_commit.as_str()),
+        "the build is recorded with the commit its tag named when it was reserved"
+    );
+    // Every run of the job (the first process's and the second's) exported that commit, and the
+    // tree built has nothing of the later commit.
+    let exports: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with("build-service: driver source: "))
+        .collect();
+    assert!(!exports.is_empty(), "no export in the build log:\n{log}");
+    for line in &exports {
+        assert!(
+            line.ends_with(&format!(" at {reserved_commit}")),
+            "{line} (reserved {reserved_commit}, tag moved to {moved_to})"
+        );
+    }
+    assert!(!build_dir.join("src/MOVED").exists());
+    assert!(build_dir.join("src/example_driver.c").is_file());
     let download_url = ended["download_url"].as_str().unwrap().to_owned();
     assert!(
         download_url.starts_with(&format!("{}/releases/download/", second.url())),
@@ -402,6 +433,8 @@ struct Fixture {
     root_cache: PathBuf,
     /// Build roots of this test only (tmpfs when there is one), removed at the end.
     work_dir: tempfile::TempDir,
+    /// The driver's repository, `v0.1.2` tagged.
+    repo: testkit::SampleDriverRepo,
 }
 
 impl Fixture {
@@ -446,7 +479,10 @@ impl Fixture {
         std::fs::write(&public_key, keys.pk.to_box().unwrap().to_string()).unwrap();
         let state_dir = dir.join("state");
         std::fs::create_dir_all(&state_dir).unwrap();
+        let repo = testkit::SampleDriverRepo::create_tagged(&dir.join("driver-repo"), &["v0.1.2"])
+            .unwrap();
         Self {
+            repo,
             dir,
             state_dir,
             secret_key,
@@ -496,8 +532,8 @@ impl ServiceProcess {
                 .arg("--database-url")
                 .arg(fixture.database_url())
                 .args(["--backend", "local"])
-                .arg("--driver-source")
-                .arg(testkit::workspace_root().join("driver/example-driver"))
+                .arg("--driver-repo")
+                .arg(fixture.repo.path())
                 .arg("--builder-x86-64")
                 .arg(&fixture.builder)
                 .arg("--root-cache")

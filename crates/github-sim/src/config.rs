@@ -168,8 +168,9 @@ pub struct WorkflowSpec {
 }
 
 impl WorkflowSpec {
-    /// The project's `driver-build.yml` as issue 6 specifies it: the identity fields and `build_id` as
-    /// inputs, and a run-name that carries the build id (`driver-build <build_id>`).
+    /// The project's `driver-build.yml`: the identity fields, `build_id` and `source_commit` (the
+    /// commit the driver version's tag named when the service resolved it) as inputs, and a
+    /// run-name that carries the build id (`driver-build <build_id>`).
     pub fn driver_build() -> Self {
         let required = [
             "kernel_version",
@@ -178,6 +179,7 @@ impl WorkflowSpec {
             "distro_version",
             "driver_version",
             "build_id",
+            "source_commit",
         ];
         Self {
             id: 161_335,

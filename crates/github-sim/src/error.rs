@@ -28,6 +28,9 @@ pub(crate) const DOCS_WORKFLOWS: &str = "https://docs.github.com/rest/actions/wo
 pub(crate) const DOCS_RUNS: &str = "https://docs.github.com/rest/actions/workflow-runs";
 pub(crate) const DOCS_CANCEL_RUN: &str =
     "https://docs.github.com/rest/actions/workflow-runs#cancel-a-workflow-run";
+pub(crate) const DOCS_GIT_REFS: &str = "https://docs.github.com/rest/git/refs";
+pub(crate) const DOCS_GET_REF: &str = "https://docs.github.com/rest/git/refs#get-a-reference";
+pub(crate) const DOCS_GET_TAG: &str = "https://docs.github.com/rest/git/tags#get-a-tag";
 pub(crate) const DOCS_REST: &str = "https://docs.github.com/rest";
 pub(crate) const DOCS_APPS: &str =
     "https://docs.github.com/rest/apps/apps#create-an-installation-access-token-for-an-app";

@@ -1,5 +1,6 @@
 //! JSON renderings of the simulator's objects in the REST v3 (2022-11-28) shapes: simple-user,
-//! minimal-repository, release, release-asset and workflow-run, plus timestamp formats.
+//! minimal-repository, release, release-asset, workflow-run, git-ref and git-tag, plus timestamp
+//! formats.
 //!
 //! URLs point at the simulator itself: API URLs at `{base}/repos/...`, "html" and browser-download URLs at
 //! `{base}/{owner}/{repo}/...`, uploads at the same server (GitHub uses uploads.github.com).
@@ -11,7 +12,7 @@ use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
 use crate::config::{SimConfig, WorkflowSpec};
-use crate::state::{ACTIONS_BOT_ID, ACTIONS_BOT_LOGIN, Asset, Release, Run};
+use crate::state::{ACTIONS_BOT_ID, ACTIONS_BOT_LOGIN, Asset, GitRef, Release, Run, TagObject};
 
 const ISO8601: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
@@ -253,6 +254,63 @@ pub(crate) fn release(base: &str, config: &SimConfig, release: &Release) -> Valu
         "published_at": release.published_at.map(iso),
         "author": account(base, &release.author),
         "assets": release.assets.iter().map(|a| asset(base, config, release, a)).collect::<Vec<_>>(),
+    })
+}
+
+/// A ref name as a URL path, each segment encoded (`refs/tags/v1.0.0+x` -> `refs/tags/v1.0.0%2Bx`).
+pub(crate) fn encode_ref_path(name: &str) -> String {
+    name.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn git_object(base: &str, config: &SimConfig, object_type: &str, sha: &str) -> Value {
+    let kind = match object_type {
+        "tag" => "tags",
+        "tree" => "trees",
+        "blob" => "blobs",
+        _ => "commits",
+    };
+    json!({
+        "sha": sha,
+        "type": object_type,
+        "url": format!("{}/git/{kind}/{sha}", repo_api(base, config)),
+    })
+}
+
+/// GitHub's `git-ref`: `{ref, node_id, url, object: {sha, type, url}}`.
+pub(crate) fn git_ref(base: &str, config: &SimConfig, reference: &GitRef) -> Value {
+    let digest = crate::state::sha_of_ref(&format!("node {}", reference.name));
+    json!({
+        "ref": reference.name,
+        "node_id": format!("REF_kwDO{}", &digest[..16].to_ascii_uppercase()),
+        "url": format!("{}/git/{}", repo_api(base, config), encode_ref_path(&reference.name)),
+        "object": git_object(base, config, reference.object_type, &reference.sha),
+    })
+}
+
+/// GitHub's `git-tag`: an annotated tag object.
+pub(crate) fn git_tag(base: &str, config: &SimConfig, tag: &TagObject) -> Value {
+    json!({
+        "node_id": format!("TA_kwDO{}", &tag.sha[..16].to_ascii_uppercase()),
+        "sha": tag.sha,
+        "url": format!("{}/git/tags/{}", repo_api(base, config), tag.sha),
+        "tag": tag.tag,
+        "message": tag.message,
+        "tagger": {
+            "name": tag.tagger,
+            "email": format!("{}@users.noreply.example", tag.tagger),
+            "date": iso(tag.created_at),
+        },
+        "object": git_object(base, config, "commit", &tag.commit),
+        "verification": {
+            "verified": false,
+            "reason": "unsigned",
+            "signature": null,
+            "payload": null,
+            "verified_at": null,
+        },
     })
 }
 

@@ -1,7 +1,8 @@
 //! A stateful simulator of exactly the GitHub REST endpoints the build-service uses, for tests on
 //! loopback: releases by tag / id / list, release creation and publication, asset upload and download
 //! (API and browser URLs), `workflow_dispatch` with and without run details, workflow-run lists,
-//! lookups and cancellation, `GET /rate_limit`; with GitHub's rate-limit headers, ETag / Last-Modified conditional requests
+//! lookups and cancellation, the repository's tags (`git/matching-refs`, `git/ref`, annotated
+//! `git/tags` objects; created and moved by the test), `GET /rate_limit`; with GitHub's rate-limit headers, ETag / Last-Modified conditional requests
 //! (a 304 costs no quota), `Link` pagination, token auth, and faults injected at run time; dispatch
 //! requests can be held (before or after their run is created) until the test releases them, and runs
 //! are counted per dispatch input (e.g. per `build_id`).
@@ -197,6 +198,65 @@ impl SimHandle {
                 .map_err(|e| SimError::Rejected(e.message))?;
         }
         Ok(id)
+    }
+
+    // ----- tags -----
+
+    /// Creates the lightweight tag `name` naming `commit` (40 lowercase hex digits: the simulator
+    /// keeps no commits, any id is taken). Refused when the tag exists.
+    pub fn create_tag(&self, name: &str, commit: &str) -> Result<(), SimError> {
+        self.shared
+            .lock()
+            .set_tag(name, commit, None, false)
+            .map(drop)
+            .map_err(|e| SimError::Rejected(e.message))
+    }
+
+    /// Creates the annotated tag `name`: a new tag object carrying `message` and naming `commit`,
+    /// which the ref names. Returns the tag object's sha. Refused when the tag exists.
+    pub fn create_annotated_tag(
+        &self,
+        name: &str,
+        commit: &str,
+        message: &str,
+    ) -> Result<String, SimError> {
+        self.shared
+            .lock()
+            .set_tag(name, commit, Some(message), false)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| SimError::Rejected(e.message))
+    }
+
+    /// Moves the tag `name` to `commit`, as `git tag --force` and a forced push do: a lightweight
+    /// tag (or a new one) names the new commit; an annotated tag gets a new tag object with the
+    /// same message (the old object stays readable by its sha).
+    pub fn move_tag(&self, name: &str, commit: &str) -> Result<(), SimError> {
+        let mut state = self.shared.lock();
+        let message = match state.tags.get(name) {
+            Some(state::TagTarget::Annotated(sha)) => {
+                state.tag_objects.get(sha).map(|o| o.message.clone())
+            }
+            _ => None,
+        };
+        state
+            .set_tag(name, commit, message.as_deref(), true)
+            .map(drop)
+            .map_err(|e| SimError::Rejected(e.message))
+    }
+
+    /// Deletes the tag `name`; false when there was none.
+    pub fn delete_tag(&self, name: &str) -> bool {
+        self.shared.lock().tags.remove(name).is_some()
+    }
+
+    /// Every tag with the commit it names (annotated tags peeled).
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        let state = self.shared.lock();
+        state
+            .tags
+            .keys()
+            .filter_map(|name| Some((name.clone(), state.peeled_tag(name)?)))
+            .collect()
     }
 
     // ----- runtime configuration -----

@@ -40,6 +40,12 @@ pub enum Route {
     GetRun,
     /// `POST /repos/{o}/{r}/actions/runs/{id}/cancel`
     CancelRun,
+    /// `GET /repos/{o}/{r}/git/matching-refs/{ref}` (every ref starting with `refs/{ref}`; paginated)
+    MatchingRefs,
+    /// `GET /repos/{o}/{r}/git/ref/{ref}` (exactly `refs/{ref}`)
+    GetRef,
+    /// `GET /repos/{o}/{r}/git/tags/{tag_sha}` (an annotated tag object)
+    GetTag,
     /// `GET|HEAD /{o}/{r}/releases/download/{tag}/{name}` (github.com, not the API)
     BrowserDownload,
     /// `GET|HEAD /_storage/{asset_id}/{name}`: where downloads redirect to (GitHub's object storage).
@@ -62,7 +68,8 @@ pub(crate) struct Target {
     pub route: Route,
     pub owner: String,
     pub repo: String,
-    /// Tag, workflow id/file name, or file name, depending on the route.
+    /// Tag, workflow id/file name, ref (without `refs/`), tag object sha or file name, depending on
+    /// the route.
     pub name: String,
     pub id: u64,
     pub file: String,
@@ -170,6 +177,18 @@ pub(crate) fn parse(method: &Method, path: &str) -> Target {
             },
             Err(_) => unknown,
         },
+        ["repos", o, r, "git", "matching-refs", rest @ ..] if get && !rest.is_empty() => Target {
+            name: rest.iter().map(|s| decode(s)).collect::<Vec<_>>().join("/"),
+            ..with_repo(Route::MatchingRefs, o, r)
+        },
+        ["repos", o, r, "git", "ref", rest @ ..] if get && !rest.is_empty() => Target {
+            name: rest.iter().map(|s| decode(s)).collect::<Vec<_>>().join("/"),
+            ..with_repo(Route::GetRef, o, r)
+        },
+        ["repos", o, r, "git", "tags", sha] if get => Target {
+            name: decode(sha),
+            ..with_repo(Route::GetTag, o, r)
+        },
         ["_storage", id, file] if get => match id.parse() {
             Ok(id) => Target {
                 id,
@@ -248,6 +267,20 @@ mod tests {
                 Route::BrowserDownload,
             ),
             (Method::GET, "/_storage/3/a.deb", Route::AssetStorage),
+            (
+                Method::GET,
+                "/repos/o/r/git/matching-refs/tags",
+                Route::MatchingRefs,
+            ),
+            (
+                Method::GET,
+                "/repos/o/r/git/matching-refs/tags/v0.1",
+                Route::MatchingRefs,
+            ),
+            (Method::GET, "/repos/o/r/git/ref/tags/v1.2.3", Route::GetRef),
+            (Method::GET, "/repos/o/r/git/ref", Route::Unknown),
+            (Method::POST, "/repos/o/r/git/ref/tags/v1", Route::Unknown),
+            (Method::GET, "/repos/o/r/git/tags/abc123", Route::GetTag),
             (Method::GET, "/repos/o/r/releases/abc", Route::Unknown),
             (Method::DELETE, "/repos/o/r/releases/7", Route::Unknown),
             (Method::GET, "/repos/o/r/actions/runs/x", Route::Unknown),
@@ -257,6 +290,11 @@ mod tests {
         }
         let tag = parse(&Method::GET, "/repos/o/r/releases/tags/6.12.1%2Bdeb12");
         assert_eq!(tag.name, "6.12.1+deb12");
+        let refs = parse(
+            &Method::GET,
+            "/repos/o/r/git/matching-refs/tags/v1.0.0-rc%2B1",
+        );
+        assert_eq!(refs.name, "tags/v1.0.0-rc+1");
         let dl = parse(&Method::GET, "/o/r/releases/download/t%2B1/a%7Eb.deb");
         assert_eq!((dl.name.as_str(), dl.file.as_str()), ("t+1", "a~b.deb"));
     }

@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 
 use crate::config::{AssetDownload, PrimaryLimitStatus};
 use crate::error::{
-    ApiError, DOCS_APPS, DOCS_ASSETS, DOCS_PRIMARY_LIMIT, DOCS_RELEASES, DOCS_REST, DOCS_RUNS,
-    DOCS_SECONDARY_LIMIT,
+    ApiError, DOCS_APPS, DOCS_ASSETS, DOCS_GET_REF, DOCS_GET_TAG, DOCS_PRIMARY_LIMIT,
+    DOCS_RELEASES, DOCS_REST, DOCS_RUNS, DOCS_SECONDARY_LIMIT,
 };
 use crate::json;
 use crate::query::{Query, paginate, parse_created};
@@ -546,6 +546,55 @@ fn endpoint(
                     })
                 }
             }
+        }
+        Route::MatchingRefs => {
+            // Every ref whose name starts with `refs/{ref}` (a prefix, not a path: `tags/v1`
+            // matches v1.0.0 and v10.0.0); none is `200 []`, never 404. Paginated.
+            let state = shared.lock();
+            let prefix = format!("refs/{}", target.name);
+            let matching: Vec<_> = state
+                .git_refs()
+                .into_iter()
+                .filter(|r| r.name.starts_with(&prefix))
+                .collect();
+            let url = format!(
+                "{}/git/matching-refs/{}",
+                json::repo_api(base, &state.config),
+                json::encode_ref_path(&target.name)
+            );
+            let page = paginate(query, matching.len(), &url);
+            let items: Vec<Value> = matching[page.start..page.end]
+                .iter()
+                .map(|r| json::git_ref(base, &state.config, r))
+                .collect();
+            Ok(with_link(
+                Reply::json(StatusCode::OK, Value::Array(items)),
+                page.link,
+            ))
+        }
+        Route::GetRef => {
+            let state = shared.lock();
+            let name = format!("refs/{}", target.name);
+            let found = state
+                .git_refs()
+                .into_iter()
+                .find(|r| r.name == name)
+                .ok_or_else(|| ApiError::not_found(DOCS_GET_REF))?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                json::git_ref(base, &state.config, &found),
+            ))
+        }
+        Route::GetTag => {
+            let state = shared.lock();
+            let tag = state
+                .tag_objects
+                .get(&target.name)
+                .ok_or_else(|| ApiError::not_found(DOCS_GET_TAG))?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                json::git_tag(base, &state.config, tag),
+            ))
         }
         Route::DispatchWorkflow => runs::dispatch(shared, target, caller, &body),
         Route::CancelRun => runs::cancel(shared, target),

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::{Conclusion, Inputs, RunStatus, SimConfig};
-use crate::error::{ApiError, DOCS_ASSETS, DOCS_RELEASES};
+use crate::error::{ApiError, DOCS_ASSETS, DOCS_GIT_REFS, DOCS_RELEASES};
 use crate::routes::Route;
 
 /// Login and id of the account that workflow runs publish as.
@@ -182,6 +182,37 @@ pub struct ReleaseInfo {
     pub assets: Vec<String>,
 }
 
+/// What a tag's ref names: a commit (a lightweight tag) or an annotated tag object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TagTarget {
+    /// `refs/tags/<name>` names the commit itself.
+    Commit(String),
+    /// `refs/tags/<name>` names this tag object (a key of [`State::tag_objects`]).
+    Annotated(String),
+}
+
+/// An annotated tag object. Objects are immutable and stay readable by their sha after the tag
+/// that named them moved or was deleted, as in a git repository.
+#[derive(Debug, Clone)]
+pub(crate) struct TagObject {
+    pub sha: String,
+    pub tag: String,
+    pub message: String,
+    /// The commit it names.
+    pub commit: String,
+    pub tagger: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// One ref as the git refs endpoints show it: full name, the type of the object it names and that
+/// object's sha.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GitRef {
+    pub name: String,
+    pub object_type: &'static str,
+    pub sha: String,
+}
+
 /// Fields a release creation or update may set.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ReleasePatch {
@@ -213,6 +244,10 @@ pub(crate) struct State {
     pub stats: SimStats,
     /// Installation tokens minted for the configured Apps (accepted like `accepted_tokens`).
     pub minted_tokens: Vec<String>,
+    /// Tags of the repository by name (without `refs/tags/`).
+    pub tags: BTreeMap<String, TagTarget>,
+    /// Annotated tag objects by sha.
+    pub tag_objects: BTreeMap<String, TagObject>,
 }
 
 /// GitHub's renaming of uploaded asset names: characters outside letters, digits, `.`, `-`, `_` and `+`
@@ -270,6 +305,8 @@ impl State {
             faults: VecDeque::new(),
             stats: SimStats::default(),
             minted_tokens: Vec::new(),
+            tags: BTreeMap::new(),
+            tag_objects: BTreeMap::new(),
         }
     }
 
@@ -561,6 +598,104 @@ impl State {
     pub fn run_mut(&mut self, run_id: u64) -> Option<&mut Run> {
         self.runs.iter_mut().find(|r| r.id == run_id)
     }
+
+    /// Points the tag `name` at `commit`: directly (lightweight), or through a new annotated tag
+    /// object carrying `message`, whose sha is returned. `replace`: a tag of that name may exist
+    /// (a forced move); otherwise it must not (GitHub: "Reference already exists").
+    pub fn set_tag(
+        &mut self,
+        name: &str,
+        commit: &str,
+        message: Option<&str>,
+        replace: bool,
+    ) -> Result<Option<String>, ApiError> {
+        if !valid_tag(name) {
+            return Err(ApiError::unprocessable(
+                format!("'refs/tags/{name}' is not a valid ref name."),
+                DOCS_GIT_REFS,
+            ));
+        }
+        if !is_object_id(commit) {
+            return Err(ApiError::unprocessable(
+                format!("'{commit}' is not a full commit sha (40 lowercase hex digits)."),
+                DOCS_GIT_REFS,
+            ));
+        }
+        if !replace && self.tags.contains_key(name) {
+            return Err(ApiError::unprocessable(
+                "Reference already exists",
+                DOCS_GIT_REFS,
+            ));
+        }
+        let target = match message {
+            None => TagTarget::Commit(commit.to_owned()),
+            Some(message) => {
+                let serial = self.next_id();
+                let sha = sha_of_ref(&format!("tag-object {serial} {name} {commit} {message}"));
+                let tagger = self.config.actor_login.clone();
+                self.tag_objects.insert(
+                    sha.clone(),
+                    TagObject {
+                        sha: sha.clone(),
+                        tag: name.to_owned(),
+                        message: message.to_owned(),
+                        commit: commit.to_owned(),
+                        tagger,
+                        created_at: now(),
+                    },
+                );
+                TagTarget::Annotated(sha)
+            }
+        };
+        let object = match &target {
+            TagTarget::Annotated(sha) => Some(sha.clone()),
+            TagTarget::Commit(_) => None,
+        };
+        self.tags.insert(name.to_owned(), target);
+        Ok(object)
+    }
+
+    /// The commit a tag names, annotated tags peeled.
+    pub fn peeled_tag(&self, name: &str) -> Option<String> {
+        match self.tags.get(name)? {
+            TagTarget::Commit(commit) => Some(commit.clone()),
+            TagTarget::Annotated(sha) => self.tag_objects.get(sha).map(|o| o.commit.clone()),
+        }
+    }
+
+    /// Every ref of the repository, sorted by name as GitHub lists them: the configured branches
+    /// (at a stable made-up commit) and the tags.
+    pub fn git_refs(&self) -> Vec<GitRef> {
+        let mut refs: Vec<GitRef> = self
+            .config
+            .refs
+            .iter()
+            .filter(|name| !self.tags.contains_key(*name))
+            .map(|branch| GitRef {
+                name: format!("refs/heads/{branch}"),
+                object_type: "commit",
+                sha: sha_of_ref(branch),
+            })
+            .collect();
+        refs.extend(self.tags.iter().map(|(name, target)| {
+            let (object_type, sha) = match target {
+                TagTarget::Commit(commit) => ("commit", commit.clone()),
+                TagTarget::Annotated(sha) => ("tag", sha.clone()),
+            };
+            GitRef {
+                name: format!("refs/tags/{name}"),
+                object_type,
+                sha,
+            }
+        }));
+        refs.sort_by(|a, b| a.name.cmp(&b.name));
+        refs
+    }
+}
+
+/// A full object id: 40 lowercase hex digits (the simulated repository uses SHA-1).
+pub(crate) fn is_object_id(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Git refuses these in tag names (git-check-ref-format); GitHub answers `invalid`.

@@ -123,6 +123,7 @@ fn inputs(build_id: &str) -> Value {
         "distro_version": "12",
         "driver_version": "v0.1.2",
         "build_id": build_id,
+        "source_commit": "4f2c1e0b8a9d7c6e5f4a3b2c1d0e9f8a7b6c5d4e",
     })
 }
 
@@ -597,6 +598,10 @@ async fn dispatch_validation_matches_github() {
     missing_build_id
         .as_object_mut()
         .map(|m| m.remove("build_id"));
+    let mut missing_commit = inputs("x");
+    missing_commit
+        .as_object_mut()
+        .map(|m| m.remove("source_commit"));
     let mut undeclared = inputs("x");
     undeclared["extra"] = json!("1");
     let too_many: serde_json::Map<String, Value> =
@@ -631,6 +636,12 @@ async fn dispatch_validation_matches_github() {
             json!({"ref": "main", "inputs": missing_build_id}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "Required input 'build_id' not provided",
+        ),
+        (
+            path,
+            json!({"ref": "main", "inputs": missing_commit}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Required input 'source_commit' not provided",
         ),
         (
             path,

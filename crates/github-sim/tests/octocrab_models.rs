@@ -29,6 +29,7 @@ fn identity_inputs(build_id: &str) -> serde_json::Value {
         "distro_version": "12",
         "driver_version": "v0.1.2",
         "build_id": build_id,
+        "source_commit": "4f2c1e0b8a9d7c6e5f4a3b2c1d0e9f8a7b6c5d4e",
     })
 }
 

@@ -200,13 +200,14 @@ fn no_run_block_expands_an_expression() {
     assert_eq!(expression_in_run(&bad).len(), 1);
 }
 
-const SERVICE_INPUTS: [&str; 6] = [
+const SERVICE_INPUTS: [&str; 7] = [
     "kernel_version",
     "architecture",
     "distribution",
     "distro_version",
     "driver_version",
     "build_id",
+    "source_commit",
 ];
 
 #[test]
@@ -244,7 +245,73 @@ fn driver_build_takes_exactly_the_service_inputs() {
     );
 }
 
+/// The build compiles the driver version's tag and nothing else: it checks the tag out, fails unless
+/// the tag names the commit the service resolved (the input reaches shell only through `env:`), and
+/// hands that commit and the repository to the builder.
+#[test]
+fn driver_build_builds_exactly_the_requested_commit() {
+    let workflow = load("driver-build.yml");
+    let steps = workflow["jobs"]["build"]["steps"]
+        .as_sequence()
+        .expect("build steps");
+    let checkout = steps
+        .iter()
+        .find(|step| {
+            step["uses"]
+                .as_str()
+                .is_some_and(|uses| uses.starts_with("actions/checkout@"))
+                && step["with"]["ref"].as_str().is_some()
+        })
+        .expect("a checkout of the driver version's tag");
+    assert_eq!(
+        checkout["with"]["ref"].as_str(),
+        Some("refs/tags/${{ needs.validate.outputs.driver_version }}")
+    );
+    let path = checkout["with"]["path"]
+        .as_str()
+        .expect("checked out aside");
+    let check = steps
+        .iter()
+        .find(|step| step["id"].as_str() == Some("source"))
+        .expect("the commit check");
+    assert_eq!(
+        check["env"]["SOURCE_COMMIT"].as_str(),
+        Some("${{ inputs.source_commit }}")
+    );
+    let run = check["run"].as_str().unwrap();
+    assert!(
+        run.contains(&format!("git -C {path} rev-parse HEAD")),
+        "{run}"
+    );
+    assert!(run.contains("\"$actual\" != \"$SOURCE_COMMIT\""), "{run}");
+    assert!(run.contains("exit 1"), "{run}");
+    assert!(
+        workflow["env"]["DRIVER_SOURCE"]
+            .as_str()
+            .is_some_and(|source| source.starts_with(&format!("{path}/"))),
+        "the image is built from the tag's checkout"
+    );
+    let script =
+        std::fs::read_to_string(workspace().join(".github/scripts/build-in-image.sh")).unwrap();
+    assert!(
+        script.contains("SOURCE_COMMIT=${SOURCE_COMMIT}"),
+        "{script}"
+    );
+    assert!(
+        script.contains("SOURCE_REPOSITORY=https://github.com/${GITHUB_REPOSITORY}"),
+        "{script}"
+    );
+    let dockerfile = std::fs::read_to_string(workspace().join("docker/Dockerfile.build")).unwrap();
+    assert!(
+        dockerfile.contains("--source-commit \"${SOURCE_COMMIT}\"")
+            && dockerfile.contains("--source-repository \"${SOURCE_REPOSITORY}\""),
+        "{dockerfile}"
+    );
+}
+
 /// The most each workflow's jobs may ask for; the top level must be explicit too.
+/// `id-token` and `attestations` are for driver-build.yml's optional GitHub attestation job alone
+/// (see `github_attestation_is_optional_and_alone_in_holding_its_permissions`).
 const PERMISSION_BUDGETS: &[(&str, &[(&str, &str)])] = &[
     (
         "driver-build.yml",
@@ -252,6 +319,8 @@ const PERMISSION_BUDGETS: &[(&str, &[(&str, &str)])] = &[
             ("contents", "write"),
             ("packages", "read"),
             ("pull-requests", "write"),
+            ("id-token", "write"),
+            ("attestations", "write"),
         ],
     ),
     // Callers grant what the called driver-build.yml jobs ask for.
@@ -261,6 +330,8 @@ const PERMISSION_BUDGETS: &[(&str, &[(&str, &str)])] = &[
             ("contents", "write"),
             ("packages", "read"),
             ("pull-requests", "write"),
+            ("id-token", "write"),
+            ("attestations", "write"),
         ],
     ),
     (
@@ -269,6 +340,8 @@ const PERMISSION_BUDGETS: &[(&str, &[(&str, &str)])] = &[
             ("contents", "write"),
             ("packages", "read"),
             ("pull-requests", "write"),
+            ("id-token", "write"),
+            ("attestations", "write"),
         ],
     ),
     (
@@ -790,6 +863,16 @@ impl ReleaseFixture {
     }
 
     fn run(&self, tag: &str, package: &str, command: &str) -> (std::process::Output, String) {
+        self.run_env(tag, package, command, &[])
+    }
+
+    fn run_env(
+        &self,
+        tag: &str,
+        package: &str,
+        command: &str,
+        extra_env: &[(&str, &str)],
+    ) -> (std::process::Output, String) {
         let output_file = self.dir.path().join("github-output");
         let _ = std::fs::remove_file(&output_file);
         let path = format!(
@@ -811,6 +894,7 @@ impl ReleaseFixture {
             .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
             .env("GH_TOKEN", "unused")
             .env("GITHUB_OUTPUT", &output_file)
+            .envs(extra_env.iter().copied())
             .output()
             .expect("bash runs");
         (
@@ -924,4 +1008,205 @@ fn release_script_refuses_renamed_and_incomplete_releases() {
         );
         assert!(log(&output).contains("only 2 of 3"), "{}", log(&output));
     }
+}
+
+/// The build provenance is published with the package: one draft, four assets, then published; a
+/// release published without it is not patched.
+#[test]
+fn release_script_publishes_the_provenance_with_the_package() {
+    let fixture = ReleaseFixture::new();
+    let package = "example-driver-debian-12-6.1.0-47-amd64_v0.1.2_amd64.deb";
+    let provenance = format!("{package}.intoto.jsonl");
+    fixture.artifact(package);
+    let out = fixture.dir.path().join("out");
+    let env = [("PROVENANCE_FILE_NAME", provenance.as_str())];
+
+    // Not built: refused before any draft exists.
+    let (output, _) = fixture.run_env("t1", package, "publish", &env);
+    assert!(!output.status.success());
+    assert!(
+        log(&output).contains(&format!("the build produced no {provenance}")),
+        "{}",
+        log(&output)
+    );
+    assert!(!fixture.dir.path().join("state.json").exists());
+
+    std::fs::write(out.join(&provenance), b"{\"payloadType\":\"x\"}\n").unwrap();
+    let (output, _) = fixture.run_env("t1", package, "publish", &env);
+    assert!(output.status.success(), "{}", log(&output));
+    let releases = fixture.releases();
+    let names: Vec<&str> = releases[0]["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            package.to_owned(),
+            format!("{package}.minisig"),
+            format!("{package}.sha256"),
+            provenance.clone()
+        ]
+    );
+    assert_eq!(releases[0]["draft"], false);
+
+    // A release published earlier without provenance can't gain it; a human decides.
+    let (output, _) = fixture.run("t2", package, "publish");
+    assert!(output.status.success(), "{}", log(&output));
+    let (output, _) = fixture.run_env("t2", package, "publish", &env);
+    assert!(!output.status.success());
+    assert!(log(&output).contains("only 3 of 4"), "{}", log(&output));
+
+    // The name reaches the upload URL and the release body; only kernel-id's characters pass.
+    let (output, _) = fixture.run_env(
+        "t3",
+        package,
+        "publish",
+        &[("PROVENANCE_FILE_NAME", "x$(reboot).intoto.jsonl")],
+    );
+    assert!(!output.status.success());
+    assert!(
+        log(&output).contains("PROVENANCE_FILE_NAME"),
+        "{}",
+        log(&output)
+    );
+}
+
+/// The signing key reaches one step only, the one that signs and attests outside the build
+/// container; the build step holds no secret; the provenance it writes is uploaded and published
+/// with the package. GitHub's own attestation is optional (off unless a repository variable turns it
+/// on), pinned by major version, and the only job holding id-token and attestations permissions.
+#[test]
+fn github_attestation_is_optional_and_alone_in_holding_its_permissions() {
+    let workflow = load("driver-build.yml");
+    let jobs = workflow["jobs"].as_mapping().unwrap();
+    let mut attest_jobs = Vec::new();
+    for (name, job) in jobs {
+        let name = name.as_str().unwrap();
+        let permissions = keys(&job["permissions"]);
+        let attests = job["steps"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|step| {
+                step["uses"]
+                    .as_str()
+                    .is_some_and(|uses| uses.starts_with("actions/attest-build-provenance@"))
+            });
+        let holds = permissions.contains("id-token") || permissions.contains("attestations");
+        assert_eq!(
+            holds, attests,
+            "driver-build.yml {name}: id-token/attestations belong to the attestation job only"
+        );
+        if attests {
+            attest_jobs.push(name.to_owned());
+            assert_eq!(
+                permissions,
+                ["attestations", "id-token"].map(str::to_owned).into(),
+                "{name}: exactly id-token and attestations"
+            );
+            let guard = job["if"].as_str().unwrap_or_default();
+            assert!(
+                guard.contains("vars.") && guard.contains("== 'true'"),
+                "{name}: must be off unless a repository variable turns it on: {guard:?}"
+            );
+            for step in job["steps"].as_sequence().unwrap() {
+                if let Some(uses) = step["uses"].as_str() {
+                    let version = uses.split_once('@').map(|(_, v)| v).unwrap_or_default();
+                    assert!(
+                        version.starts_with('v')
+                            && version[1..].bytes().all(|b| b.is_ascii_digit()),
+                        "{name}: {uses} must be pinned by major version"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(attest_jobs.len(), 1, "{attest_jobs:?}");
+
+    let steps = workflow["jobs"]["build"]["steps"].as_sequence().unwrap();
+    let with_secrets: Vec<&Value> = steps
+        .iter()
+        .filter(|step| serde_norway::to_string(step).unwrap().contains("secrets."))
+        .collect();
+    assert_eq!(with_secrets.len(), 1, "exactly one build step sees secrets");
+    let sign = with_secrets[0];
+    assert_eq!(
+        sign["run"].as_str(),
+        Some("bash .github/scripts/sign-and-attest.sh")
+    );
+    assert_eq!(
+        sign["env"]["BUILD_ID"].as_str(),
+        Some("${{ inputs.build_id }}")
+    );
+    let build = steps
+        .iter()
+        .find(|step| step["run"].as_str() == Some("bash .github/scripts/build-in-image.sh"))
+        .expect("the build step");
+    for output in [
+        "root_image",
+        "root_image_sha256",
+        "started_on",
+        "finished_on",
+    ] {
+        let reference = format!(
+            "${{{{ steps.{}.outputs.{output} }}}}",
+            build["id"].as_str().unwrap()
+        );
+        assert!(
+            sign["env"]
+                .as_mapping()
+                .unwrap()
+                .values()
+                .any(|v| v.as_str() == Some(reference.as_str())),
+            "the signing step does not receive {reference}"
+        );
+    }
+    let provenance = format!(
+        "${{{{ steps.{}.outputs.provenance_file_name }}}}",
+        sign["id"].as_str().unwrap()
+    );
+    let upload = steps
+        .iter()
+        .find(|step| {
+            step["uses"]
+                .as_str()
+                .is_some_and(|uses| uses.starts_with("actions/upload-artifact@"))
+        })
+        .expect("the upload");
+    assert!(
+        upload["with"]["path"]
+            .as_str()
+            .unwrap()
+            .contains(&provenance),
+        "the provenance is not uploaded"
+    );
+    assert_eq!(
+        workflow["jobs"]["build"]["outputs"]["provenance_file_name"].as_str(),
+        Some(provenance.as_str())
+    );
+    let publish = workflow["jobs"]["publish"]["steps"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|step| {
+            step["run"]
+                .as_str()
+                .is_some_and(|run| run.contains("release.sh publish"))
+        })
+        .expect("the publish step");
+    assert_eq!(
+        publish["env"]["PROVENANCE_FILE_NAME"].as_str(),
+        Some("${{ needs.build.outputs.provenance_file_name }}")
+    );
+    let script =
+        std::fs::read_to_string(workspace().join(".github/scripts/sign-and-attest.sh")).unwrap();
+    assert!(
+        script.contains(
+            "--builder-id \"https://github.com/${GITHUB_REPOSITORY}/.github/workflows/driver-build.yml@${GITHUB_REF}\""
+        ),
+        "{script}"
+    );
 }

@@ -33,6 +33,8 @@ pub(crate) enum Endpoint {
     GetRun,
     CancelRun,
     RateLimit,
+    MatchingRefs,
+    GetTag,
 }
 
 impl Endpoint {
@@ -44,6 +46,8 @@ impl Endpoint {
             Endpoint::GetRun => "get_workflow_run",
             Endpoint::CancelRun => "cancel_workflow_run",
             Endpoint::RateLimit => "rate_limit",
+            Endpoint::MatchingRefs => "git_matching_refs",
+            Endpoint::GetTag => "git_tag",
         }
     }
 }

@@ -1,5 +1,7 @@
 //! GitHub Actions + Releases backend: existence via release lookups (ETag conditional requests, positive
-//! cache), builds via `workflow_dispatch` of `driver-build.yml`, state via the workflow run.
+//! cache), builds via `workflow_dispatch` of `driver-build.yml` (with the commit the driver version's
+//! tag resolved to, see [`crate::source`]), state via the workflow run. The same repository is the
+//! driver's source: its tags are listed through the git refs API (`tags.rs`).
 //!
 //! Wire-up for the service core: build a [`GitHubConfig`] from the CLI, then
 //! `GitHubBackend::new(config)?` (inside the Tokio runtime) and use it as a [`Backend`].
@@ -13,6 +15,7 @@ mod cache;
 mod config;
 mod releases;
 mod runs;
+mod tags;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -27,8 +30,10 @@ pub use config::{
 use api::{ApiClient, ApiRequest, CallError, Endpoint};
 use releases::ReleaseFinder;
 use runs::{RunJson, RunTracker};
+use tags::GitHubTags;
 
 use crate::backend::{ArtifactRef, Backend, BackendError, BuildSpec, Dispatched, RunState};
+use crate::source::SourceRepository;
 
 /// The GitHub backend. Cheap to share (`Arc` it); all caches are internal and bounded.
 #[derive(Debug)]
@@ -38,6 +43,7 @@ pub struct GitHubBackend {
     layout: kernel_id::ReleaseLayout,
     releases: Arc<ReleaseFinder>,
     runs: RunTracker,
+    tags: Arc<GitHubTags>,
 }
 
 impl GitHubBackend {
@@ -54,16 +60,23 @@ impl GitHubBackend {
         ));
         let runs = RunTracker::new(
             Arc::clone(&api),
-            repo_path,
+            repo_path.clone(),
             &config.workflow_file,
             config.git_ref.clone(),
         );
+        let tags = Arc::new(GitHubTags::new(
+            Arc::clone(&api),
+            repo_path,
+            &config.owner,
+            &config.repo,
+        ));
         Ok(Self {
             api,
             driver: config.driver,
             layout: config.layout,
             releases,
             runs,
+            tags,
         })
     }
 
@@ -135,6 +148,11 @@ impl GitHubBackend {
 impl Backend for GitHubBackend {
     fn name(&self) -> &'static str {
         "github"
+    }
+
+    /// The repository the workflow runs in is the driver's source: `https://github.com/{o}/{r}`.
+    fn source_repository(&self) -> Arc<dyn SourceRepository> {
+        Arc::clone(&self.tags) as Arc<dyn SourceRepository>
     }
 
     async fn find_artifact(

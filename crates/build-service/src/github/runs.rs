@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
+use kernel_id::SourceCommit;
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -155,11 +156,18 @@ impl RunTracker {
         if let Some(dispatched) = self.known.get(&build_id.to_owned()) {
             return Ok(dispatched);
         }
+        // The workflow builds exactly this commit (and fails unless the tag still names it).
+        let Some(commit) = &build.source_commit else {
+            return Err(CallError::Permanent(format!(
+                "build {build_id} has no source commit recorded (reserved before driver versions \
+                 were resolved to commits); request it again"
+            )));
+        };
         let sent_at = SystemTime::now();
         let with_details = !self.run_details_refused.load(Ordering::Relaxed);
         let mut response = self
             .api
-            .send_once(&self.dispatch_request(build, with_details))
+            .send_once(&self.dispatch_request(build, commit, with_details))
             .await?;
         if with_details
             && matches!(
@@ -175,7 +183,7 @@ impl RunTracker {
             self.run_details_refused.store(true, Ordering::Relaxed);
             response = self
                 .api
-                .send_once(&self.dispatch_request(build, false))
+                .send_once(&self.dispatch_request(build, commit, false))
                 .await?;
         }
         match response.status {
@@ -235,7 +243,12 @@ impl RunTracker {
         dispatched
     }
 
-    fn dispatch_request(&self, build: &BuildSpec, with_details: bool) -> ApiRequest {
+    fn dispatch_request(
+        &self,
+        build: &BuildSpec,
+        commit: &SourceCommit,
+        with_details: bool,
+    ) -> ApiRequest {
         let identity = &build.identity;
         let mut body = json!({
             "ref": self.git_ref,
@@ -246,6 +259,7 @@ impl RunTracker {
                 "distro_version": identity.distro_version().as_str(),
                 "driver_version": identity.driver_version().as_str(),
                 "build_id": build.build_id,
+                "source_commit": commit.as_str(),
             },
         });
         if with_details {

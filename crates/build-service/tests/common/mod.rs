@@ -1,11 +1,13 @@
 //! Test support: the service on loopback with the real local backend (real artifact directory, real
 //! publishing, real downloads, real SQLite or PostgreSQL), driven by a controllable executor. The
 //! executor is the seam the state-machine tests control (succeed, fail, hold until released); the
-//! end-to-end test uses the real clean-root executor instead.
+//! end-to-end test uses the real clean-root executor instead. The driver's source is a real git
+//! repository (testkit's sample driver repository) tagged with every driver version the tests ask
+//! for; the executor records which commit, repository and tree each build was given.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,8 +21,49 @@ use build_service::{
 };
 use kernel_id::{DriverName, KernelIdentity, ReleaseLayout};
 use serde_json::{Value, json};
+use testkit::SampleDriverRepo;
 
 pub const DRIVER: &str = "example-driver";
+
+/// The driver versions the sample repository is tagged with (all on its first commit).
+pub const TAGS: &[&str] = &["v0.1.2", "v0.1.3", "v0.1.4", "v0.2.0", "v0.5.16"];
+
+/// What one build handed to the executor: the commit, the repository and the exported tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenJob {
+    pub build_id: String,
+    pub cache_key: String,
+    pub source_commit: String,
+    pub source_repository: String,
+    pub source_dir: PathBuf,
+    /// Every file of the source tree (relative path -> content).
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// The files under `dir`, by path relative to it.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let relative = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(relative, bytes);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
 
 pub fn driver() -> DriverName {
     DriverName::parse(DRIVER).unwrap()
@@ -46,6 +89,8 @@ pub struct TestExecutor {
     wake: Condvar,
     pub builds: AtomicUsize,
     pub started: AtomicUsize,
+    /// Every job that reached the executor, in order.
+    pub jobs: Mutex<Vec<SeenJob>>,
 }
 
 impl TestExecutor {
@@ -56,7 +101,13 @@ impl TestExecutor {
             wake: Condvar::new(),
             builds: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            jobs: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The jobs seen so far.
+    pub fn jobs(&self) -> Vec<SeenJob> {
+        self.jobs.lock().unwrap().clone()
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -72,6 +123,14 @@ impl TestExecutor {
 impl BuildExecutor for TestExecutor {
     fn build(&self, job: &ExecutorJob) -> Result<(), String> {
         self.started.fetch_add(1, Ordering::SeqCst);
+        self.jobs.lock().unwrap().push(SeenJob {
+            build_id: job.build_id.clone(),
+            cache_key: job.identity.cache_key(),
+            source_commit: job.source_commit.to_string(),
+            source_repository: job.source_repository.clone(),
+            source_dir: job.source_dir.clone(),
+            files: tree(&job.source_dir),
+        });
         std::fs::write(
             &job.log,
             format!("test executor: building {}\n", job.identity.cache_key()),
@@ -182,6 +241,10 @@ impl Backend for Counting {
         self.inner.poll(build, dispatched).await
     }
 
+    fn source_repository(&self) -> Arc<dyn build_service::source::SourceRepository> {
+        self.inner.source_repository()
+    }
+
     async fn cancel(&self, build: &BuildSpec, dispatched: &Dispatched) -> Result<(), BackendError> {
         self.counters.cancels.fetch_add(1, Ordering::SeqCst);
         self.inner.cancel(build, dispatched).await
@@ -197,24 +260,41 @@ impl Backend for Counting {
     }
 }
 
-/// Directories of one test: state, artifacts, builds, driver source.
+/// Directories of one test: state, artifacts, builds, and the driver's git repository.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub executor: Arc<dyn BuildExecutor>,
     pub counters: Arc<Counters>,
     pub layout: ReleaseLayout,
+    /// The driver's repository, tagged with [`TAGS`].
+    pub repo: SampleDriverRepo,
+    /// The local backend of the latest [`Env::start_with`].
+    pub local: Mutex<Option<Arc<LocalBackend>>>,
 }
 
 impl Env {
     pub fn new(executor: Arc<dyn BuildExecutor>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        let repo = SampleDriverRepo::create_tagged(&dir.path().join("driver-repo"), TAGS).unwrap();
         Self {
             dir,
             executor,
             counters: Arc::new(Counters::default()),
             layout: ReleaseLayout::PerArtifact,
+            repo,
+            local: Mutex::new(None),
         }
+    }
+
+    /// The local backend of the latest start.
+    pub fn local(&self) -> Arc<LocalBackend> {
+        self.local.lock().unwrap().clone().expect("started")
+    }
+
+    /// The repository's URI as the service reports it (`file://<absolute path>`).
+    pub fn repo_uri(&self) -> String {
+        let path = std::fs::canonicalize(self.repo.path()).unwrap();
+        format!("file://{}", path.display())
     }
 
     pub fn sqlite_url(&self) -> String {
@@ -232,7 +312,9 @@ impl Env {
         LocalSettings {
             artifact_dir: self.artifact_dir(),
             builds_dir: self.dir.path().join("builds"),
-            source_dir: self.dir.path().join("src"),
+            driver_repo: self.repo.path().to_string_lossy().into_owned(),
+            driver_subdir: PathBuf::new(),
+            source_mirror: self.dir.path().join("driver-source.git"),
             driver: driver(),
             layout: self.layout,
             public_url,
@@ -252,6 +334,7 @@ impl Env {
         let local = Arc::new(
             LocalBackend::new(self.settings(public_url), Arc::clone(&self.executor), None).unwrap(),
         );
+        *self.local.lock().unwrap() = Some(Arc::clone(&local));
         let counting = Arc::new(Counting {
             inner: Arc::clone(&local) as Arc<dyn Backend>,
             counters: Arc::clone(&self.counters),

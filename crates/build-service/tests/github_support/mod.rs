@@ -1,6 +1,7 @@
 //! Shared set-up for the GitHub backend tests: a github-sim whose runs publish exactly what
-//! `driver-build.yml` publishes (names computed by kernel-id from the run's inputs), and a backend
-//! configured against it with test-sized timings.
+//! `driver-build.yml` publishes (names computed by kernel-id from the run's inputs), whose
+//! repository is tagged with the driver versions the tests ask for ([`TAGS`], at [`COMMIT`]), and
+//! a backend configured against it with test-sized timings.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -10,9 +11,20 @@ use std::time::Duration;
 use build_service::github::{GitHubAuth, GitHubBackend, GitHubConfig, GitHubTuning};
 use build_service::{Backend, BuildSpec, Dispatched, RunState};
 use github_sim::{GithubSim, Inputs, PublishedFile, SimConfig, SimHandle};
-use kernel_id::{DriverName, IdentityInput, KernelIdentity, ReleaseLayout};
+use kernel_id::{DriverName, IdentityInput, KernelIdentity, ReleaseLayout, SourceCommit};
 
 pub const TOKEN: &str = "ghs_test_token";
+
+/// The commit every tag of [`TAGS`] names in the simulated repository.
+pub const COMMIT: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+/// The driver versions the simulated repository is tagged with.
+pub const TAGS: &[&str] = &["v0.1.2", "v0.1.3", "v0.1.4", "v0.2.0", "v0.5.16"];
+
+/// [`COMMIT`], typed.
+pub fn commit() -> SourceCommit {
+    SourceCommit::parse(COMMIT).expect("valid commit")
+}
 
 pub fn driver() -> DriverName {
     DriverName::parse("example-driver").expect("valid driver name")
@@ -43,6 +55,7 @@ pub fn spec(build_id: &str, identity: &KernelIdentity) -> BuildSpec {
         build_id: build_id.to_owned(),
         driver: driver(),
         identity: identity.clone(),
+        source_commit: Some(commit()),
     }
 }
 
@@ -90,7 +103,11 @@ pub async fn start_sim(layout: ReleaseLayout) -> SimHandle {
         publish: Arc::new(publisher(layout)),
         ..SimConfig::default()
     };
-    GithubSim::start(config).await.expect("simulator starts")
+    let sim = GithubSim::start(config).await.expect("simulator starts");
+    for tag in TAGS {
+        sim.create_tag(tag, COMMIT).expect("tag");
+    }
+    sim
 }
 
 /// Timings scaled down for loopback: the logic is the same, only the waits are shorter.
