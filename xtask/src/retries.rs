@@ -23,6 +23,7 @@ const VM_SCENARIOS: &[Scenario] = &[
     Scenario::Package("fleet"),
     Scenario::Binary("driver-loader::vm"),
     Scenario::Binary("driver-loader::host_mode"),
+    Scenario::Binary("driver-loader::container_runtime"),
     Scenario::Binary("testkit::boot"),
     Scenario::Binary("testkit::host_root"),
     Scenario::Binary("driver-builder::end_to_end"),

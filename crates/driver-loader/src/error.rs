@@ -19,6 +19,9 @@ pub enum FailureKind {
     Build,
     /// Digest or signature verification failed, or the package is unsigned.
     Verify,
+    /// The package's build provenance is missing, does not verify with the trusted keys, or says
+    /// something the policy refuses (another package, source repository, builder or commit).
+    Provenance,
     /// A module in the package does not fit the running kernel (vermagic, name, dependencies).
     Incompatible,
     /// Installing the package or loading a module failed.
@@ -42,6 +45,7 @@ impl FailureKind {
             FailureKind::Incompatible => 7,
             FailureKind::Load => 8,
             FailureKind::VersionConflict => 9,
+            FailureKind::Provenance => 10,
         }
     }
 }
@@ -79,6 +83,15 @@ pub enum LoaderError {
 
     #[error("verify {file}: {reason}")]
     Verify { file: String, reason: String },
+
+    /// A provenance refusal: `field` is the statement field that did not match (`envelope` when
+    /// the file itself is missing, unsigned by a trusted key or altered).
+    #[error("provenance {file}: {field}: {reason}")]
+    Provenance {
+        file: String,
+        field: String,
+        reason: String,
+    },
 
     #[error("module {module}: {reason}")]
     Incompatible { module: String, reason: String },
@@ -122,6 +135,7 @@ impl LoaderError {
             | LoaderError::BuildService(_) => FailureKind::Fetch,
             LoaderError::BuildFailed { .. } => FailureKind::Build,
             LoaderError::Verify { .. } => FailureKind::Verify,
+            LoaderError::Provenance { .. } => FailureKind::Provenance,
             LoaderError::Incompatible { .. } => FailureKind::Incompatible,
             LoaderError::Install(_) | LoaderError::Load { .. } => FailureKind::Load,
             LoaderError::VersionConflict { .. } => FailureKind::VersionConflict,
@@ -144,6 +158,18 @@ impl LoaderError {
         }
     }
 
+    pub(crate) fn provenance(
+        file: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        LoaderError::Provenance {
+            file: file.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn incompatible(module: impl Into<String>, reason: impl Into<String>) -> Self {
         LoaderError::Incompatible {
             module: module.into(),
@@ -154,3 +180,36 @@ impl LoaderError {
 
 /// Result alias of the loader library.
 pub type Result<T, E = LoaderError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_exit_code_and_provenance_is_10() {
+        let kinds = [
+            FailureKind::Internal,
+            FailureKind::Config,
+            FailureKind::Identify,
+            FailureKind::Fetch,
+            FailureKind::Build,
+            FailureKind::Verify,
+            FailureKind::Incompatible,
+            FailureKind::Load,
+            FailureKind::VersionConflict,
+            FailureKind::Provenance,
+        ];
+        let codes: Vec<u8> = kinds.iter().map(|k| k.exit_code()).collect();
+        assert_eq!(codes, (1..=10).collect::<Vec<u8>>());
+        let error = LoaderError::provenance(
+            "p.intoto.jsonl",
+            "runDetails.builder.id",
+            "\"https://evil\" is not an allowed builder (allowed: x)",
+        );
+        assert_eq!(error.kind(), FailureKind::Provenance);
+        assert_eq!(
+            error.to_string(),
+            "provenance p.intoto.jsonl: runDetails.builder.id: \"https://evil\" is not an allowed builder (allowed: x)"
+        );
+    }
+}

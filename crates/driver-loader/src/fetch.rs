@@ -1,21 +1,26 @@
-//! Getting the one verified package for an identity: from the cache when a verified copy is there, else
+//! Getting the one verified package for an identity: from the cache when a copy there verifies, else
 //! from the artifact store (GitHub Releases layout, or the build service's local artifact route), and when
 //! the store has nothing, by asking the build service to build it and waiting until it is done.
 //!
 //! Nothing reaches the cache's final name unverified: downloads land in a temporary file next to it and
-//! are renamed only after the digest and the signature check out.
+//! are renamed only after the digest, the signature and the provenance check out. A cached copy is
+//! never trusted blindly: it is verified again, with its cached digest, signature and provenance, the
+//! same way and with the keyring and policy of this run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use build_api::{BuildAccepted, BuildDone, BuildRequest, BuildState, BuildStatus, status_path};
+use integrity::Sha256Digest;
+use integrity::provenance::VerifiedProvenance;
+use integrity::signature::VerifiedSignature;
 use kernel_id::{DriverName, KernelIdentity, ReleaseLayout, percent_encode_segment};
-use minisign_verify::PublicKey;
 use tracing::{info, warn};
 
 use crate::error::{LoaderError, Result};
 use crate::http::{Deadline, Fetched, HttpClient, JsonMethod};
-use crate::verify::{self, MAX_SIDECAR_BYTES, SignatureInfo};
+pub use crate::verify::TrustPolicy;
+use crate::verify::{self, MAX_DIGEST_BYTES, MAX_PROVENANCE_BYTES, MAX_SIGNATURE_BYTES};
 
 /// Where artifacts come from.
 #[derive(Debug, Clone)]
@@ -40,21 +45,17 @@ pub struct BuildService {
     pub wait: Duration,
 }
 
-/// What makes a package trusted.
-#[derive(Debug, Clone)]
-pub struct TrustPolicy {
-    pub public_key: Option<PublicKey>,
-    /// Accept packages without a valid signature (the digest is still checked). Never the default.
-    pub insecure_skip_signature: bool,
-}
-
-/// A package whose digest (and signature, unless skipped) verified.
+/// A package whose digest, signature and provenance verified (only the digest in the insecure mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedPackage {
     pub path: PathBuf,
     pub file_name: String,
-    /// `None` when signature checking was skipped.
-    pub signature: Option<SignatureInfo>,
+    /// The package's SHA-256, as verified against its digest file.
+    pub sha256: Sha256Digest,
+    /// `None` only when signature checking was skipped (`--insecure-skip-signature`).
+    pub signature: Option<VerifiedSignature>,
+    /// The verified build provenance; `None` only when signature checking was skipped.
+    pub provenance: Option<VerifiedProvenance>,
     /// True when the cached copy was reused and nothing was downloaded.
     pub from_cache: bool,
     /// Whether a build was requested to obtain it.
@@ -67,38 +68,34 @@ pub struct ArtifactUrls {
     pub package: String,
     pub digest: String,
     pub signature: String,
+    pub provenance: String,
 }
 
 impl ArtifactUrls {
-    /// `{base}/{ReleaseLayout::download_path}` for the package and its two sidecar files.
+    /// `{base}/{ReleaseLayout::download_path}` for the package and its three sidecar files.
     pub fn new(
         source: &ArtifactSource,
         driver: &DriverName,
         identity: &KernelIdentity,
     ) -> ArtifactUrls {
         let base = source.base_url.trim_end_matches('/');
+        let sidecar = |name: String| {
+            format!(
+                "{base}/{}",
+                source.layout.download_path(driver, identity, &name)
+            )
+        };
         ArtifactUrls {
             package: format!("{base}/{}", source.layout.package_path(driver, identity)),
-            digest: format!(
-                "{base}/{}",
-                source
-                    .layout
-                    .download_path(driver, identity, &identity.digest_file_name(driver))
-            ),
-            signature: format!(
-                "{base}/{}",
-                source.layout.download_path(
-                    driver,
-                    identity,
-                    &identity.signature_file_name(driver)
-                )
-            ),
+            digest: sidecar(identity.digest_file_name(driver)),
+            signature: sidecar(identity.signature_file_name(driver)),
+            provenance: sidecar(identity.provenance_file_name(driver)),
         }
     }
 
     /// The same files at the package URL the build service announced. It must name this identity's
-    /// package file; the sidecars sit next to it (`.sha256`/`.minisig` appended, which percent-encoding
-    /// leaves unchanged).
+    /// package file; the sidecars sit next to it (`.sha256`/`.minisig`/`.intoto.jsonl` appended, which
+    /// percent-encoding leaves unchanged).
     fn at_announced(url: &str, file_name: &str) -> Result<ArtifactUrls> {
         let expected_tail = format!("/{}", percent_encode_segment(file_name));
         if !url.ends_with(&expected_tail)
@@ -112,6 +109,7 @@ impl ArtifactUrls {
             package: url.to_owned(),
             digest: format!("{url}.sha256"),
             signature: format!("{url}.minisig"),
+            provenance: format!("{url}.intoto.jsonl"),
         })
     }
 }
@@ -127,6 +125,41 @@ pub struct Fetcher<'a> {
     pub cache_root: &'a Path,
 }
 
+/// The files of one identity's artifact in its cache directory.
+#[derive(Debug)]
+struct CachePaths {
+    package: PathBuf,
+    digest: PathBuf,
+    signature: PathBuf,
+    provenance: PathBuf,
+}
+
+impl CachePaths {
+    fn all(&self) -> [&PathBuf; 4] {
+        [
+            &self.package,
+            &self.digest,
+            &self.signature,
+            &self.provenance,
+        ]
+    }
+}
+
+/// What one package is checked against: the sidecar texts (absent when not published or not
+/// needed), and what they proved.
+#[derive(Debug)]
+struct Checked {
+    digest_text: String,
+    signature_text: Option<String>,
+    provenance_text: Option<String>,
+    sha256: Sha256Digest,
+    signature: Option<VerifiedSignature>,
+    provenance: Option<VerifiedProvenance>,
+}
+
+/// A sidecar file: its text when it exists, `None` when it does not.
+type Sidecar = Option<String>;
+
 impl Fetcher<'_> {
     /// The cache directory of an identity (its kernel-id cache key as a relative path).
     pub fn cache_dir(&self, identity: &KernelIdentity) -> PathBuf {
@@ -140,29 +173,33 @@ impl Fetcher<'_> {
         identity: &KernelIdentity,
         deadline: &Deadline,
     ) -> Result<VerifiedPackage> {
+        if let TrustPolicy::Missing { reason } = self.trust {
+            return Err(LoaderError::Config(format!(
+                "{reason}; configure trusted keys (--trusted-keys-dir, --public-key-file or \
+                 --public-key) with the provenance policy, or --insecure-skip-signature to knowingly \
+                 load unsigned code"
+            )));
+        }
         let file_name = identity.package_file_name(driver);
         let dir = self.cache_dir(identity);
         std::fs::create_dir_all(&dir)
             .map_err(|e| LoaderError::io(format!("creating cache {}", dir.display()), e))?;
-        let final_path = dir.join(&file_name);
-        let digest_path = dir.join(identity.digest_file_name(driver));
-        let sig_path = dir.join(identity.signature_file_name(driver));
+        let paths = CachePaths {
+            package: dir.join(&file_name),
+            digest: dir.join(identity.digest_file_name(driver)),
+            signature: dir.join(identity.signature_file_name(driver)),
+            provenance: dir.join(identity.provenance_file_name(driver)),
+        };
 
-        if final_path.exists() {
-            match self.verify_cached(&final_path, &file_name, &digest_path, &sig_path) {
-                Ok(signature) => {
-                    info!(path = %final_path.display(), "using verified package from the cache");
-                    return Ok(VerifiedPackage {
-                        path: final_path,
-                        file_name,
-                        signature,
-                        from_cache: true,
-                        built_on_demand: false,
-                    });
+        if paths.package.exists() {
+            match self.verify_cached(driver, identity, &paths, &file_name) {
+                Ok(checked) => {
+                    info!(path = %paths.package.display(), "using the cached package, verified again");
+                    return Ok(self.verified(paths.package, file_name, checked, true, false));
                 }
                 Err(e) => {
-                    warn!(path = %final_path.display(), error = %e, "cached package does not verify; downloading again");
-                    for stale in [&final_path, &digest_path, &sig_path] {
+                    warn!(path = %paths.package.display(), error = %e, "cached package does not verify; downloading again");
+                    for stale in paths.all() {
                         let _ = std::fs::remove_file(stale);
                     }
                 }
@@ -201,33 +238,65 @@ impl Fetcher<'_> {
         };
         info!(url = %urls.package, bytes = downloaded, "package downloaded");
 
-        let outcome = self.verify_download(&urls, &partial, &file_name, deadline);
-        let (digest_text, signature_text, signature) = match outcome {
-            Ok(v) => v,
+        let checked = match self.verify_download(driver, identity, &urls, &partial, deadline) {
+            Ok(checked) => checked,
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
                 return Err(e);
             }
         };
-        write_file(&digest_path, digest_text.as_bytes())?;
-        if let Some(text) = &signature_text {
-            write_file(&sig_path, text.as_bytes())?;
-        } else {
-            let _ = std::fs::remove_file(&sig_path);
+        write_file(&paths.digest, checked.digest_text.as_bytes())?;
+        for (path, text) in [
+            (&paths.signature, &checked.signature_text),
+            (&paths.provenance, &checked.provenance_text),
+        ] {
+            match text {
+                Some(text) => write_file(path, text.as_bytes())?,
+                None => {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
         }
-        std::fs::rename(&partial, &final_path).map_err(|e| {
+        std::fs::rename(&partial, &paths.package).map_err(|e| {
             LoaderError::io(
-                format!("moving the package into {}", final_path.display()),
+                format!("moving the package into {}", paths.package.display()),
                 e,
             )
         })?;
-        Ok(VerifiedPackage {
-            path: final_path,
+        Ok(self.verified(paths.package, file_name, checked, false, built_on_demand))
+    }
+
+    /// The result, logged: what vouched for the package.
+    fn verified(
+        &self,
+        path: PathBuf,
+        file_name: String,
+        checked: Checked,
+        from_cache: bool,
+        built_on_demand: bool,
+    ) -> VerifiedPackage {
+        if let (Some(signature), Some(provenance)) = (&checked.signature, &checked.provenance) {
+            info!(
+                package = file_name,
+                sha256 = %checked.sha256,
+                signature_key = %signature.key_id,
+                source_repository = provenance.source_repository,
+                source_commit = %provenance.source_commit,
+                builder = provenance.builder_id,
+                invocation = provenance.invocation_id,
+                provenance_keys = verify::key_list(&provenance.key_ids),
+                "package verified: digest, signature and provenance"
+            );
+        }
+        VerifiedPackage {
+            path,
             file_name,
-            signature,
-            from_cache: false,
+            sha256: checked.sha256,
+            signature: checked.signature,
+            provenance: checked.provenance,
+            from_cache,
             built_on_demand,
-        })
+        }
     }
 
     fn download_package(
@@ -249,99 +318,152 @@ impl Fetcher<'_> {
         result
     }
 
-    /// Downloads the digest and signature and checks the package against them.
+    /// Downloads the sidecars the trust policy needs, each only once the previous check passed, and
+    /// checks the package against them.
     fn verify_download(
         &self,
+        driver: &DriverName,
+        identity: &KernelIdentity,
         urls: &ArtifactUrls,
         package: &Path,
-        file_name: &str,
         deadline: &Deadline,
-    ) -> Result<(String, Option<String>, Option<SignatureInfo>)> {
+    ) -> Result<Checked> {
         let token = self.source.token.as_deref();
-        let digest_text = match self.client.get_text(
-            &urls.digest,
-            token,
-            MAX_SIDECAR_BYTES,
-            deadline,
-        )? {
-            Fetched::Found(text) => text,
-            Fetched::NotFound => {
-                return Err(LoaderError::verify(
-                    file_name,
-                    format!(
-                        "no digest file published at {} (404); refusing an unverifiable package",
-                        urls.digest
-                    ),
-                ));
-            }
-        };
-        verify::verify_digest(package, file_name, &digest_text)?;
-        let signature_text =
-            match self
-                .client
-                .get_text(&urls.signature, token, MAX_SIDECAR_BYTES, deadline)?
-            {
+        let get = |url: &str, limit: u64| -> Result<Sidecar> {
+            Ok(match self.client.get_text(url, token, limit, deadline)? {
                 Fetched::Found(text) => Some(text),
                 Fetched::NotFound => None,
-            };
-        let signature = self.check_signature(package, file_name, signature_text.as_deref())?;
-        Ok((digest_text, signature_text, signature))
+            })
+        };
+        self.check(
+            driver,
+            identity,
+            package,
+            || get(&urls.digest, MAX_DIGEST_BYTES),
+            || get(&urls.signature, MAX_SIGNATURE_BYTES),
+            || get(&urls.provenance, MAX_PROVENANCE_BYTES),
+            |what| format!("published at {} (404)", what),
+            urls,
+        )
     }
 
+    /// Verifies a cached package with its cached sidecars, exactly like a download.
     fn verify_cached(
         &self,
-        package: &Path,
+        driver: &DriverName,
+        identity: &KernelIdentity,
+        paths: &CachePaths,
         file_name: &str,
-        digest: &Path,
-        sig: &Path,
-    ) -> Result<Option<SignatureInfo>> {
-        let digest_text = crate::host::read_small(digest, MAX_SIDECAR_BYTES).map_err(|e| {
-            LoaderError::verify(file_name, format!("cached digest unreadable: {e}"))
-        })?;
-        verify::verify_digest(package, file_name, &digest_text)?;
-        let sig_text = if sig.exists() {
-            Some(
-                crate::host::read_small(sig, MAX_SIDECAR_BYTES).map_err(|e| {
-                    LoaderError::verify(file_name, format!("cached signature unreadable: {e}"))
-                })?,
-            )
-        } else {
-            None
+    ) -> Result<Checked> {
+        let read = |path: &Path, limit: u64| -> Result<Sidecar> {
+            if !path.exists() {
+                return Ok(None);
+            }
+            crate::host::read_small(path, limit).map(Some).map_err(|e| {
+                LoaderError::verify(file_name, format!("cached sidecar unreadable: {e}"))
+            })
         };
-        self.check_signature(package, file_name, sig_text.as_deref())
+        let urls = ArtifactUrls {
+            package: paths.package.display().to_string(),
+            digest: paths.digest.display().to_string(),
+            signature: paths.signature.display().to_string(),
+            provenance: paths.provenance.display().to_string(),
+        };
+        self.check(
+            driver,
+            identity,
+            &paths.package,
+            || read(&paths.digest, MAX_DIGEST_BYTES),
+            || read(&paths.signature, MAX_SIGNATURE_BYTES),
+            || read(&paths.provenance, MAX_PROVENANCE_BYTES),
+            |what| format!("in the cache at {what}"),
+            &urls,
+        )
     }
 
-    /// Applies the trust policy to a package and its (possibly absent) signature.
-    fn check_signature(
+    /// digest -> signature -> provenance, each sidecar obtained only when the previous check passed.
+    /// `located` says where a missing sidecar was looked for.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
         &self,
+        driver: &DriverName,
+        identity: &KernelIdentity,
         package: &Path,
-        file_name: &str,
-        signature_text: Option<&str>,
-    ) -> Result<Option<SignatureInfo>> {
-        if self.trust.insecure_skip_signature {
-            warn!(
-                package = file_name,
-                "--insecure-skip-signature: NOT checking the package signature; only the digest protects \
-                 against corruption, nothing protects against a substituted package"
-            );
-            return Ok(None);
-        }
-        let key = self.trust.public_key.as_ref().ok_or_else(|| {
-            LoaderError::Config(
-                "public_key: no minisign public key configured; set --public-key/--public-key-file, or \
-                 --insecure-skip-signature to knowingly load unsigned code"
-                    .to_owned(),
-            )
-        })?;
-        let text = signature_text.ok_or_else(|| {
+        digest: impl FnOnce() -> Result<Sidecar>,
+        signature: impl FnOnce() -> Result<Sidecar>,
+        provenance: impl FnOnce() -> Result<Sidecar>,
+        located: impl Fn(&str) -> String,
+        urls: &ArtifactUrls,
+    ) -> Result<Checked> {
+        let file_name = identity.package_file_name(driver);
+        let digest_text = digest()?.ok_or_else(|| {
             LoaderError::verify(
-                file_name,
-                "the package is unsigned (no .minisig published); refusing it (--insecure-skip-signature overrides)",
+                &file_name,
+                format!(
+                    "no digest file {}; refusing an unverifiable package",
+                    located(&urls.digest)
+                ),
             )
         })?;
-        let info = verify::verify_signature(package, file_name, text, key)?;
-        verify::check_trusted_comment(&info, file_name)?;
-        Ok(Some(info))
+        let sha256 = verify::verify_digest(package, &file_name, &digest_text)?;
+        let (keyring, policy) = match self.trust {
+            TrustPolicy::Verify { keyring, policy } => (keyring, policy),
+            TrustPolicy::InsecureSkipSignature => {
+                warn!(
+                    package = file_name,
+                    "--insecure-skip-signature: NOT checking the package signature nor its provenance; \
+                     only the digest protects against corruption, nothing protects against a \
+                     substituted package"
+                );
+                return Ok(Checked {
+                    digest_text,
+                    signature_text: None,
+                    provenance_text: None,
+                    sha256,
+                    signature: None,
+                    provenance: None,
+                });
+            }
+            TrustPolicy::Missing { reason } => return Err(LoaderError::Config(reason.clone())),
+        };
+        let signature_text = signature()?.ok_or_else(|| {
+            LoaderError::verify(
+                &file_name,
+                format!(
+                    "the package is unsigned (no signature {}); refusing it",
+                    located(&urls.signature)
+                ),
+            )
+        })?;
+        let signature = verify::verify_signature(keyring, package, &file_name, &signature_text)?;
+        let provenance_name = identity.provenance_file_name(driver);
+        let provenance_text = provenance()?.ok_or_else(|| {
+            LoaderError::provenance(
+                &provenance_name,
+                "envelope",
+                format!(
+                    "no provenance file {}; a package without verifiable provenance is refused",
+                    located(&urls.provenance)
+                ),
+            )
+        })?;
+        let provenance = verify::verify_provenance(
+            &provenance_text,
+            &provenance_name,
+            keyring,
+            policy,
+            driver,
+            identity,
+            &sha256,
+        )?;
+        Ok(Checked {
+            digest_text,
+            signature_text: Some(signature_text),
+            provenance_text: Some(provenance_text),
+            sha256,
+            signature: Some(signature),
+            provenance: Some(provenance),
+        })
     }
 }
 
@@ -493,6 +615,7 @@ mod tests {
         );
         assert_eq!(urls.digest, format!("{}.sha256", urls.package));
         assert_eq!(urls.signature, format!("{}.minisig", urls.package));
+        assert_eq!(urls.provenance, format!("{}.intoto.jsonl", urls.package));
         let plus = identity("6.12.43+deb12-amd64");
         let urls = ArtifactUrls::new(&source, &driver, &plus);
         assert!(urls.package.contains("%2Bdeb12"), "{}", urls.package);
@@ -507,6 +630,7 @@ mod tests {
         );
         let urls = ArtifactUrls::at_announced(&good, name).expect("matches");
         assert_eq!(urls.signature, format!("{good}.minisig"));
+        assert_eq!(urls.provenance, format!("{good}.intoto.jsonl"));
         assert!(
             ArtifactUrls::at_announced("http://h/releases/download/t/other.deb", name).is_err()
         );

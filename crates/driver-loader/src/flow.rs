@@ -1,11 +1,13 @@
-//! The whole loader run: identify -> fetch (or build) -> verify -> extract and check modules -> install
-//! and/or load, idempotently. Each step is also callable on its own (the CLI's `identify`, `fetch`,
-//! `extract`, `inspect`).
+//! The whole loader run: identify -> fetch (or build) -> verify (digest, signature, provenance) ->
+//! extract and check modules -> install and/or load, idempotently. Each step is also callable on its
+//! own (the CLI's `identify`, `fetch`, `extract`, `inspect`, `provenance`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use integrity::provenance::{COMPILER_DEPENDENCY, ROOT_DEPENDENCY, VerifiedProvenance};
+use integrity::{Keyring, ProvenancePolicy, Sha256Digest};
 use kernel_id::{DriverName, DriverVersion, KernelIdentity, PackageFormat};
 use tracing::{info, warn};
 
@@ -96,6 +98,175 @@ pub fn fetch(config: &LoaderConfig, identity: &KernelIdentity) -> Result<Verifie
         cache_root: &config.cache_dir,
     };
     fetcher.fetch(&config.driver, identity, &Deadline::after(config.deadline))
+}
+
+/// A package's build provenance, verified on its own (the `provenance` command).
+#[derive(Debug, Clone)]
+pub struct PackageProvenance {
+    pub package: PathBuf,
+    pub file_name: String,
+    pub driver: DriverName,
+    /// The identity the package's file name says it was built for.
+    pub identity: KernelIdentity,
+    pub sha256: Sha256Digest,
+    pub provenance_file: PathBuf,
+    pub verified: VerifiedProvenance,
+}
+
+/// Verifies the provenance of a package file: `provenance_file` (default: the kernel-id provenance
+/// name beside the package, `<package>.intoto.jsonl`) must be signed by a key of the keyring and be
+/// about exactly this package (its file name's identity and its SHA-256) within the policy.
+pub fn verify_package_provenance(
+    package: &Path,
+    provenance_file: Option<&Path>,
+    keyring: &Keyring,
+    policy: &ProvenancePolicy,
+) -> Result<PackageProvenance> {
+    let file_name = package
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| {
+            LoaderError::Config(format!("{}: not a package file name", package.display()))
+        })?
+        .to_owned();
+    let (driver, identity) = KernelIdentity::parse_any_package_file_name(&file_name)
+        .map_err(|e| LoaderError::Config(format!("{}: {e}", package.display())))?;
+    let provenance_file = provenance_file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| package.with_file_name(identity.provenance_file_name(&driver)));
+    let shown = provenance_file.display().to_string();
+    let text = read_provenance(&provenance_file, &shown)?;
+    let sha256 = integrity::sha256_file(package)
+        .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
+    let verified = crate::verify::verify_provenance(
+        &text, &shown, keyring, policy, &driver, &identity, &sha256,
+    )?;
+    Ok(PackageProvenance {
+        package: package.to_path_buf(),
+        file_name,
+        driver,
+        identity,
+        sha256,
+        provenance_file,
+        verified,
+    })
+}
+
+/// Reads a provenance file, bounded; a missing or oversized file is a provenance refusal.
+fn read_provenance(path: &Path, shown: &str) -> Result<String> {
+    use std::io::Read;
+    let limit = crate::verify::MAX_PROVENANCE_BYTES;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LoaderError::provenance(
+                shown,
+                "envelope",
+                "the file does not exist: a package without provenance is refused",
+            ));
+        }
+        Err(e) => return Err(LoaderError::io(format!("opening {shown}"), e)),
+    };
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| LoaderError::io(format!("reading {shown}"), e))?;
+    if text.len() as u64 > limit {
+        return Err(LoaderError::provenance(
+            shown,
+            "envelope",
+            format!("the file is larger than {limit} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+/// The human-readable summary of a verified provenance: what was built, from what, by whom, and
+/// which keys vouch for it.
+pub fn provenance_summary(p: &PackageProvenance) -> String {
+    use std::fmt::Write as _;
+    let v = &p.verified;
+    let id = &p.identity;
+    let metadata = &v.statement.predicate.run_details.metadata;
+    let mut out = String::new();
+    let mut line = |label: &str, value: &str| {
+        let _ = writeln!(out, "{:<18}{value}", format!("{label}:"));
+    };
+    line("package", &p.file_name);
+    line("sha256", &p.sha256.to_hex());
+    line("provenance", &p.provenance_file.display().to_string());
+    line(
+        "identity",
+        &format!(
+            "{} {} {}, kernel {}, {} {}",
+            id.distribution(),
+            id.distro_version(),
+            id.arch(),
+            id.kernel_release(),
+            p.driver,
+            id.driver_version()
+        ),
+    );
+    line("source", &v.source_repository);
+    line("tag", &id.driver_version().tag_ref());
+    line("commit", v.source_commit.as_str());
+    line("builder", &v.builder_id);
+    line("invocation", &v.invocation_id);
+    line("started", &metadata.started_on);
+    line("finished", &metadata.finished_on);
+    line("signed by", &crate::verify::key_list(&v.key_ids));
+    let headers = v.headers();
+    if headers.is_empty() {
+        line("headers", "(none recorded)");
+    } else {
+        line("headers", &format!("{} package(s)", headers.len()));
+        for (file, sha256) in headers {
+            let _ = writeln!(out, "  {file}  sha256 {sha256}");
+        }
+    }
+    let mut line = |label: &str, value: &str| {
+        let _ = writeln!(out, "{:<18}{value}", format!("{label}:"));
+    };
+    match v.dependency(ROOT_DEPENDENCY) {
+        Some(root) => line(
+            "build root",
+            &format!(
+                "{} sha256 {}",
+                root.uri.as_deref().unwrap_or("(no uri)"),
+                root.digest
+                    .get("sha256")
+                    .map(String::as_str)
+                    .unwrap_or("(none)")
+            ),
+        ),
+        None => line("build root", "(not recorded)"),
+    }
+    match v.dependency(COMPILER_DEPENDENCY) {
+        Some(compiler) => {
+            let annotation = |key: &str| {
+                compiler
+                    .annotations
+                    .get(key)
+                    .map(String::as_str)
+                    .unwrap_or("(not recorded)")
+                    .to_owned()
+            };
+            line(
+                "compiler",
+                compiler.uri.as_deref().unwrap_or("(not recorded)"),
+            );
+            line(
+                "  kernel CC",
+                &format!(
+                    "CONFIG_CC_VERSION_TEXT={}",
+                    annotation("kernel_cc_version_text")
+                ),
+            );
+            line("  root report", &annotation("root_version_report"));
+        }
+        None => line("compiler", "(not recorded)"),
+    }
+    out
 }
 
 /// Extracts a package (all entries, or only kernel modules) into `target` with the packaging crate's safe
@@ -444,4 +615,158 @@ pub fn run(
         package,
         modules: actions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use integrity::SecretKey;
+    use integrity::facts::{BuildFacts, CompilerFacts, HeaderPackage, RootImage};
+    use integrity::provenance::BuildProvenance;
+    use kernel_id::{IdentityInput, SourceCommit};
+
+    use super::*;
+    use crate::FailureKind;
+
+    const REPO: &str = "https://github.com/example/example-driver";
+    const BUILDER: &str = "urn:kdriver:builder:test";
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn identity() -> KernelIdentity {
+        KernelIdentity::from_input(&IdentityInput {
+            kernel_version: "6.1.0-47-amd64".to_owned(),
+            architecture: "x86_64".to_owned(),
+            distribution: "debian".to_owned(),
+            distro_version: Some("12".to_owned()),
+            driver_version: "v0.1.2".to_owned(),
+        })
+        .expect("valid")
+    }
+
+    fn policy() -> ProvenancePolicy {
+        ProvenancePolicy {
+            expected_source_repository: REPO.to_owned(),
+            allowed_builders: vec![BUILDER.to_owned()],
+            pinned_commit: None,
+        }
+    }
+
+    /// A package file, its provenance beside it, and the keyring that trusts its signer.
+    fn signed_package(dir: &Path) -> (PathBuf, Keyring) {
+        let key = SecretKey::generate(&dir.join("k"), &dir.join("k.pub")).expect("key");
+        let mut ring = Keyring::new();
+        ring.insert(key.public().clone(), "test").expect("insert");
+        let driver = DriverName::parse("example-driver").expect("driver");
+        let package = dir.join(identity().package_file_name(&driver));
+        std::fs::write(&package, b"package bytes").expect("write");
+        let provenance = BuildProvenance {
+            driver: driver.clone(),
+            identity: identity(),
+            package_sha256: integrity::sha256_bytes(b"package bytes"),
+            source_repository: REPO.to_owned(),
+            source_commit: SourceCommit::parse(COMMIT).expect("commit"),
+            facts: BuildFacts {
+                headers: vec![HeaderPackage {
+                    name: "linux-headers-6.1.0-47-amd64".to_owned(),
+                    version: "6.1.188-1".to_owned(),
+                    file_name: "linux-headers-6.1.0-47-amd64_6.1.188-1_amd64.deb".to_owned(),
+                    uri: None,
+                    sha256: "ab".repeat(32),
+                }],
+                compiler: CompilerFacts {
+                    name: "gcc-12".to_owned(),
+                    kernel_cc_version_text: "gcc-12 (Debian 12.2.0-14) 12.2.0".to_owned(),
+                    root_version_report: "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0".to_owned(),
+                },
+            },
+            root: RootImage {
+                uri: "mmdebstrap:debian/bookworm/amd64".to_owned(),
+                sha256: "cd".repeat(32),
+            },
+            builder_id: BUILDER.to_owned(),
+            invocation_id: "b-7".to_owned(),
+            started_on: "2026-12-03T10:00:00Z".to_owned(),
+            finished_on: "2026-12-03T10:02:00Z".to_owned(),
+        };
+        std::fs::write(
+            dir.join(identity().provenance_file_name(&driver)),
+            provenance.signed_file(&key),
+        )
+        .expect("write provenance");
+        (package, ring)
+    }
+
+    #[test]
+    fn a_package_provenance_verifies_and_summarizes_every_fact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (package, ring) = signed_package(dir.path());
+        let verified =
+            verify_package_provenance(&package, None, &ring, &policy()).expect("verifies");
+        assert_eq!(verified.driver.to_string(), "example-driver");
+        assert_eq!(
+            verified.sha256,
+            integrity::sha256_bytes(b"package bytes"),
+            "the package's own digest"
+        );
+        let summary = provenance_summary(&verified);
+        for expected in [
+            format!("package:          {}", verified.file_name),
+            format!("sha256:           {}", verified.sha256),
+            "identity:         debian 12 x86_64, kernel 6.1.0-47-amd64, example-driver v0.1.2"
+                .to_owned(),
+            format!("source:           {REPO}"),
+            "tag:              refs/tags/v0.1.2".to_owned(),
+            format!("commit:           {COMMIT}"),
+            format!("builder:          {BUILDER}"),
+            "invocation:       b-7".to_owned(),
+            "started:          2026-12-03T10:00:00Z".to_owned(),
+            "finished:         2026-12-03T10:02:00Z".to_owned(),
+            format!("signed by:        {}", ring.describe()),
+            format!(
+                "  linux-headers-6.1.0-47-amd64_6.1.188-1_amd64.deb  sha256 {}",
+                "ab".repeat(32)
+            ),
+            format!(
+                "build root:       mmdebstrap:debian/bookworm/amd64 sha256 {}",
+                "cd".repeat(32)
+            ),
+            "compiler:         gcc-12".to_owned(),
+            "  kernel CC:      CONFIG_CC_VERSION_TEXT=gcc-12 (Debian 12.2.0-14) 12.2.0".to_owned(),
+            "  root report:    gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0".to_owned(),
+        ] {
+            assert!(
+                summary.lines().any(|line| line == expected),
+                "{expected:?} missing from:\n{summary}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_foreign_provenance_is_refused_with_exit_10() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (package, ring) = signed_package(dir.path());
+        let err = verify_package_provenance(
+            &package,
+            Some(&dir.path().join("absent.intoto.jsonl")),
+            &ring,
+            &policy(),
+        )
+        .expect_err("missing");
+        assert_eq!(err.kind(), FailureKind::Provenance);
+        assert!(err.to_string().contains("does not exist"), "{err}");
+
+        // The package changed after its provenance was made.
+        std::fs::write(&package, b"other bytes").expect("write");
+        let err =
+            verify_package_provenance(&package, None, &ring, &policy()).expect_err("another build");
+        assert!(
+            matches!(&err, LoaderError::Provenance { field, .. } if field == "subject.digest.sha256"),
+            "{err}"
+        );
+
+        // A file name that is no identity is a usage error.
+        let renamed = dir.path().join("renamed.deb");
+        std::fs::write(&renamed, b"package bytes").expect("write");
+        let err = verify_package_provenance(&renamed, None, &ring, &policy()).expect_err("name");
+        assert_eq!(err.kind(), FailureKind::Config);
+    }
 }

@@ -17,7 +17,8 @@ use driver_loader::install::SystemTools;
 use driver_loader::kernel::SysKernel;
 use driver_loader::modinfo::ModInfo;
 use driver_loader::{FailureKind, LoaderError};
-use kernel_id::{DriverName, DriverVersion, ReleaseLayout};
+use integrity::{Keyring, ProvenancePolicy, PublicKey};
+use kernel_id::{DriverName, DriverVersion, ReleaseLayout, SourceCommit};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,8 +26,10 @@ use kernel_id::{DriverName, DriverVersion, ReleaseLayout};
     version,
     about = "Fetch, verify and load the driver package built for exactly the running kernel",
     after_help = "Exit codes: 0 ok, 1 internal, 2 configuration/usage, 3 host not identifiable, \
-                  4 artifact unavailable, 5 build failed, 6 verification failed, 7 module incompatible \
-                  with the running kernel, 8 install/load failed, 9 other version loaded (see --replace)."
+                  4 artifact unavailable, 5 build failed, 6 verification failed (digest, signature), \
+                  7 module incompatible with the running kernel, 8 install/load failed, 9 other version \
+                  loaded (see --replace), 10 provenance refused (missing, not signed by a trusted key, \
+                  or naming another package, source repository, builder or commit)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -67,6 +70,18 @@ enum Command {
     },
     /// Readiness probe: exit 0 when the ready file exists and the driver's module is live, else 1.
     Ready,
+    /// Verify a package file's build provenance with the configured trusted keys and policy, and
+    /// show what it says (exit 10 when it is refused).
+    Provenance {
+        /// The .deb or .rpm file; its name gives the identity the provenance must be about.
+        package: PathBuf,
+        /// The provenance file (default: PACKAGE.intoto.jsonl beside the package).
+        #[arg(long = "provenance", value_name = "FILE")]
+        provenance_file: Option<PathBuf>,
+        /// Print the verified in-toto statement as JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,14 +142,62 @@ struct Options {
         global = true
     )]
     build_wait_seconds: u64,
-    /// Minisign public key (the base64 line, or the whole .pub file content).
-    #[arg(long, env = "DRIVER_LOADER_PUBLIC_KEY", global = true)]
-    public_key: Option<String>,
-    /// File holding the minisign public key.
-    #[arg(long, env = "DRIVER_LOADER_PUBLIC_KEY_FILE", global = true)]
-    public_key_file: Option<PathBuf>,
-    /// Load packages whose signature is missing or invalid. Only the digest is checked then: anyone able
-    /// to replace the artifact can put code into the kernel. For development only.
+    /// Directory of trusted minisign public keys: every `*.pub` file in it is a trusted key (other
+    /// entries are ignored).
+    #[arg(
+        long,
+        env = "DRIVER_LOADER_TRUSTED_KEYS_DIR",
+        value_name = "DIR",
+        global = true
+    )]
+    trusted_keys_dir: Option<PathBuf>,
+    /// A trusted minisign public key (the base64 line, or the whole .pub file content); repeatable.
+    #[arg(
+        long,
+        env = "DRIVER_LOADER_PUBLIC_KEY",
+        value_name = "TEXT",
+        global = true
+    )]
+    public_key: Vec<String>,
+    /// A file holding a trusted minisign public key; repeatable (environment: comma-separated).
+    #[arg(
+        long,
+        env = "DRIVER_LOADER_PUBLIC_KEY_FILE",
+        value_name = "FILE",
+        value_delimiter = ',',
+        global = true
+    )]
+    public_key_file: Vec<PathBuf>,
+    /// Provenance policy: the driver's source repository the provenance must name (required with
+    /// trusted keys), e.g. https://github.com/OWNER/REPO.
+    #[arg(
+        long,
+        env = "DRIVER_LOADER_EXPECTED_SOURCE_REPOSITORY",
+        value_name = "URI",
+        global = true
+    )]
+    expected_source_repository: Option<String>,
+    /// Provenance policy: a builder id allowed to have built the package (required with trusted
+    /// keys); repeatable (environment: comma-separated).
+    #[arg(
+        long = "allowed-builder",
+        env = "DRIVER_LOADER_ALLOWED_BUILDERS",
+        value_name = "ID",
+        value_delimiter = ',',
+        global = true
+    )]
+    allowed_builders: Vec<String>,
+    /// Provenance policy: accept only packages built from this commit (full git commit id).
+    #[arg(
+        long,
+        env = "DRIVER_LOADER_PINNED_COMMIT",
+        value_name = "ID",
+        global = true
+    )]
+    pinned_commit: Option<String>,
+    /// Load packages without checking their signature and provenance. Only the digest is checked then:
+    /// anyone able to replace the artifact can put code into the kernel. For development only; refused
+    /// when any trusted key is configured.
     #[arg(long, env = "DRIVER_LOADER_INSECURE_SKIP_SIGNATURE", global = true)]
     insecure_skip_signature: bool,
     /// Package cache directory.
@@ -268,6 +331,91 @@ impl Options {
         self.build_config().map_err(config_error)
     }
 
+    /// The trusted keys (one keyring from the directory, the files and the inline keys) and the
+    /// provenance policy they come with.
+    fn trust(&self) -> Result<TrustPolicy> {
+        let mut keyring = Keyring::new();
+        if let Some(dir) = &self.trusted_keys_dir {
+            keyring
+                .add_dir(dir)
+                .with_context(|| format!("--trusted-keys-dir {}", dir.display()))?;
+        }
+        for path in &self.public_key_file {
+            keyring.add_file(path).context("--public-key-file")?;
+        }
+        for text in &self.public_key {
+            let key = PublicKey::parse(text, "--public-key")?;
+            keyring.insert(key, "--public-key")?;
+        }
+        let key_options: Vec<&str> = [
+            ("--trusted-keys-dir", self.trusted_keys_dir.is_some()),
+            ("--public-key-file", !self.public_key_file.is_empty()),
+            ("--public-key", !self.public_key.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(option, given)| given.then_some(option))
+        .collect();
+        if self.insecure_skip_signature {
+            if !key_options.is_empty() {
+                bail!(
+                    "--insecure-skip-signature cannot be combined with {}: with a trusted key \
+                     configured every package must verify; remove one or the other",
+                    key_options.join(" and ")
+                );
+            }
+            return Ok(TrustPolicy::InsecureSkipSignature);
+        }
+        if keyring.is_empty() {
+            let reason = match &self.trusted_keys_dir {
+                Some(dir) => format!(
+                    "no trusted key: --trusted-keys-dir {} holds no *.pub key",
+                    dir.display()
+                ),
+                None => "no trusted key configured".to_owned(),
+            };
+            return Ok(TrustPolicy::Missing { reason });
+        }
+        let expected_source_repository = self
+            .expected_source_repository
+            .as_deref()
+            .map(str::trim)
+            .filter(|uri| !uri.is_empty())
+            .context(
+                "--expected-source-repository (DRIVER_LOADER_EXPECTED_SOURCE_REPOSITORY) is required \
+                 with trusted keys: the provenance must name the driver's source repository",
+            )?
+            .to_owned();
+        let allowed_builders: Vec<String> = self
+            .allowed_builders
+            .iter()
+            .map(|id| id.trim())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if allowed_builders.is_empty() {
+            bail!(
+                "--allowed-builder (DRIVER_LOADER_ALLOWED_BUILDERS) is required with trusted keys: \
+                 the provenance must name a builder allowed to build the driver"
+            );
+        }
+        let pinned_commit = self
+            .pinned_commit
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(SourceCommit::parse)
+            .transpose()
+            .context("--pinned-commit")?;
+        Ok(TrustPolicy::Verify {
+            keyring,
+            policy: ProvenancePolicy {
+                expected_source_repository,
+                allowed_builders,
+                pinned_commit,
+            },
+        })
+    }
+
     fn build_config(&self) -> Result<LoaderConfig> {
         let driver = DriverName::parse(&self.driver_name).context("--driver-name")?;
         let version = self
@@ -281,15 +429,7 @@ impl Options {
             .as_deref()
             .map(|p| read_secret(p, "--token-file"))
             .transpose()?;
-        let public_key = match (&self.public_key, &self.public_key_file) {
-            (Some(_), Some(_)) => bail!("--public-key and --public-key-file are exclusive"),
-            (Some(text), None) => Some(driver_loader::verify::parse_public_key(text)?),
-            (None, Some(path)) => Some(driver_loader::verify::parse_public_key(&read_secret(
-                path,
-                "--public-key-file",
-            )?)?),
-            (None, None) => None,
-        };
+        let trust = self.trust()?;
         let build_service = match &self.build_service_url {
             Some(url) => Some(BuildService {
                 url: url.clone(),
@@ -326,10 +466,7 @@ impl Options {
                 max_package_bytes: self.max_package_mib.saturating_mul(1024 * 1024),
             },
             build_service,
-            trust: TrustPolicy {
-                public_key,
-                insecure_skip_signature: self.insecure_skip_signature,
-            },
+            trust,
             http: HttpSettings {
                 connect_timeout: Duration::from_secs(self.connect_timeout_seconds.max(1)),
                 request_timeout: Duration::from_secs(self.request_timeout_seconds.max(1)),
@@ -397,6 +534,35 @@ fn fetch(options: &Options) -> Result<()> {
     let id = flow::identify(&config)?;
     let package = flow::fetch(&config, &id.identity)?;
     println!("{}", package.path.display());
+    Ok(())
+}
+
+fn provenance(
+    options: &Options,
+    package: &Path,
+    provenance_file: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let (keyring, policy) = match options.trust().map_err(config_error)? {
+        TrustPolicy::Verify { keyring, policy } => (keyring, policy),
+        TrustPolicy::InsecureSkipSignature => bail!(LoaderError::Config(
+            "provenance: --insecure-skip-signature verifies nothing; configure trusted keys"
+                .to_owned()
+        )),
+        TrustPolicy::Missing { reason } => bail!(LoaderError::Config(format!(
+            "provenance: {reason}; configure --trusted-keys-dir, --public-key-file or --public-key \
+             with --expected-source-repository and --allowed-builder"
+        ))),
+    };
+    let verified = flow::verify_package_provenance(package, provenance_file, &keyring, &policy)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string_pretty(&verified.verified.statement)
+            .context("serializing the statement")?;
+        writeln!(out, "{text}")?;
+    } else {
+        write!(out, "{}", flow::provenance_summary(&verified))?;
+    }
     Ok(())
 }
 
@@ -545,6 +711,11 @@ fn main() -> ExitCode {
             }
         }),
         Command::Ready => ready(&cli.options),
+        Command::Provenance {
+            package,
+            provenance_file,
+            json,
+        } => provenance(&cli.options, package, provenance_file.as_deref(), *json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -553,5 +724,135 @@ fn main() -> ExitCode {
             eprintln!("driver-loader: error: {error:#}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO: &str = "https://github.com/example/example-driver";
+    const BUILDER: &str = "urn:kdriver:builder:test";
+
+    /// A new key pair's public key line.
+    fn key_line() -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        integrity::SecretKey::generate(&dir.path().join("k"), &dir.path().join("k.pub"))
+            .expect("key")
+            .public()
+            .to_base64()
+    }
+
+    fn trust(args: &[&str]) -> Result<TrustPolicy> {
+        let mut argv = vec!["driver-loader"];
+        argv.extend_from_slice(args);
+        argv.push("identify");
+        Cli::try_parse_from(argv).expect("parses").options.trust()
+    }
+
+    #[test]
+    fn keys_from_every_option_form_one_keyring_with_its_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let in_dir = dir.path().join("keys");
+        std::fs::create_dir(&in_dir).expect("mkdir");
+        std::fs::write(
+            in_dir.join("a.pub"),
+            format!("untrusted comment: a\n{}\n", key_line()),
+        )
+        .expect("write");
+        std::fs::write(in_dir.join("allowed-builders"), BUILDER).expect("not a key");
+        let file = dir.path().join("b.pub");
+        std::fs::write(&file, key_line()).expect("write");
+        let c = key_line();
+        let policy = trust(&[
+            "--trusted-keys-dir",
+            in_dir.to_str().expect("utf-8"),
+            "--public-key-file",
+            file.to_str().expect("utf-8"),
+            "--public-key",
+            &c,
+            "--expected-source-repository",
+            REPO,
+            "--allowed-builder",
+            BUILDER,
+            "--allowed-builder",
+            "urn:other",
+            "--pinned-commit",
+            "0123456789abcdef0123456789abcdef01234567",
+        ])
+        .expect("valid");
+        let TrustPolicy::Verify { keyring, policy } = policy else {
+            panic!("keys are configured: {policy:?}")
+        };
+        assert_eq!(keyring.ids().len(), 3);
+        assert_eq!(policy.expected_source_repository, REPO);
+        assert_eq!(policy.allowed_builders, vec![BUILDER, "urn:other"]);
+        assert!(policy.pinned_commit.is_some());
+    }
+
+    #[test]
+    fn skipping_signatures_is_refused_with_any_key_and_policy_is_required_with_keys() {
+        let key = key_line();
+        let error = trust(&["--public-key", &key, "--insecure-skip-signature"])
+            .expect_err("skip with a key");
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("--insecure-skip-signature") && text.contains("--public-key"),
+            "{text}"
+        );
+        assert!(matches!(
+            trust(&["--insecure-skip-signature"]).expect("no key"),
+            TrustPolicy::InsecureSkipSignature
+        ));
+        assert!(matches!(
+            trust(&[]).expect("nothing"),
+            TrustPolicy::Missing { .. }
+        ));
+
+        let error = trust(&["--public-key", &key, "--allowed-builder", BUILDER])
+            .expect_err("no repository");
+        assert!(
+            format!("{error:#}").contains("--expected-source-repository"),
+            "{error:#}"
+        );
+        let error = trust(&["--public-key", &key, "--expected-source-repository", REPO])
+            .expect_err("no builder");
+        assert!(
+            format!("{error:#}").contains("--allowed-builder"),
+            "{error:#}"
+        );
+        let error = trust(&[
+            "--public-key",
+            &key,
+            "--expected-source-repository",
+            REPO,
+            "--allowed-builder",
+            BUILDER,
+            "--pinned-commit",
+            "abc",
+        ])
+        .expect_err("short commit");
+        assert!(
+            format!("{error:#}").contains("--pinned-commit"),
+            "{error:#}"
+        );
+
+        let empty = tempfile::tempdir().expect("tempdir");
+        let TrustPolicy::Missing { reason } =
+            trust(&["--trusted-keys-dir", empty.path().to_str().expect("utf-8")])
+                .expect("an empty directory is no key")
+        else {
+            panic!("no key in the directory")
+        };
+        assert!(reason.contains("holds no *.pub key"), "{reason}");
+        assert!(
+            trust(&[
+                "--trusted-keys-dir",
+                empty.path().to_str().expect("utf-8"),
+                "--insecure-skip-signature"
+            ])
+            .is_err(),
+            "a key option, even an empty one, excludes skipping"
+        );
     }
 }

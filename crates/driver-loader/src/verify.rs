@@ -1,246 +1,343 @@
-//! Integrity and authenticity of a downloaded package, checked before anything is extracted, installed
-//! or loaded: the SHA-256 digest file (sha256sum format) and the builder's detached minisign signature.
+//! Integrity, authenticity and provenance of a downloaded package, checked before anything is
+//! extracted, installed or loaded, in this order:
 //!
-//! The digest catches truncation and corruption cheaply; the signature is what makes a package
-//! trustworthy, because whoever can replace the package can also replace its digest.
+//! 1. the SHA-256 digest file (`sha256sum` format, naming this package): catches truncation and
+//!    corruption cheaply;
+//! 2. the detached minisign signature, by a key of the trusted keyring and bound to this package's
+//!    file name (a signature naming no file or another file is refused): whoever can replace the
+//!    package can also replace its digest, so this is what makes it trustworthy;
+//! 3. the build provenance (`<package>.intoto.jsonl`, an in-toto statement in a DSSE envelope
+//!    signed by a trusted key): it must be about exactly this package (name and digest) and the
+//!    host's identity, name the expected source repository (and the pinned commit when one is set)
+//!    and an allowed builder.
+//!
+//! The checks themselves are the `integrity` crate's; this module maps their refusals to the
+//! loader's errors (exit 6 for digest and signature, exit 10 for provenance), each naming the file
+//! and the rule (or the statement field).
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
-use minisign_verify::{PublicKey, Signature};
-use sha2::{Digest, Sha256};
+use integrity::provenance::{self, Expected, VerifiedProvenance};
+use integrity::signature::{SignatureError, VerifiedSignature};
+use integrity::{DigestFile, Keyring, ProvenancePolicy, Sha256Digest};
+use kernel_id::{DriverName, KernelIdentity};
 
 use crate::error::{LoaderError, Result};
 
-/// Digest and signature files are a few hundred bytes; anything bigger is not one.
-pub const MAX_SIDECAR_BYTES: u64 = 16 * 1024;
+/// Digest files are one line; anything bigger is not one.
+pub const MAX_DIGEST_BYTES: u64 = 16 * 1024;
 
-/// Legacy (non-prehashed) minisign signatures need the whole file in memory; packages past this are refused
-/// in that mode.
-const MAX_LEGACY_VERIFY_BYTES: u64 = 512 * 1024 * 1024;
+/// Signature files are a few hundred bytes.
+pub const MAX_SIGNATURE_BYTES: u64 = integrity::signature::MAX_SIGNATURE_BYTES;
 
-/// A parsed `.sha256` file: `<64 hex>  <file name>` (sha256sum format, `*` binary marker allowed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DigestFile {
-    pub hex: String,
-    pub file_name: String,
+/// A provenance file holds a few envelopes at most.
+pub const MAX_PROVENANCE_BYTES: u64 = provenance::MAX_PROVENANCE_BYTES as u64;
+
+/// What makes a package trusted.
+#[derive(Debug, Clone)]
+pub enum TrustPolicy {
+    /// Every package needs a signature by a key of the keyring, bound to its file name, and a
+    /// provenance file signed by a key of the keyring that satisfies the policy.
+    Verify {
+        keyring: Keyring,
+        policy: ProvenancePolicy,
+    },
+    /// Only the digest is checked: anyone able to replace the artifact can put code into the
+    /// kernel. Development only, and never together with a configured key.
+    InsecureSkipSignature,
+    /// No trusted key is configured: fetching is refused. `reason` says what is missing.
+    Missing { reason: String },
 }
 
-impl DigestFile {
-    /// Parses the first line; the digest must be 64 hex digits and a file name must follow.
-    pub fn parse(text: &str) -> std::result::Result<DigestFile, String> {
-        let line = text.lines().next().unwrap_or_default();
-        let (hex, rest) = line
-            .split_once(' ')
-            .ok_or_else(|| "expected '<sha256 hex>  <file name>'".to_owned())?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "digest must be 64 hex digits, found {:?}",
-                truncate(hex)
-            ));
-        }
-        let name = rest.trim_start_matches(' ');
-        let name = name.strip_prefix('*').unwrap_or(name);
-        if name.is_empty() {
-            return Err("file name missing after the digest".to_owned());
-        }
-        Ok(DigestFile {
-            hex: hex.to_ascii_lowercase(),
-            file_name: name.to_owned(),
-        })
-    }
-}
-
-fn truncate(text: &str) -> &str {
-    text.get(..80).unwrap_or(text)
-}
-
-/// The SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
-        File::open(path).map_err(|e| LoaderError::io(format!("opening {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| LoaderError::io(format!("reading {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Checks `package` against the digest file text: the named file must be the package and the digest must
-/// match.
-pub fn verify_digest(package: &Path, expected_file_name: &str, digest_text: &str) -> Result<()> {
+/// Checks `package` against the digest file text: the named file must be the package and the digest
+/// must match. Returns the package's SHA-256.
+pub fn verify_digest(
+    package: &Path,
+    expected_file_name: &str,
+    digest_text: &str,
+) -> Result<Sha256Digest> {
+    let digest_name = format!("{expected_file_name}.sha256");
     let digest = DigestFile::parse(digest_text)
-        .map_err(|reason| LoaderError::verify(format!("{expected_file_name}.sha256"), reason))?;
+        .map_err(|reason| LoaderError::verify(&digest_name, reason))?;
     if digest.file_name != expected_file_name {
+        // Named before hashing: a digest of another file says nothing about this one.
         return Err(LoaderError::verify(
-            format!("{expected_file_name}.sha256"),
+            digest_name,
             format!(
                 "digest file names {:?}, not the expected package {expected_file_name:?}",
                 digest.file_name
             ),
         ));
     }
-    let actual = sha256_file(package)?;
-    if actual != digest.hex {
-        return Err(LoaderError::verify(
-            expected_file_name,
-            format!(
-                "SHA-256 mismatch: the file hashes to {actual} but the digest file says {} \
-                 (truncated or corrupted download, or a tampered package)",
-                digest.hex
-            ),
-        ));
-    }
-    Ok(())
+    let actual = integrity::sha256_file(package)
+        .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
+    digest
+        .check(expected_file_name, &actual)
+        .map_err(|reason| LoaderError::verify(expected_file_name, reason))?;
+    Ok(actual)
 }
 
-/// A minisign public key from configuration: either the key file's contents (two lines) or the bare base64
-/// key line.
-pub fn parse_public_key(text: &str) -> Result<PublicKey> {
-    let trimmed = text.trim();
-    let parsed = if trimmed.lines().count() > 1 {
-        PublicKey::decode(trimmed)
-    } else {
-        PublicKey::from_base64(trimmed)
-    };
-    parsed.map_err(|e| LoaderError::Config(format!("public_key: not a minisign public key ({e})")))
-}
-
-/// What a valid signature vouched for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignatureInfo {
-    /// The signed trusted comment (minisign's default names the file).
-    pub trusted_comment: String,
-}
-
-/// Verifies `package` against minisign signature text with `key`. Prehashed signatures (minisign's
-/// default) are checked while streaming; legacy ones need the file in memory.
+/// Verifies the package's detached signature with the keyring: the signing key must be trusted, the
+/// signature must verify over the whole file, be prehashed, and its trusted comment must name
+/// exactly this file.
 pub fn verify_signature(
+    keyring: &Keyring,
     package: &Path,
     expected_file_name: &str,
     signature_text: &str,
-    key: &PublicKey,
-) -> Result<SignatureInfo> {
-    let sig_name = format!("{expected_file_name}.minisig");
-    let signature = Signature::decode(signature_text)
-        .map_err(|e| LoaderError::verify(&sig_name, format!("not a minisign signature ({e})")))?;
-    let refused = |e: minisign_verify::Error| {
-        LoaderError::verify(
-            expected_file_name,
-            format!(
-                "signature does not verify with the configured public key ({e}): the package was altered or signed by another key"
-            ),
-        )
-    };
-    let mut file = File::open(package)
-        .map_err(|e| LoaderError::io(format!("opening {}", package.display()), e))?;
-    match key.verify_stream(&signature) {
-        Ok(mut stream) => {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
-                if n == 0 {
-                    break;
-                }
-                stream.update(&buf[..n]);
-            }
-            stream.finalize().map_err(refused)?;
-        }
-        Err(minisign_verify::Error::UnsupportedLegacyMode) => {
-            let mut bytes = Vec::new();
-            (&mut file)
-                .take(MAX_LEGACY_VERIFY_BYTES + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
-            if bytes.len() as u64 > MAX_LEGACY_VERIFY_BYTES {
-                return Err(LoaderError::verify(
-                    &sig_name,
-                    "legacy signature over a package too large to verify in memory",
-                ));
-            }
-            key.verify(&bytes, &signature, true).map_err(refused)?;
-        }
-        Err(e) => return Err(refused(e)),
-    }
-    Ok(SignatureInfo {
-        trusted_comment: signature.trusted_comment().to_owned(),
-    })
+) -> Result<VerifiedSignature> {
+    integrity::signature::verify_package(keyring, package, expected_file_name, signature_text)
+        .map_err(signature_error)
 }
 
-/// When the trusted comment names a file (minisign's default `file:<name>`), it must be this package: a
-/// validly signed package for another identity, served under this name, is refused.
-pub fn check_trusted_comment(info: &SignatureInfo, expected_file_name: &str) -> Result<()> {
-    for field in info.trusted_comment.split('\t') {
-        if let Some(named) = field.strip_prefix("file:")
-            && named != expected_file_name
-        {
-            return Err(LoaderError::verify(
-                expected_file_name,
-                format!("the signature was made for file {named:?}, not for this package"),
-            ));
-        }
-    }
-    Ok(())
+/// A signature refusal as the loader's error: `verify <file>: <rule>` (exit 6); local IO errors stay
+/// IO errors.
+fn signature_error(error: SignatureError) -> LoaderError {
+    let file = match error {
+        SignatureError::Io { context, source } => return LoaderError::io(context, source),
+        SignatureError::Malformed { ref file, .. }
+        | SignatureError::UntrustedKey { ref file, .. }
+        | SignatureError::Invalid { ref file, .. }
+        | SignatureError::Unbound { ref file, .. }
+        | SignatureError::WrongFile { ref file, .. }
+        | SignatureError::Legacy { ref file } => file.clone(),
+    };
+    let text = error.to_string();
+    let reason = text
+        .strip_prefix(&format!("{file}: "))
+        .unwrap_or(&text)
+        .to_owned();
+    LoaderError::verify(file, reason)
+}
+
+/// Verifies a provenance file's text for the package: signed by a trusted key, about exactly this
+/// package (its file name and `package_sha256`) and the host's `identity`, and within the policy.
+/// `provenance_file` names the file in errors.
+pub fn verify_provenance(
+    text: &str,
+    provenance_file: &str,
+    keyring: &Keyring,
+    policy: &ProvenancePolicy,
+    driver: &DriverName,
+    identity: &KernelIdentity,
+    package_sha256: &Sha256Digest,
+) -> Result<VerifiedProvenance> {
+    provenance::verify(
+        text,
+        keyring,
+        Expected {
+            driver,
+            identity,
+            package_sha256,
+        },
+        policy,
+    )
+    .map_err(|e| LoaderError::provenance(provenance_file, e.field, e.reason))
+}
+
+/// The key ids as one comma-separated list.
+pub fn key_list(ids: &[integrity::KeyId]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use integrity::SecretKey;
+    use integrity::facts::{BuildFacts, CompilerFacts, RootImage};
+    use integrity::provenance::BuildProvenance;
+    use kernel_id::SourceCommit;
 
-    #[test]
-    fn digest_file_parsing_follows_sha256sum() {
-        let hex = "a".repeat(64);
-        let parsed = DigestFile::parse(&format!("{hex}  pkg.deb\n")).expect("valid");
-        assert_eq!(parsed.file_name, "pkg.deb");
-        let parsed =
-            DigestFile::parse(&format!("{}  *pkg.deb\n", "A".repeat(64))).expect("binary marker");
-        assert_eq!(
-            (parsed.hex.as_str(), parsed.file_name.as_str()),
-            (hex.as_str(), "pkg.deb")
-        );
-        assert!(DigestFile::parse("abc  pkg.deb").is_err());
-        assert!(DigestFile::parse(&format!("{}  ", "a".repeat(64))).is_err());
-        assert!(DigestFile::parse("").is_err());
-        assert!(DigestFile::parse(&format!("{}  x", "g".repeat(64))).is_err());
+    use super::*;
+    use crate::FailureKind;
+
+    const REPO: &str = "https://github.com/example/example-driver";
+    const BUILDER: &str = "urn:kdriver:builder:test";
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn identity() -> KernelIdentity {
+        KernelIdentity::from_input(&kernel_id::IdentityInput {
+            kernel_version: "6.1.0-47-amd64".to_owned(),
+            architecture: "x86_64".to_owned(),
+            distribution: "debian".to_owned(),
+            distro_version: Some("12".to_owned()),
+            driver_version: "v0.1.2".to_owned(),
+        })
+        .expect("valid")
+    }
+
+    fn driver() -> DriverName {
+        DriverName::parse("example-driver").expect("valid")
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        key: SecretKey,
+        ring: Keyring,
+        package: std::path::PathBuf,
+        file_name: String,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SecretKey::generate(&dir.path().join("k"), &dir.path().join("k.pub"))
+            .expect("generate");
+        let mut ring = Keyring::new();
+        ring.insert(key.public().clone(), "test").expect("insert");
+        let file_name = identity().package_file_name(&driver());
+        let package = dir.path().join(&file_name);
+        std::fs::write(&package, b"hello").expect("write");
+        Fixture {
+            dir,
+            key,
+            ring,
+            package,
+            file_name,
+        }
     }
 
     #[test]
-    fn digest_mismatch_and_wrong_name_are_verify_errors() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pkg = dir.path().join("pkg.deb");
-        std::fs::write(&pkg, b"hello").expect("write");
+    fn digest_mismatch_and_wrong_name_are_verify_errors_naming_the_file() {
+        let f = fixture();
         // sha256("hello")
         let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
-        verify_digest(&pkg, "pkg.deb", &format!("{good}  pkg.deb\n")).expect("matches");
-        let err = verify_digest(&pkg, "pkg.deb", &format!("{}  pkg.deb\n", "0".repeat(64)))
+        let name = &f.file_name;
+        let digest = verify_digest(&f.package, name, &format!("{good}  {name}\n")).expect("ok");
+        assert_eq!(digest.to_hex(), good);
+        let err = verify_digest(&f.package, name, &format!("{}  {name}\n", "0".repeat(64)))
             .expect_err("mismatch");
-        assert_eq!(err.kind(), crate::FailureKind::Verify);
+        assert_eq!(err.kind(), FailureKind::Verify);
         assert!(err.to_string().contains("SHA-256 mismatch"), "{err}");
-        let err = verify_digest(&pkg, "pkg.deb", &format!("{good}  other.deb\n"))
+        assert!(
+            err.to_string().starts_with(&format!("verify {name}: ")),
+            "{err}"
+        );
+        let err = verify_digest(&f.package, name, &format!("{good}  other.deb\n"))
             .expect_err("other file");
-        assert!(err.to_string().contains("other.deb"), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "verify {name}.sha256: digest file names \"other.deb\""
+            )),
+            "{err}"
+        );
+        let err = verify_digest(&f.package, name, "abc  x").expect_err("malformed");
+        assert_eq!(err.kind(), FailureKind::Verify);
     }
 
     #[test]
-    fn trusted_comment_must_name_this_file_when_it_names_one() {
-        let info = SignatureInfo {
-            trusted_comment: "timestamp:1\tfile:a.deb\thashed".to_owned(),
+    fn signature_refusals_name_the_file_and_the_rule_once() {
+        let f = fixture();
+        let name = &f.file_name;
+        let signature = integrity::signature::sign_package(&f.key, &f.package, name).expect("sign");
+        let verified = verify_signature(&f.ring, &f.package, name, &signature).expect("verifies");
+        assert_eq!(verified.key_id, f.key.id());
+
+        let err =
+            verify_signature(&Keyring::new(), &f.package, name, &signature).expect_err("untrusted");
+        assert_eq!(err.kind(), FailureKind::Verify);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("verify {name}: signed by key {}", f.key.id())),
+            "{text}"
+        );
+        assert_eq!(text.matches(name.as_str()).count(), 1, "{text}");
+
+        let other =
+            integrity::signature::sign_package(&f.key, &f.package, "other.deb").expect("sign");
+        let err = verify_signature(&f.ring, &f.package, name, &other).expect_err("other file");
+        assert!(
+            err.to_string()
+                .contains("the signature was made for file \"other.deb\""),
+            "{err}"
+        );
+
+        let err = verify_signature(&f.ring, &f.package, name, "garbage").expect_err("malformed");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("verify {name}.minisig: not a minisign signature")),
+            "{err}"
+        );
+
+        let err = verify_signature(&f.ring, &f.dir.path().join("absent"), name, &signature)
+            .expect_err("io");
+        assert_eq!(err.kind(), FailureKind::Internal);
+    }
+
+    fn build(package: &[u8], builder: &str) -> BuildProvenance {
+        BuildProvenance {
+            driver: driver(),
+            identity: identity(),
+            package_sha256: integrity::sha256_bytes(package),
+            source_repository: REPO.to_owned(),
+            source_commit: SourceCommit::parse(COMMIT).expect("commit"),
+            facts: BuildFacts {
+                headers: Vec::new(),
+                compiler: CompilerFacts {
+                    name: "gcc-12".to_owned(),
+                    kernel_cc_version_text: "gcc-12 (Debian 12.2.0-14) 12.2.0".to_owned(),
+                    root_version_report: "gcc-12 (Debian 12.2.0-14) 12.2.0".to_owned(),
+                },
+            },
+            root: RootImage {
+                uri: "mmdebstrap:debian/bookworm/amd64".to_owned(),
+                sha256: "cd".repeat(32),
+            },
+            builder_id: builder.to_owned(),
+            invocation_id: "b-1".to_owned(),
+            started_on: "2026-12-03T10:00:00Z".to_owned(),
+            finished_on: "2026-12-03T10:02:00Z".to_owned(),
+        }
+    }
+
+    #[test]
+    fn provenance_refusals_are_exit_10_and_name_the_field() {
+        let f = fixture();
+        let policy = ProvenancePolicy {
+            expected_source_repository: REPO.to_owned(),
+            allowed_builders: vec![BUILDER.to_owned()],
+            pinned_commit: None,
         };
-        check_trusted_comment(&info, "a.deb").expect("same file");
-        assert!(check_trusted_comment(&info, "b.deb").is_err());
-        let custom = SignatureInfo {
-            trusted_comment: "example-driver v0.1.2".to_owned(),
+        let digest = integrity::sha256_bytes(b"hello");
+        let check = |text: &str| {
+            verify_provenance(
+                text,
+                "p.intoto.jsonl",
+                &f.ring,
+                &policy,
+                &driver(),
+                &identity(),
+                &digest,
+            )
         };
-        check_trusted_comment(&custom, "b.deb").expect("no file field: nothing to compare");
+        let good = build(b"hello", BUILDER).signed_file(&f.key);
+        let verified = check(&good).expect("verifies");
+        assert_eq!(verified.builder_id, BUILDER);
+        assert_eq!(verified.key_ids, vec![f.key.id()]);
+
+        let evil = build(b"hello", "https://evil").signed_file(&f.key);
+        let err = check(&evil).expect_err("builder");
+        assert_eq!(err.kind(), FailureKind::Provenance);
+        assert_eq!(FailureKind::Provenance.exit_code(), 10);
+        assert!(
+            err.to_string().starts_with(
+                "provenance p.intoto.jsonl: runDetails.builder.id: \"https://evil\" is not an allowed builder"
+            ),
+            "{err}"
+        );
+        let other = build(b"another build", BUILDER).signed_file(&f.key);
+        let LoaderError::Provenance { field, .. } = check(&other).expect_err("digest") else {
+            panic!("a provenance error")
+        };
+        assert_eq!(field, "subject.digest.sha256");
+    }
+
+    #[test]
+    fn key_lists_read_like_minisign_ids() {
+        let a = integrity::KeyId::from_bytes([1, 0, 0, 0, 0, 0, 0, 0]);
+        let b = integrity::KeyId::from_bytes([2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(key_list(&[a, b]), "0000000000000001, 0000000000000002");
+        assert_eq!(key_list(&[]), "");
     }
 }

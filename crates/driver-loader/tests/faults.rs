@@ -2,7 +2,8 @@
 //! down then up, a store without the artifact plus a build service (the two endpoints the loader uses,
 //! answering in the service's documented shapes) that finishes, fails or times out, truncated and
 //! tampered downloads, unsigned packages, the cache, and the full check of a package's modules in a dry
-//! run. Packages are real .debs written by the packaging crate and signed with the real minisign CLI.
+//! run. Packages are real .debs written by the packaging crate, signed, with their provenance, by the
+//! integrity crate as the service signs them. (Provenance and keyring refusals: tests/trust.rs.)
 
 mod common;
 
@@ -18,9 +19,8 @@ const LIMIT: Duration = Duration::from_secs(90);
 
 fn fetch_cmd(host: &FakeHost, server: &str, keys: &Keys) -> std::process::Command {
     let mut cmd = host.loader(&format!("{server}/releases/download"));
-    cmd.arg("--public-key-file")
-        .arg(&keys.public_key_file)
-        .arg("fetch");
+    trust_args(&mut cmd, &keys.public_key_file);
+    cmd.arg("fetch");
     cmd
 }
 
@@ -35,9 +35,8 @@ fn artifact_server_down_then_up_is_retried_until_it_answers() {
         .expect("addr");
     let host = FakeHost::new(RELEASE);
     let mut cmd = host.loader(&format!("http://{addr}/releases/download"));
-    cmd.arg("--public-key-file")
-        .arg(&keys.public_key_file)
-        .arg("fetch");
+    trust_args(&mut cmd, &keys.public_key_file);
+    cmd.arg("fetch");
     let loader = std::thread::spawn(move || run_with_timeout(cmd, LIMIT));
     std::thread::sleep(Duration::from_millis(1500));
     let served = artifact.clone();
@@ -123,7 +122,10 @@ fn a_tampered_package_is_refused_by_the_signature_even_with_a_matching_digest() 
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("signature does not verify"),
+        stderr(&out).contains(&format!(
+            "the signature by key {} does not verify",
+            keys.id()
+        )),
         "{}",
         stderr(&out)
     );
@@ -139,6 +141,15 @@ fn a_package_signed_by_another_key_or_for_another_file_is_refused() {
     let host = FakeHost::new(RELEASE);
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "signed by key {}, which is not trusted",
+            other_keys.id()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_package_cached(&host);
 
     // A validly signed package of another identity served under this identity's name.
     let other = Artifact::signed(
@@ -160,6 +171,7 @@ fn a_package_signed_by_another_key_or_for_another_file_is_refused() {
         "{}",
         stderr(&out)
     );
+    assert_no_package_cached(&host);
 }
 
 #[test]
@@ -173,6 +185,21 @@ fn an_unsigned_package_is_refused_unless_explicitly_allowed() {
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("unsigned"), "{}", stderr(&out));
+    assert_no_package_cached(&host);
+
+    // Nothing configured at all: refused before any download.
+    let requests = server.requests().len();
+    let mut cmd = host.loader(&format!("{}/releases/download", server.url()));
+    cmd.arg("fetch");
+    let out = run_with_timeout(cmd, LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no trusted key configured")
+            && stderr(&out).contains("--insecure-skip-signature"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.requests().len(), requests, "nothing was downloaded");
 
     let mut cmd = host.loader(&format!("{}/releases/download", server.url()));
     cmd.arg("--insecure-skip-signature").arg("fetch");
@@ -186,15 +213,21 @@ fn an_unsigned_package_is_refused_unless_explicitly_allowed() {
 }
 
 #[test]
-fn a_verified_cached_package_is_reused_without_any_request() {
+fn a_cached_package_is_verified_again_and_reused_without_any_request() {
     let keys = Keys::generate();
     let artifact = Artifact::signed(&keys, &identity(RELEASE), VERMAGIC_47);
-    let server = TestServer::start(move |r| artifact.answer(r).unwrap_or_else(Response::not_found));
+    let server = serve_artifact(artifact.clone());
     let host = FakeHost::new(RELEASE);
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
     let before = server.requests().len();
-    assert_eq!(before, 3, "package, digest and signature");
+    assert_eq!(before, 4, "package, digest, signature and provenance");
+    let cache = host.cache().join(identity(RELEASE).cache_key());
+    let provenance = cache.join(identity(RELEASE).provenance_file_name(&driver()));
+    assert_eq!(
+        std::fs::read_to_string(&provenance).expect("cached provenance"),
+        artifact.provenance.clone().expect("served")
+    );
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -202,14 +235,38 @@ fn a_verified_cached_package_is_reused_without_any_request() {
         before,
         "the second run must not download"
     );
-    assert!(stderr(&out).contains("from the cache"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("using the cached package, verified again")
+            && stderr(&out).contains("package verified: digest, signature and provenance"),
+        "{}",
+        stderr(&out)
+    );
 
     // A cached file that no longer verifies is replaced by a fresh download.
     let cached = stdout(&out).trim().to_owned();
     std::fs::write(&cached, b"corrupted").expect("corrupt the cache");
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(server.requests().len(), before + 3);
+    assert_eq!(server.requests().len(), before + 4);
+
+    // So is a cached provenance that was altered: the cache is never trusted blindly.
+    let text = std::fs::read_to_string(&provenance).expect("cached provenance");
+    let altered = tampered_provenance(&text, |statement| {
+        statement.predicate.run_details.metadata.invocation_id = "b-43".to_owned();
+    });
+    std::fs::write(&provenance, altered).expect("alter");
+    let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cached package does not verify"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.requests().len(), before + 8);
+    assert_eq!(
+        std::fs::read_to_string(&provenance).expect("cached provenance"),
+        text
+    );
 }
 
 /// The id the fake build service gives its one build.
@@ -238,6 +295,7 @@ fn status(state: BuildState, error: Option<&str>) -> BuildStatus {
         },
         run_id: None,
         run_url: None,
+        source_commit: None,
         started_at: (state != BuildState::Queued).then(|| at.clone()),
         status: state,
         updated_at: at,
@@ -294,9 +352,8 @@ fn build_service(
 
 fn build_cmd(host: &FakeHost, server: &TestServer, keys: &Keys) -> std::process::Command {
     let mut cmd = host.loader(&format!("{}/releases/download", server.url()));
-    cmd.arg("--public-key-file")
-        .arg(&keys.public_key_file)
-        .arg("--build-service-url")
+    trust_args(&mut cmd, &keys.public_key_file);
+    cmd.arg("--build-service-url")
         .arg(server.url())
         .args(["--build-wait-seconds", "1"])
         .arg("fetch");
@@ -404,12 +461,11 @@ fn dry_run_checks_the_modules_against_the_running_kernel() {
     let server = TestServer::start(move |r| artifact.answer(r).unwrap_or_else(Response::not_found));
     let host = FakeHost::new(RELEASE);
     let mut cmd = host.loader(&format!("{}/releases/download", server.url()));
-    cmd.arg("--public-key").arg(keys.public_key_line()).args([
-        "--mode",
-        "container",
-        "--dry-run",
-        "run",
-    ]);
+    cmd.arg("--public-key")
+        .arg(keys.public_key_line())
+        .args(["--expected-source-repository", SOURCE_REPOSITORY])
+        .args(["--allowed-builder", BUILDER_ID])
+        .args(["--mode", "container", "--dry-run", "run"]);
     let out = run_with_timeout(cmd, LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -427,12 +483,11 @@ fn dry_run_checks_the_modules_against_the_running_kernel() {
     let server = TestServer::start(move |r| wrong.answer(r).unwrap_or_else(Response::not_found));
     let host = FakeHost::new(RELEASE);
     let mut cmd = host.loader(&format!("{}/releases/download", server.url()));
-    cmd.arg("--public-key").arg(keys.public_key_line()).args([
-        "--mode",
-        "container",
-        "--dry-run",
-        "run",
-    ]);
+    cmd.arg("--public-key")
+        .arg(keys.public_key_line())
+        .args(["--expected-source-repository", SOURCE_REPOSITORY])
+        .args(["--allowed-builder", BUILDER_ID])
+        .args(["--mode", "container", "--dry-run", "run"]);
     let out = run_with_timeout(cmd, LIMIT);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(

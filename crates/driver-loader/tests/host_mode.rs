@@ -1,15 +1,16 @@
 //! Host mode for real: qemu boots Debian's 6.1.0-47-amd64 into a real bookworm root (mmdebstrap, systemd
 //! as init, the kernel's modules installed) where the project's own `deploy/systemd/driver-loader.service`
 //! with an environment file runs the static loader at boot. It downloads the sample driver's package
-//! (built by driver-builder) from a loopback artifact server, verifies it, installs it with dpkg and
-//! modprobes it; a reporting unit ordered after it prints the unit's result, the dpkg status and whether
+//! (built by driver-builder) from a loopback artifact server, verifies it (digest, signature by a key of
+//! the trusted keys directory, provenance under the policy of the environment file), installs it with
+//! dpkg and modprobes it; a reporting unit ordered after it prints the unit's result, the dpkg status and whether
 //! `/sys/module/example_driver` exists, then powers the node off.
 
 mod common;
 
 use std::time::Duration;
 
-use common::sample::sample_package;
+use common::sample::sample_build;
 use common::*;
 use kernel_id::Arch;
 use testkit::{
@@ -45,19 +46,12 @@ WantedBy=multi-user.target
 #[test]
 fn the_systemd_unit_installs_the_package_with_dpkg_and_the_module_goes_live() {
     let keys = Keys::generate();
-    let package = std::fs::read(sample_package(RELEASE)).expect("sample package for 6.1.0-47");
+    let build = sample_build(RELEASE);
     let id = identity(RELEASE);
-    let file_name = id.package_file_name(&driver());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let signed = dir.path().join(&file_name);
-    std::fs::write(&signed, &package).expect("write");
-    let artifact = Artifact {
-        digest: digest_text(&package, &file_name),
-        signature: Some(keys.sign(&signed)),
-        package_path: kernel_id::ReleaseLayout::PerArtifact.package_path(&driver(), &id),
-        file_name,
-        package,
-    };
+    let package = std::fs::read(&build.package).expect("sample package for 6.1.0-47");
+    // Signed as the service signs it, with the provenance of this very build.
+    let artifact = Artifact::from_package(&keys, &id, package)
+        .with_provenance(&keys, &id, |p| build.describe(p));
     let server = TestServer::start(move |r| artifact.answer(r).unwrap_or_else(Response::not_found));
     let port = server.addr.port();
 
@@ -76,7 +70,10 @@ fn the_systemd_unit_installs_the_package_with_dpkg_and_the_module_goes_live() {
     let env = format!(
         "DRIVER_LOADER_DRIVER_NAME={DRIVER}\nDRIVER_LOADER_DRIVER_VERSION={VERSION}\n\
          DRIVER_LOADER_ARTIFACT_BASE_URL=http://10.0.2.2:{port}/releases/download\n\
-         DRIVER_LOADER_PUBLIC_KEY_FILE=/etc/driver-loader/minisign.pub\nDRIVER_LOADER_DEADLINE_SECONDS=120\n"
+         DRIVER_LOADER_TRUSTED_KEYS_DIR=/etc/driver-loader/trusted-keys\n\
+         DRIVER_LOADER_EXPECTED_SOURCE_REPOSITORY={SOURCE_REPOSITORY}\n\
+         DRIVER_LOADER_ALLOWED_BUILDERS=https://ci.example.invalid/other-builder,{BUILDER_ID}\n\
+         DRIVER_LOADER_DEADLINE_SECONDS=120\n"
     );
     let work = tempfile::tempdir().expect("work dir");
     let disk = work.path().join("root.img");
@@ -94,7 +91,7 @@ fn the_systemd_unit_installs_the_package_with_dpkg_and_the_module_goes_live() {
         )
         .file("/etc/default/driver-loader", env.as_bytes(), 0o644)
         .file(
-            "/etc/driver-loader/minisign.pub",
+            "/etc/driver-loader/trusted-keys/builder.pub",
             &std::fs::read(&keys.public_key_file).expect("pub"),
             0o644,
         )
@@ -176,6 +173,11 @@ fn the_systemd_unit_installs_the_package_with_dpkg_and_the_module_goes_live() {
         "{console}"
     );
     assert!(console.contains("HOSTMODE-MODULE live"), "{console}");
+    assert!(
+        console.contains("package verified: digest, signature and provenance")
+            && console.contains(build.source_commit.as_str()),
+        "the journal must show the verified provenance: {console}"
+    );
     assert!(
         console.contains("install ok installed"),
         "dpkg must have installed the package: {console}"

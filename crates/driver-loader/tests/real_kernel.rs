@@ -5,7 +5,6 @@
 //! modules.dep index must load a module's dependencies in the order `modprobe --show-depends` does.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +13,6 @@ use driver_loader::compat::HostModules;
 use driver_loader::kernel::HostModuleIndex;
 use driver_loader::modinfo::ModInfo;
 use kernel_id::Arch;
-use sha2::{Digest, Sha256};
 
 const RELEASE: &str = "6.1.0-47-amd64";
 
@@ -59,19 +57,9 @@ impl std::fmt::Display for Entry {
 }
 
 fn sha256_of(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let n = file
-            .read(&mut buffer)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    hex::encode(hasher.finalize())
+    integrity::sha256_file(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_hex()
 }
 
 /// path -> entry for everything below `root`.

@@ -2,17 +2,19 @@
 //! initramfs holding the static `driver-loader`, and the loader fetches packages of the sample driver
 //! (built by the real driver-builder in a bookworm root) from a loopback artifact server on the host.
 //!
-//! In one boot the VM sees, in order: a tampered package (refused by the signature), a correctly signed
-//! package built for another kernel release, 6.1.0-50 (refused by the vermagic check), and nothing loaded
-//! after either; then the right package, which is downloaded, verified, extracted and loaded (the driver's
-//! line shows on the console); then the same run again, which finds it loaded and does nothing.
+//! In one boot the VM sees, in order: a tampered package (refused by the signature), the right package
+//! whose provenance names a builder the policy does not allow (refused by the provenance, exit 10), a
+//! correctly signed package with valid provenance but built for another kernel release, 6.1.0-50
+//! (refused by the vermagic check), and nothing loaded after any of them; then the right package, which
+//! is downloaded, verified (digest, signature, provenance), extracted and loaded (the driver's line shows
+//! on the console); then the same run again, which finds it loaded and does nothing.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::sample::sample_package;
+use common::sample::{SampleBuild, sample_build};
 use common::*;
 use kernel_id::Arch;
 use testkit::initramfs::{END_MARKER, shell_quote};
@@ -20,28 +22,21 @@ use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardIni
 
 const OTHER_RELEASE: &str = "6.1.0-50-amd64";
 
-/// Serves `package` bytes under this VM's identity at `/<prefix>/releases/download/...`.
-fn artifact_from(keys: &Keys, package_bytes: Vec<u8>) -> Artifact {
+/// Serves a sample build's package under this VM's identity, signed by `keys`, with the provenance
+/// the service would sign for it (the package's real digest, the commit and facts of its build).
+fn artifact_from(keys: &Keys, build: &SampleBuild) -> Artifact {
     let id = identity(RELEASE);
-    let file_name = id.package_file_name(&driver());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(&file_name);
-    std::fs::write(&path, &package_bytes).expect("write");
-    let signature = keys.sign(&path);
-    Artifact {
-        digest: digest_text(&package_bytes, &file_name),
-        package_path: kernel_id::ReleaseLayout::PerArtifact.package_path(&driver(), &id),
-        file_name,
-        package: package_bytes,
-        signature: Some(signature),
-    }
+    let bytes = std::fs::read(&build.package).expect("sample package");
+    Artifact::from_package(keys, &id, bytes).with_provenance(keys, &id, |p| build.describe(p))
 }
 
 fn loader_run(port: u16, prefix: &str, label: &str) -> String {
     format!(
         "/bin/driver-loader --driver-name {DRIVER} --driver-version {VERSION} \
          --artifact-base-url http://10.0.2.2:{port}/{prefix}/releases/download \
-         --public-key-file /etc/driver-loader/test.pub --cache-dir /var/cache/{prefix} \
+         --public-key-file /etc/driver-loader/test.pub \
+         --expected-source-repository {SOURCE_REPOSITORY} --allowed-builder {BUILDER_ID} \
+         --cache-dir /var/cache/{prefix} \
          --mode container --attempts 3 --backoff-ms 200 --deadline-seconds 60 --ready-file /run/{prefix}.ready run; \
          echo \"LOADER-{label} rc=$?\"; \
          if [ -d /sys/module/example_driver ]; then echo \"MODULE-AFTER-{label} present\"; \
@@ -59,17 +54,23 @@ fn line_with<'a>(console: &'a str, prefix: &str) -> &'a str {
 #[test]
 fn container_mode_loads_the_right_driver_and_refuses_tampered_or_foreign_packages() {
     let keys = Keys::generate();
-    let good_bytes = std::fs::read(sample_package(RELEASE)).expect("sample package for 6.1.0-47");
-    let other_bytes =
-        std::fs::read(sample_package(OTHER_RELEASE)).expect("sample package for 6.1.0-50");
+    let good_build = sample_build(RELEASE);
+    let other_build = sample_build(OTHER_RELEASE);
 
-    let good = artifact_from(&keys, good_bytes.clone());
+    let good = artifact_from(&keys, &good_build);
     let mut tampered = good.clone();
     // Change one byte in the middle of the package; the attacker also publishes a matching digest.
     let middle = tampered.package.len() / 2;
     tampered.package[middle] ^= 0x01;
     tampered.digest = digest_text(&tampered.package, &tampered.file_name);
-    let foreign = artifact_from(&keys, other_bytes);
+    // The right package, but its provenance names a builder nobody allowed.
+    let unproven = good
+        .clone()
+        .with_provenance(&keys, &identity(RELEASE), |p| {
+            good_build.describe(p);
+            p.builder_id = "https://ci.example.invalid/rogue-builder".to_owned();
+        });
+    let foreign = artifact_from(&keys, &other_build);
 
     let server = TestServer::start(move |request| {
         let path = request.path();
@@ -77,6 +78,8 @@ fn container_mode_loads_the_right_driver_and_refuses_tampered_or_foreign_package
             (&good, rest)
         } else if let Some(rest) = path.strip_prefix("/tampered") {
             (&tampered, rest)
+        } else if let Some(rest) = path.strip_prefix("/unproven") {
+            (&unproven, rest)
         } else if let Some(rest) = path.strip_prefix("/foreign") {
             (&foreign, rest)
         } else {
@@ -114,6 +117,7 @@ fn container_mode_loads_the_right_driver_and_refuses_tampered_or_foreign_package
         .modules(modules)
         .network(Network::Static)
         .command(loader_run(port, "tampered", "TAMPERED"))
+        .command(loader_run(port, "unproven", "UNPROVEN"))
         .command(loader_run(port, "foreign", "FOREIGN"))
         .command(loader_run(port, "good", "GOOD"))
         .command("dmesg | grep 'example_driver: loaded' | sed 's/^/DMESG: /'")
@@ -150,10 +154,33 @@ fn container_mode_loads_the_right_driver_and_refuses_tampered_or_foreign_package
         "LOADER-TAMPERED rc=6",
         "{console}"
     );
-    assert!(console.contains("signature does not verify"), "{console}");
+    assert!(
+        console.contains(&format!(
+            "the signature by key {} does not verify",
+            keys.id()
+        )),
+        "{console}"
+    );
     assert_eq!(
         line_with(&console, "MODULE-AFTER-TAMPERED"),
         "MODULE-AFTER-TAMPERED absent"
+    );
+
+    // Not built by an allowed builder: provenance refusal (exit 10) naming the field, nothing loaded.
+    assert_eq!(
+        line_with(&console, "LOADER-UNPROVEN"),
+        "LOADER-UNPROVEN rc=10",
+        "{console}"
+    );
+    assert!(
+        console.contains(
+            "runDetails.builder.id: \"https://ci.example.invalid/rogue-builder\" is not an allowed builder"
+        ),
+        "{console}"
+    );
+    assert_eq!(
+        line_with(&console, "MODULE-AFTER-UNPROVEN"),
+        "MODULE-AFTER-UNPROVEN absent"
     );
 
     // Built for 6.1.0-50: refused before the kernel sees it (exit 7), nothing loaded.
@@ -176,7 +203,13 @@ fn container_mode_loads_the_right_driver_and_refuses_tampered_or_foreign_package
         "the foreign module must never run: {console}"
     );
 
-    // The right package: loaded, and the driver announces itself with the right versions.
+    // The right package: verified down to its provenance, loaded, and the driver announces itself with
+    // the right versions.
+    assert!(
+        console.contains("package verified: digest, signature and provenance")
+            && console.contains(good_build.source_commit.as_str()),
+        "{console}"
+    );
     assert_eq!(
         line_with(&console, "LOADER-GOOD"),
         "LOADER-GOOD rc=0",

@@ -13,7 +13,13 @@
 //!   deb.debian.org's `debian` and `debian-security`).
 //! - `KDRIVER_APT_MAX_AGE_HOURS`: how old the private apt lists may get before a refresh (12).
 //!
-//! Host tools used: apt, dpkg-deb, kmod (depmod), xz-utils, coreutils `timeout`,
+//! [`driver_repo`] makes the sample driver a git repository with tagged versions, as the
+//! build-service reads driver sources.
+//!
+//! [`deploy`] reads the Kubernetes DaemonSet manifest strictly, checks what it asks for and spells its
+//! container for a real runtime; [`oci`] writes a `FROM scratch` image as an OCI archive without Docker.
+//!
+//! Host tools used: git (for [`driver_repo`]), apt, dpkg-deb, kmod (depmod), xz-utils, coreutils `timeout`,
 //! qemu-system-x86 / qemu-system-arm, busybox-static, and for root disks mmdebstrap and e2fsprogs.
 //!
 //! A node in a few lines:
@@ -44,16 +50,20 @@
 
 pub mod apt;
 pub mod cpio;
+pub mod deploy;
+pub mod driver_repo;
 pub mod initramfs;
 pub mod kernel;
 mod lock;
 pub mod musl;
+pub mod oci;
 pub mod qemu;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 
 pub use apt::{AptConfig, IsolatedApt, KernelImageInfo, Suite, download_deb, list_kernel_images};
+pub use driver_repo::SampleDriverRepo;
 pub use initramfs::{Initramfs, Network, StandardInit};
 pub use kernel::{KernelImage, KernelModule};
 pub use musl::musl_binary;

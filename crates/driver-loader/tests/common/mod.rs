@@ -1,7 +1,8 @@
 //! Shared pieces of the loader's integration tests: a loopback HTTP/1.1 server whose answers each test
-//! scripts (artifact store and build-service peer), minisign keys and signatures made by the real
-//! `minisign` CLI, real packages written by the packaging crate, a fake host description (os-release and
-//! kernel release files), and running the real `driver-loader` binary with a hard timeout.
+//! scripts (artifact store and build-service peer), minisign keys, package signatures and signed build
+//! provenance made by the `integrity` crate exactly as the builder and the service make them, real
+//! packages written by the packaging crate, a fake host description (os-release and kernel release
+//! files), and running the real `driver-loader` binary with a hard timeout.
 
 #![allow(dead_code)]
 
@@ -15,8 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use integrity::facts::{BuildFacts, CompilerFacts, HeaderPackage, RootImage};
+use integrity::provenance::{BuildProvenance, Statement};
+use integrity::{Envelope, KeyId, SecretKey};
 use kernel_id::{
     Arch, Distribution, DistroVersion, DriverName, DriverVersion, KernelIdentity, KernelRelease,
+    SourceCommit,
 };
 
 /// One request as the server saw it.
@@ -200,11 +205,13 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-/// A minisign key pair made by the real CLI (passwordless, `-W`).
+/// A minisign key pair made by the integrity crate (unencrypted, the secret key 0600), as the build
+/// service makes its signing key.
 pub struct Keys {
     pub dir: tempfile::TempDir,
     pub public_key_file: PathBuf,
     pub secret_key_file: PathBuf,
+    pub secret: SecretKey,
 }
 
 impl Keys {
@@ -212,56 +219,124 @@ impl Keys {
         let dir = tempfile::tempdir().expect("tempdir");
         let public_key_file = dir.path().join("test.pub");
         let secret_key_file = dir.path().join("test.key");
-        let status = Command::new("minisign")
-            .args(["-G", "-W", "-p"])
-            .arg(&public_key_file)
-            .arg("-s")
-            .arg(&secret_key_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .expect("the minisign CLI must be installed (apt-get install minisign)");
-        assert!(status.success(), "minisign -G failed");
+        let secret = SecretKey::generate(&secret_key_file, &public_key_file).expect("key pair");
         Keys {
             dir,
             public_key_file,
             secret_key_file,
+            secret,
         }
     }
 
-    /// Signs `file` into `<file>.minisig` and returns the signature text.
+    /// The key id, as minisign and the loader's messages show it.
+    pub fn id(&self) -> KeyId {
+        self.secret.id()
+    }
+
+    /// Signs `file` bound to its own file name and returns the `.minisig` text.
     pub fn sign(&self, file: &Path) -> String {
-        let status = Command::new("minisign")
-            .arg("-S")
-            .arg("-s")
-            .arg(&self.secret_key_file)
-            .arg("-m")
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .expect("minisign -S");
-        assert!(status.success(), "minisign -S failed");
-        std::fs::read_to_string(format!("{}.minisig", file.display())).expect("signature written")
+        let name = file
+            .file_name()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        self.sign_as(file, &name)
+    }
+
+    /// Signs `file` bound to `file_name` (the trusted comment `file:<file_name>`).
+    pub fn sign_as(&self, file: &Path, file_name: &str) -> String {
+        integrity::signature::sign_package(&self.secret, file, file_name).expect("sign")
+    }
+
+    /// A valid signature of `bytes` whose trusted comment names no file, as a bare `minisign -S -t`
+    /// would make it: integrity's signer never makes one.
+    pub fn sign_unbound(&self, bytes: &[u8]) -> String {
+        let text = std::fs::read_to_string(&self.secret_key_file).expect("secret key");
+        let secret = minisign::SecretKeyBox::from_string(&text)
+            .and_then(|b| b.into_unencrypted_secret_key())
+            .expect("the crate reads its own unencrypted key");
+        minisign::sign(
+            None,
+            &secret,
+            std::io::Cursor::new(bytes),
+            Some("timestamp:1700000000"),
+            None,
+        )
+        .expect("sign")
+        .into_string()
     }
 
     pub fn public_key_line(&self) -> String {
-        std::fs::read_to_string(&self.public_key_file)
-            .expect("pub key")
-            .lines()
-            .nth(1)
-            .expect("key line")
-            .to_owned()
+        self.secret.public().to_base64()
     }
 }
 
 /// sha256sum-format digest text of `bytes` named `file_name`.
 pub fn digest_text(bytes: &[u8], file_name: &str) -> String {
-    use sha2::Digest;
-    format!(
-        "{}  {file_name}\n",
-        hex::encode(sha2::Sha256::digest(bytes))
-    )
+    integrity::DigestFile::new(integrity::sha256_bytes(bytes), file_name).render()
+}
+
+/// The provenance policy every test configures, and what [`provenance_for`] writes by default.
+pub const SOURCE_REPOSITORY: &str = "https://github.com/example/example-driver";
+pub const BUILDER_ID: &str =
+    "https://github.com/example/example-driver/.github/workflows/driver-build.yml@refs/heads/main";
+pub const SOURCE_COMMIT: &str = "5e2d7c9a41f08b3e6d1c0a9f8e7d6c5b4a392817";
+
+/// The trust options of a loader command: the key file and the provenance policy.
+pub fn trust_args(cmd: &mut Command, public_key_file: &Path) {
+    cmd.arg("--public-key-file")
+        .arg(public_key_file)
+        .args(["--expected-source-repository", SOURCE_REPOSITORY])
+        .args(["--allowed-builder", BUILDER_ID]);
+}
+
+/// What a build of `package` for `identity` would say about itself, with minimal but realistic facts
+/// (the Debian header packages a bookworm build installs, the root, the compiler).
+pub fn provenance_for(identity: &KernelIdentity, package: &[u8]) -> BuildProvenance {
+    let release = identity.kernel_release().as_str();
+    // As Debian ships them for 6.1.0-47 (6.1.170-3): the common headers for all architectures.
+    let header = |name: String, arch: &str| {
+        let file_name = format!("{name}_6.1.170-3_{arch}.deb");
+        HeaderPackage {
+            uri: Some(format!(
+                "http://deb.debian.org/debian/pool/main/l/linux/{file_name}"
+            )),
+            sha256: integrity::sha256_bytes(file_name.as_bytes()).to_hex(),
+            file_name,
+            version: "6.1.170-3".to_owned(),
+            name,
+        }
+    };
+    let common = release
+        .rsplit_once('-')
+        .map(|(base, _)| format!("linux-headers-{base}-common"))
+        .unwrap_or_else(|| format!("linux-headers-{release}-common"));
+    BuildProvenance {
+        driver: driver(),
+        identity: identity.clone(),
+        package_sha256: integrity::sha256_bytes(package),
+        source_repository: SOURCE_REPOSITORY.to_owned(),
+        source_commit: SourceCommit::parse(SOURCE_COMMIT).expect("commit"),
+        facts: BuildFacts {
+            headers: vec![
+                header(common, "all"),
+                header(format!("linux-headers-{release}"), "amd64"),
+            ],
+            compiler: CompilerFacts {
+                name: "gcc-12".to_owned(),
+                kernel_cc_version_text: "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0".to_owned(),
+                root_version_report: "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0".to_owned(),
+            },
+        },
+        root: RootImage {
+            uri: "mmdebstrap:debian/bookworm/amd64".to_owned(),
+            sha256: integrity::sha256_bytes(b"bookworm root").to_hex(),
+        },
+        builder_id: BUILDER_ID.to_owned(),
+        invocation_id: "b-42".to_owned(),
+        started_on: "2026-12-03T10:00:00Z".to_owned(),
+        finished_on: "2026-12-03T10:02:07Z".to_owned(),
+    }
 }
 
 pub const DRIVER: &str = "example-driver";
@@ -436,7 +511,24 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The artifact files of one identity as served: package bytes, digest text, signature text.
+/// A provenance file whose statement was edited after signing (the signatures kept): what an attacker
+/// who can write the artifact store but holds no key can do.
+pub fn tampered_provenance(text: &str, edit: impl FnOnce(&mut Statement)) -> String {
+    let original = Envelope::parse(text.trim()).expect("an envelope");
+    let mut statement: Statement =
+        serde_json::from_slice(&original.payload_unverified().expect("payload"))
+            .expect("statement");
+    edit(&mut statement);
+    let payload = serde_json::to_vec(&statement).expect("serializes");
+    // Any key encodes the edited payload; only the original signatures are kept.
+    let scratch = Keys::generate();
+    let mut forged = Envelope::sign(&scratch.secret, &original.payload_type, &payload);
+    forged.signatures = original.signatures;
+    format!("{}\n", forged.to_line())
+}
+
+/// The artifact files of one identity as served: package bytes, digest text, signature text and
+/// provenance file text.
 #[derive(Clone)]
 pub struct Artifact {
     pub file_name: String,
@@ -444,10 +536,12 @@ pub struct Artifact {
     pub package: Vec<u8>,
     pub digest: String,
     pub signature: Option<String>,
+    pub provenance: Option<String>,
 }
 
 impl Artifact {
-    /// Builds, digests and signs a real package for `identity` with one module of the given vermagic.
+    /// Builds, digests and signs a real package for `identity` with one module of the given vermagic,
+    /// with its provenance signed by the same key.
     pub fn signed(keys: &Keys, identity: &KernelIdentity, vermagic: &str) -> Artifact {
         let dir = tempfile::tempdir().expect("tempdir");
         let module = tiny_module(&[
@@ -463,34 +557,80 @@ impl Artifact {
             identity,
             vec![("example_driver.ko".to_owned(), module)],
         );
-        let signature = keys.sign(&path);
         let package = std::fs::read(&path).expect("read package");
+        Artifact::from_package(keys, identity, package)
+    }
+
+    /// Serves `package` under `identity`'s name: digest, a signature bound to that name and a
+    /// provenance ([`provenance_for`]) made from the bytes' real digest, all by `keys`.
+    pub fn from_package(keys: &Keys, identity: &KernelIdentity, package: Vec<u8>) -> Artifact {
         let file_name = identity.package_file_name(&driver());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(&file_name);
+        std::fs::write(&path, &package).expect("write package");
+        let signature = keys.sign(&path);
         Artifact {
             digest: digest_text(&package, &file_name),
             package_path: kernel_id::ReleaseLayout::PerArtifact.package_path(&driver(), identity),
+            provenance: Some(provenance_for(identity, &package).signed_file(&keys.secret)),
             file_name,
             package,
             signature: Some(signature),
         }
     }
 
+    /// Replaces the provenance with `edit` applied to the default one, signed by `keys`.
+    pub fn with_provenance(
+        mut self,
+        keys: &Keys,
+        identity: &KernelIdentity,
+        edit: impl FnOnce(&mut BuildProvenance),
+    ) -> Artifact {
+        let mut provenance = provenance_for(identity, &self.package);
+        edit(&mut provenance);
+        self.provenance = Some(provenance.signed_file(&keys.secret));
+        self
+    }
+
+    /// Replaces the package signature with one by `keys` (bound to the package's name).
+    pub fn resigned(mut self, keys: &Keys) -> Artifact {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(&self.file_name);
+        std::fs::write(&path, &self.package).expect("write package");
+        self.signature = Some(keys.sign(&path));
+        self
+    }
+
+    /// The package's own SHA-256.
+    pub fn sha256(&self) -> integrity::Sha256Digest {
+        integrity::sha256_bytes(&self.package)
+    }
+
     /// Answers GETs for the package and its sidecars under `/releases/download/`; 404 otherwise.
     pub fn answer(&self, request: &Request) -> Option<Response> {
         let prefix = format!("/releases/download/{}", self.package_path);
         let path = request.path();
+        let optional = |text: &Option<String>| match text {
+            Some(s) => Response::bytes(200, s.clone()),
+            None => Response::not_found(),
+        };
         if path == prefix {
             Some(Response::bytes(200, self.package.clone()))
         } else if path == format!("{prefix}.sha256") {
             Some(Response::bytes(200, self.digest.clone()))
         } else if path == format!("{prefix}.minisig") {
-            Some(match &self.signature {
-                Some(s) => Response::bytes(200, s.clone()),
-                None => Response::not_found(),
-            })
+            Some(optional(&self.signature))
+        } else if path == format!("{prefix}.intoto.jsonl") {
+            Some(optional(&self.provenance))
         } else {
             None
         }
     }
 }
+
+/// Serves `artifact` (and nothing else) from a loopback server.
+pub fn serve_artifact(artifact: Artifact) -> TestServer {
+    TestServer::start(move |r| artifact.answer(r).unwrap_or_else(Response::not_found))
+}
+
 pub mod sample;
