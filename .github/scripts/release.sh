@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Publishes one artifact (package, .minisig, .sha256) to its GitHub release the way immutable releases
-# allow: create a draft, upload every asset, then publish. Never overwrites: a published release that
-# already holds all three assets is success, one holding only some of them is an error for a human.
+# Publishes one artifact (package, .minisig, .sha256 and, when PROVENANCE_FILE_NAME is set, the
+# .intoto.jsonl build provenance) to its GitHub release the way immutable releases allow: create a
+# draft, upload every asset, then publish. Never overwrites: a published release that already holds
+# every asset is success, one holding only some of them is an error for a human.
 #
 #   release.sh check            writes published=true|false to $GITHUB_OUTPUT
-#   release.sh publish DIR      uploads DIR/<package>, DIR/<signature>, DIR/<digest>
+#   release.sh publish DIR      uploads DIR/<package>, DIR/<signature>, DIR/<digest>[, DIR/<provenance>]
 #
 # Environment: RELEASE_TAG, PACKAGE_FILE_NAME, SIGNATURE_FILE_NAME, DIGEST_FILE_NAME (all validated by
-# kernel-id in the validate job), GITHUB_REPOSITORY, GITHUB_SHA, GH_TOKEN.
+# kernel-id in the validate job), optionally PROVENANCE_FILE_NAME (kernel-id's name, reported by
+# `driver-builder attest` in the build job), GITHUB_REPOSITORY, GITHUB_SHA, GH_TOKEN.
 set -euo pipefail
 
 # Messages go to stderr: some callers capture stdout, and the runner reads commands from both.
@@ -21,6 +23,11 @@ uri_encode() {
 }
 
 assets=("${PACKAGE_FILE_NAME}" "${SIGNATURE_FILE_NAME}" "${DIGEST_FILE_NAME}")
+if [[ -n "${PROVENANCE_FILE_NAME:-}" ]]; then
+    [[ "${PROVENANCE_FILE_NAME}" =~ ^[A-Za-z0-9._+~-]+$ ]] ||
+        fail "PROVENANCE_FILE_NAME: unexpected characters in '${PROVENANCE_FILE_NAME}'"
+    assets+=("${PROVENANCE_FILE_NAME}")
+fi
 tag_path="$(uri_encode "${RELEASE_TAG}")"
 
 # Prints "published", "absent" or fails. Drafts are invisible to the tag endpoint, so a half-finished
@@ -84,9 +91,11 @@ publish() {
     fi
 
     trap discard_draft EXIT
-    release="$(jq -n --arg tag "${RELEASE_TAG}" --arg sha "${GITHUB_SHA}" --arg package "${PACKAGE_FILE_NAME}" '{
+    release="$(jq -n --arg tag "${RELEASE_TAG}" --arg sha "${GITHUB_SHA}" --arg package "${PACKAGE_FILE_NAME}" \
+        --arg provenance "${PROVENANCE_FILE_NAME:-}" '{
         tag_name: $tag, target_commitish: $sha, name: $tag, draft: true, make_latest: "false",
-        body: ("Driver package `" + $package + "` with its minisign signature and SHA-256 digest.")
+        body: ("Driver package `" + $package + "` with its minisign signature and SHA-256 digest"
+            + (if $provenance == "" then "." else ", and its build provenance `" + $provenance + "`." end))
     }' | gh api --method POST "repos/${GITHUB_REPOSITORY}/releases" --input -)"
     draft_id="$(jq -er '.id' <<<"${release}")"
     upload_url="$(jq -er '.upload_url | sub("\\{.*\\}$"; "")' <<<"${release}")"

@@ -12,7 +12,8 @@ use kernel_id::{Arch, DriverName, ReleaseLayout};
 
 use crate::access::{AccessConfig, Principals};
 use crate::backend::Backend;
-use crate::local::{BuildExecutor, Signer};
+use crate::local::BuildExecutor;
+use crate::signing::ServiceSigner;
 use crate::source::SourceSettings;
 use crate::store::InFlightCaps;
 use crate::telemetry::LogFormat;
@@ -182,7 +183,7 @@ pub struct LocalConfig {
     /// Builds at once.
     pub max_concurrent_builds: usize,
     /// Signs packages the builder left unsigned.
-    pub signer: Option<Signer>,
+    pub signer: Option<ServiceSigner>,
     /// Runs builds.
     pub executor: Arc<dyn BuildExecutor>,
 }
@@ -230,6 +231,31 @@ pub enum Command {
         /// Scopes to grant (request-build, read-status, admin).
         #[arg(long = "scope", required = true, value_parser = ["request-build", "read-status", "admin"])]
         scopes: Vec<String>,
+    },
+    /// Make a signing key pair: the secret key at `--out` (mode 0600, never over an existing
+    /// file) and its public key at `--out`.pub (give that to loaders).
+    NewSigningKey {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Key rotation: re-sign what the local backend published with a new key. Every package and
+    /// provenance file is first verified with the keys trusted until now (`--trusted-key`); then the
+    /// package gets a signature by the new key (the old `.minisig` is kept as
+    /// `.minisig.<old key id>`) and each provenance envelope gains the new key's signature.
+    Resign {
+        /// The local backend's artifact directory (`<state dir>/artifacts` by default).
+        #[arg(long)]
+        artifact_dir: PathBuf,
+        /// Public keys the published artifacts are verified with (the old key).
+        #[arg(long = "trusted-key", required = true)]
+        trusted_keys: Vec<PathBuf>,
+        /// The new secret key.
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// File holding the new key's password (for an encrypted key).
+        #[arg(long)]
+        signing_key_password_file: Option<PathBuf>,
     },
 }
 
@@ -346,9 +372,14 @@ pub struct ServeArgs {
     /// Local backend: cache of build roots; default `<state dir>/build-roots`.
     #[arg(long, env = "BUILD_SERVICE_ROOT_CACHE")]
     pub root_cache: Option<PathBuf>,
-    /// Local backend: minisign secret key that signs packages the builder left unsigned.
+    /// Local backend: the service's minisign secret key (mode 0600; `build-service
+    /// new-signing-key` makes one). It signs every published package and its build provenance.
     #[arg(long, env = "BUILD_SERVICE_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// Local backend: the builder id written into provenance (`runDetails.builder.id`); loaders
+    /// list it in `--allowed-builder`.
+    #[arg(long, env = "BUILD_SERVICE_BUILDER_ID", default_value = crate::signing::DEFAULT_LOCAL_BUILDER_ID)]
+    pub builder_id: String,
     /// File holding the signing key's password (for an encrypted key).
     #[arg(long, env = "BUILD_SERVICE_SIGNING_KEY_PASSWORD_FILE")]
     pub signing_key_password_file: Option<PathBuf>,
@@ -522,7 +553,10 @@ impl ServeArgs {
                             ),
                             None => None,
                         };
-                        Some(Signer::from_file(path, password).map_err(anyhow::Error::msg)?)
+                        Some(
+                            ServiceSigner::load(path, password, self.builder_id.clone())
+                                .context("loading the signing key")?,
+                        )
                     }
                     None => None,
                 };

@@ -13,6 +13,8 @@
 //! - [`waiter`]: one shared watcher per build for every long poll, woken by the trackers and, on
 //!   PostgreSQL, by `LISTEN/NOTIFY` across replicas; [`health`]: the cached backend probe;
 //! - [`backend`]: the seam to GitHub ([`github`]) or the embedded [`local`] backend;
+//! - [`source`]: the driver's git repository, whose tags are the driver versions; each version is
+//!   resolved to a commit before any reservation, and the build is made from exactly that commit;
 //! - [`access`]: bearer tokens and per-caller rate limits; [`telemetry`]: metrics and logs.
 
 pub mod access;
@@ -24,7 +26,9 @@ pub mod github;
 pub mod health;
 pub mod local;
 pub mod retry;
+pub mod signing;
 pub mod single_flight;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod tracker;
@@ -98,7 +102,9 @@ impl Prepared {
                             LocalSettings {
                                 artifact_dir: local.artifact_dir,
                                 builds_dir: local.builds_dir,
-                                source_dir: local.source_dir,
+                                driver_repo: local.driver_repo,
+                                driver_subdir: local.driver_subdir,
+                                source_mirror: local.source_mirror,
                                 driver: config.driver.clone(),
                                 layout: config.layout,
                                 public_url: public_url.clone(),
@@ -107,7 +113,7 @@ impl Prepared {
                             local.executor,
                             local.signer,
                         )
-                        .context("preparing the local backend's directories")?,
+                        .context("preparing the local backend (its directories and the driver repository)")?,
                     );
                     let routes = backend.router();
                     (backend, Some(routes), Duration::from_millis(250))
@@ -148,6 +154,7 @@ impl Prepared {
                 caps: config.caps,
                 wait_recheck: config.wait_recheck,
                 max_long_polls: config.max_long_polls,
+                source: config.source,
             },
         );
         config

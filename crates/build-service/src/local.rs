@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -35,11 +35,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kernel_id::{DriverName, KernelIdentity, ReleaseLayout};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::backend::{ArtifactRef, Backend, BackendError, BuildSpec, Dispatched, RunState};
+use crate::signing::{FinishedBuild, ServiceSigner};
 use crate::source::{GitRepository, SourceRepository, check_subdir};
 
 /// Routes of the local backend (beside [`crate::api::ROUTES`]); GET routes answer HEAD too.
@@ -80,8 +80,11 @@ pub struct ExecutorJob {
 }
 
 /// Runs one build, blocking (it is called on a blocking thread). On success the package named
-/// `identity.package_file_name(driver)` is in `job.out_dir`; a provenance file
-/// (`identity.provenance_file_name(driver)`) beside it is published with it.
+/// `identity.package_file_name(driver)` is in `job.out_dir`, with the builder's facts file
+/// ([`integrity::BUILD_FACTS_FILE`]) and the root image file ([`crate::signing::ROOT_IMAGE_FILE`])
+/// the service composes the provenance from. Signatures and provenance are the service's own: any
+/// the build left in `out_dir` are discarded, since the driver's build system ran where they were
+/// written.
 pub trait BuildExecutor: Send + Sync + 'static {
     /// Builds; the error is a one-line reason for /status (details belong in the log). Honours
     /// `job.cancel` (see [`ExecutorJob::cancel`]).
@@ -111,50 +114,6 @@ impl BuildExecutor for build_root::executor::LocalExecutor {
         )
         .map(|_report| ())
         .map_err(|error| error.to_string())
-    }
-}
-
-/// Signs published packages with a minisign secret key. Holds the key, so it is deliberately not
-/// `Debug` beyond its key id.
-pub struct Signer {
-    key: minisign::SecretKey,
-}
-
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("keynum", &hex::encode(self.key.keynum()))
-            .finish()
-    }
-}
-
-impl Signer {
-    /// Loads a minisign secret key file; an encrypted key needs its password.
-    pub fn from_file(path: &Path, password: Option<String>) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| format!("reading signing key {}: {error}", path.display()))?;
-        let key_box = minisign::SecretKeyBox::from_string(&text)
-            .map_err(|error| format!("signing key {}: {error}", path.display()))?;
-        let key = match password {
-            Some(password) => key_box.into_secret_key(Some(password)),
-            None => key_box.into_unencrypted_secret_key(),
-        }
-        .map_err(|error| format!("signing key {}: {error}", path.display()))?;
-        Ok(Self { key })
-    }
-
-    /// A key generated in memory (tests, and deployments that only want the digest checked).
-    pub fn from_secret_key(key: minisign::SecretKey) -> Self {
-        Self { key }
-    }
-
-    fn sign(&self, package: &Path, file_name: &str) -> Result<String, String> {
-        let file = File::open(package)
-            .map_err(|error| format!("opening {}: {error}", package.display()))?;
-        let trusted = format!("file:{file_name}");
-        minisign::sign(None, &self.key, file, Some(&trusted), None)
-            .map(|signature| signature.into_string())
-            .map_err(|error| format!("signing {file_name}: {error}"))
     }
 }
 
@@ -244,7 +203,7 @@ pub struct LocalBackend {
     settings: LocalSettings,
     source: GitRepository,
     executor: Arc<dyn BuildExecutor>,
-    signer: Option<Arc<Signer>>,
+    signer: Option<Arc<ServiceSigner>>,
     slots: Arc<Semaphore>,
     /// Builds whose job runs (or waits for a slot) in this process.
     running: Arc<Mutex<HashMap<String, Arc<JobControl>>>>,
@@ -267,7 +226,7 @@ impl LocalBackend {
     pub fn new(
         settings: LocalSettings,
         executor: Arc<dyn BuildExecutor>,
-        signer: Option<Signer>,
+        signer: Option<ServiceSigner>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&settings.artifact_dir)?;
         std::fs::create_dir_all(&settings.builds_dir)?;
@@ -734,12 +693,20 @@ fn prune_builds(
     Ok(pruned)
 }
 
+/// What the provenance of a job's build says about its source and start, known before the
+/// executor ran.
+struct Provenance<'a> {
+    source_repository: &'a str,
+    source_commit: &'a kernel_id::SourceCommit,
+    started: SystemTime,
+}
+
 /// One build job in the process running it.
 struct Job {
     settings: LocalSettings,
     source: GitRepository,
     executor: Arc<dyn BuildExecutor>,
-    signer: Option<Arc<Signer>>,
+    signer: Option<Arc<ServiceSigner>>,
     build: BuildSpec,
     dir: PathBuf,
     cancel: build_root::Cancel,
@@ -830,13 +797,14 @@ impl Job {
             self.fail(&log, &format!("creating the output directory: {error}"));
             return;
         }
+        let started = SystemTime::now();
         let job = ExecutorJob {
             build_id: self.build.build_id.clone(),
             driver: self.build.driver.clone(),
             identity: self.build.identity.clone(),
             source_dir,
-            source_commit,
-            source_repository,
+            source_commit: source_commit.clone(),
+            source_repository: source_repository.clone(),
             out_dir: out_dir.clone(),
             log: log.clone(),
             cancel: self.cancel.clone(),
@@ -849,7 +817,17 @@ impl Job {
             drop(lock);
             return;
         }
-        let outcome = built.and_then(|()| self.publish(&out_dir, &log));
+        let outcome = built.and_then(|()| {
+            self.publish(
+                &out_dir,
+                &log,
+                &Provenance {
+                    source_repository: &source_repository,
+                    source_commit: &source_commit,
+                    started,
+                },
+            )
+        });
         match outcome {
             Ok(()) => {
                 append_log(&log, "published");
@@ -872,45 +850,70 @@ impl Job {
         }
     }
 
-    /// Checks the executor's output, adds the digest and signature when the builder did not, and
-    /// publishes the package with its digest, signature and (when the build made one) provenance as
-    /// one first-wins unit: a reader sees either none of them or all of one build's, never a package
-    /// beside another build's sidecar, and a published package is never replaced.
-    fn publish(&self, out_dir: &Path, log: &Path) -> Result<(), String> {
+    /// Checks the executor's output, signs the package and its provenance with the service's key,
+    /// and publishes the package with its digest, signature and provenance as one first-wins unit:
+    /// a reader sees either none of them or all of one build's, never a package beside another
+    /// build's sidecar, and a published package is never replaced. Without a signing key the
+    /// package is published with its digest only (loaders that trust keys refuse it).
+    fn publish(&self, out_dir: &Path, log: &Path, source: &Provenance<'_>) -> Result<(), String> {
         let driver = &self.settings.driver;
         let identity = &self.build.identity;
         let package_name = identity.package_file_name(driver);
         let digest_name = identity.digest_file_name(driver);
         let signature_name = identity.signature_file_name(driver);
+        let provenance_name = identity.provenance_file_name(driver);
         let package = out_dir.join(&package_name);
         if !package.is_file() {
             return Err(format!("the build produced no {package_name}"));
         }
-        let digest = sha256_file(&package)?;
-        let digest_line = format!("{digest}  {package_name}\n");
-        let digest_path = out_dir.join(&digest_name);
-        match std::fs::read_to_string(&digest_path) {
-            Ok(existing) => {
-                if existing.split_whitespace().next() != Some(digest.as_str()) {
-                    return Err(format!(
-                        "{digest_name} written by the builder does not match the package"
-                    ));
-                }
+        // The driver's own build system ran where these could have been written: only the
+        // service's digest, signature and provenance are published.
+        for name in [&digest_name, &signature_name, &provenance_name] {
+            match std::fs::remove_file(out_dir.join(name)) {
+                Ok(()) => append_log(log, &format!("discarding {name} left by the build")),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(format!("removing {name} left by the build: {error}")),
             }
-            Err(_) => write_file(&digest_path, digest_line.as_bytes())?,
         }
-        let signature_path = out_dir.join(&signature_name);
-        if !signature_path.is_file() {
-            match &self.signer {
-                Some(signer) => write_file(
-                    &signature_path,
-                    signer.sign(&package, &package_name)?.as_bytes(),
-                )?,
-                None => append_log(
+        let digest = integrity::sha256_file(&package)
+            .map_err(|error| format!("hashing {package_name}: {error}"))?;
+        write_file(
+            &out_dir.join(&digest_name),
+            integrity::DigestFile::new(digest, package_name.clone())
+                .render()
+                .as_bytes(),
+        )?;
+        match &self.signer {
+            Some(signer) => {
+                write_file(
+                    &out_dir.join(&signature_name),
+                    signer.sign_package(&package, &package_name)?.as_bytes(),
+                )?;
+                let provenance = signer.provenance(&FinishedBuild {
+                    build_id: &self.build.build_id,
+                    driver,
+                    identity,
+                    source_repository: source.source_repository,
+                    source_commit: source.source_commit,
+                    out_dir,
+                    package_sha256: digest,
+                    started: source.started,
+                    finished: SystemTime::now(),
+                })?;
+                write_file(&out_dir.join(&provenance_name), provenance.as_bytes())?;
+                append_log(
                     log,
-                    "no signing key configured: publishing without a signature",
-                ),
+                    &format!(
+                        "signed {package_name} and its provenance with key {} as {}",
+                        signer.key().id(),
+                        signer.builder_id()
+                    ),
+                );
             }
+            None => append_log(
+                log,
+                "no signing key configured: publishing without a signature or provenance",
+            ),
         }
 
         let tag = self.settings.layout.release_tag(driver, identity);
@@ -918,12 +921,10 @@ impl Job {
         // Sidecars first, the package last: in the shared release the package is what makes the
         // unit visible.
         let mut files = vec![digest_name];
-        if signature_path.is_file() {
-            files.push(signature_name);
-        }
-        let provenance_name = identity.provenance_file_name(driver);
-        if out_dir.join(&provenance_name).is_file() {
-            files.push(provenance_name);
+        for name in [signature_name, provenance_name] {
+            if out_dir.join(&name).is_file() {
+                files.push(name);
+            }
         }
         files.push(package_name.clone());
         if release_dir.join(&package_name).exists() {
@@ -1032,23 +1033,6 @@ fn sync_file(path: &Path) -> Result<(), String> {
     File::open(path)
         .and_then(|file| file.sync_all())
         .map_err(|error| format!("syncing {}: {error}", path.display()))
-}
-
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let mut file =
-        File::open(path).map_err(|error| format!("opening {}: {error}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .map_err(|error| format!("reading {}: {error}", path.display()))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 fn append_log(log: &Path, line: &str) {

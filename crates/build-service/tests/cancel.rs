@@ -21,7 +21,8 @@ use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use build_service::local::{BuildExecutor, ExecutorJob, LocalBackend, LocalSettings, Signer};
+use build_service::local::{BuildExecutor, ExecutorJob, LocalBackend, LocalSettings};
+use build_service::signing::ServiceSigner;
 use build_service::store::Store;
 use build_service::{Backend, BackendConfig, Dispatched, RunState, RunningService, ServiceConfig};
 use common::{body, bookworm, client, post_build, status, wait_until_ended};
@@ -48,7 +49,8 @@ struct Setup {
     artifact_dir: PathBuf,
     layout: ReleaseLayout,
     max_concurrent_builds: usize,
-    signer: Option<minisign::SecretKey>,
+    /// The service's secret key file, when it signs.
+    signer: Option<PathBuf>,
     cancel_wait: Duration,
 }
 
@@ -103,7 +105,9 @@ impl Setup {
                 max_concurrent_builds: self.max_concurrent_builds,
             },
             executor,
-            self.signer.clone().map(Signer::from_secret_key),
+            self.signer
+                .as_ref()
+                .map(|path| ServiceSigner::load(path, None, BUILDER_ID).expect("signing key")),
         )
         .expect("local backend")
         .with_cancel_wait(self.cancel_wait);
@@ -219,8 +223,31 @@ impl PlanExecutor {
     }
 }
 
-/// Writes the package and a provenance statement naming the build.
+/// The builder id the test service writes into provenance.
+const BUILDER_ID: &str = "urn:kdriver:builder:test";
+
+/// A signing key pair in `dir`: the secret key file and the public key.
+fn signing_key(dir: &Path) -> (PathBuf, integrity::PublicKey) {
+    let secret = dir.join("signing.key");
+    let key = integrity::SecretKey::generate(&secret, &dir.join("signing.pub")).expect("key");
+    (secret, key.public().clone())
+}
+
+/// Writes the package and what a real build leaves for its provenance: the builder's facts file
+/// and the executor's root image file.
 fn write_package(job: &ExecutorJob, content: &[u8]) -> Result<(), String> {
+    let facts = integrity::BuildFacts {
+        headers: Vec::new(),
+        compiler: integrity::CompilerFacts {
+            name: "gcc-12".to_owned(),
+            kernel_cc_version_text: "gcc-12".to_owned(),
+            root_version_report: "gcc-12".to_owned(),
+        },
+    };
+    let root = integrity::RootImage {
+        uri: "test:root".to_owned(),
+        sha256: "00".repeat(32),
+    };
     std::fs::write(
         job.out_dir
             .join(job.identity.package_file_name(&job.driver)),
@@ -228,9 +255,14 @@ fn write_package(job: &ExecutorJob, content: &[u8]) -> Result<(), String> {
     )
     .and_then(|()| {
         std::fs::write(
-            job.out_dir
-                .join(job.identity.provenance_file_name(&job.driver)),
-            format!("{{\"build_id\":\"{}\"}}\n", job.build_id),
+            job.out_dir.join(integrity::BUILD_FACTS_FILE),
+            serde_json::to_vec(&facts).expect("facts"),
+        )
+    })
+    .and_then(|()| {
+        std::fs::write(
+            job.out_dir.join(build_service::signing::ROOT_IMAGE_FILE),
+            serde_json::to_vec(&root).expect("root"),
         )
     })
     .map_err(|error| error.to_string())
@@ -371,12 +403,14 @@ impl Drop for KillOnDrop {
 // ----- downloads -----
 
 /// Downloads the package, digest, signature and provenance of `download_url` and checks that they
-/// belong together: the digest is the package's SHA-256, the signature verifies with `public_key`,
-/// the provenance names the build the package names. Returns the package.
+/// belong together: the digest is the package's SHA-256, the signature verifies with `public_key`
+/// and names the package, the provenance verifies and is about this package from the build the
+/// package names. Returns the package.
 async fn verified_download(
     client: &reqwest::Client,
     download_url: &str,
-    public_key: &minisign::PublicKey,
+    public_key: &integrity::PublicKey,
+    source_repositories: &[String],
 ) -> Result<Vec<u8>, String> {
     let fetch = |url: String| async move {
         let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
@@ -401,30 +435,65 @@ async fn verified_download(
             String::from_utf8_lossy(&package[..package.len().min(60)])
         ));
     }
-    let signature = minisign::SignatureBox::from_string(&signature).map_err(|e| e.to_string())?;
-    minisign::verify(
-        public_key,
-        &signature,
-        std::io::Cursor::new(&package[..]),
-        true,
-        false,
-        false,
-    )
-    .map_err(|error| format!("signature does not verify the package: {error}"))?;
+    let file_name =
+        percent_encoding::percent_decode_str(download_url.rsplit('/').next().unwrap_or_default())
+            .decode_utf8_lossy()
+            .into_owned();
+    let (driver, identity) = KernelIdentity::parse_any_package_file_name(&file_name)
+        .map_err(|error| error.to_string())?;
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = scratch.path().join(&file_name);
+    std::fs::write(&path, &package).map_err(|e| e.to_string())?;
+    let mut keyring = integrity::Keyring::new();
+    keyring
+        .insert(public_key.clone(), "test")
+        .map_err(|e| e.to_string())?;
+    integrity::signature::verify_package(&keyring, &path, &file_name, &signature)
+        .map_err(|error| format!("signature does not verify the package: {error}"))?;
     let provenance = String::from_utf8(fetch(format!("{download_url}.intoto.jsonl")).await?)
         .map_err(|e| e.to_string())?;
+    let package_sha256 = integrity::sha256_bytes(&package);
+    // Services over different state directories build from different repositories: the
+    // provenance must name one of them.
+    let verified = source_repositories
+        .iter()
+        .map(|repository| {
+            integrity::provenance::verify(
+                &provenance,
+                &keyring,
+                integrity::provenance::Expected {
+                    driver: &driver,
+                    identity: &identity,
+                    package_sha256: &package_sha256,
+                },
+                &integrity::ProvenancePolicy {
+                    expected_source_repository: repository.clone(),
+                    allowed_builders: vec![BUILDER_ID.to_owned()],
+                    pinned_commit: None,
+                },
+            )
+        })
+        .find(Result::is_ok)
+        .unwrap_or_else(|| {
+            Err(integrity::ProvenanceError {
+                field: "resolvedDependencies.source.uri".to_owned(),
+                reason: format!("names none of {source_repositories:?}"),
+            })
+        });
     let built_by = String::from_utf8_lossy(&package)
         .lines()
         .next()
         .and_then(|line| line.strip_prefix("package of "))
         .map(str::to_owned)
         .unwrap_or_default();
-    if built_by.is_empty() || !provenance.contains(&built_by) {
-        return Err(format!(
-            "provenance {provenance:?} is not the one of the package's build {built_by:?}"
-        ));
+    match verified {
+        Ok(verified) if !built_by.is_empty() && verified.invocation_id == built_by => Ok(package),
+        Ok(verified) => Err(format!(
+            "provenance of build {:?} is not the one of the package's build {built_by:?}",
+            verified.invocation_id
+        )),
+        Err(error) => Err(format!("provenance does not verify: {error}")),
     }
-    Ok(package)
 }
 
 // ----- tests -----
@@ -433,9 +502,13 @@ async fn verified_download(
 async fn a_timed_out_build_is_killed_with_its_process_group_and_the_next_build_publishes_its_own_files()
  {
     let dir = tempfile::tempdir().unwrap();
-    let keys = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let (secret_key, public_key) = signing_key(dir.path());
     let mut setup = Setup::new(&dir.path().join("state"), &dir.path().join("artifacts"));
-    setup.signer = Some(keys.sk.clone());
+    setup.signer = Some(secret_key);
+    let repositories = vec![format!(
+        "file://{}",
+        dir.path().join("state/driver-repo").display()
+    )];
     let executor = PlanExecutor::new(vec![Step::ProcessGroup, Step::Package], dir.path());
     let service = setup
         .start(executor.clone(), |config| {
@@ -498,9 +571,14 @@ async fn a_timed_out_build_is_killed_with_its_process_group_and_the_next_build_p
     assert_ne!(second_id, first_id);
     let done = wait_until_ended(&client, &base, &second_id).await;
     assert_eq!(done["status"], "done", "{done}");
-    let package = verified_download(&client, done["download_url"].as_str().unwrap(), &keys.pk)
-        .await
-        .expect("the published files belong together");
+    let package = verified_download(
+        &client,
+        done["download_url"].as_str().unwrap(),
+        &public_key,
+        &repositories,
+    )
+    .await
+    .expect("the published files belong together");
     assert_eq!(package, format!("package of {second_id}\n").into_bytes());
     assert_eq!(executor.started(), [first_id, second_id]);
     service.stop().await.unwrap();
@@ -596,15 +674,24 @@ async fn a_queued_build_past_its_deadline_never_starts_and_a_cancelled_build_nev
 
 async fn overlapping_publishes(layout: ReleaseLayout) {
     let dir = tempfile::tempdir().unwrap();
-    let keys = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let (secret_key, public_key) = signing_key(dir.path());
     let artifacts = dir.path().join("artifacts");
+    let repositories: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            format!(
+                "file://{}",
+                dir.path().join(name).join("driver-repo").display()
+            )
+        })
+        .collect();
     let executor = Arc::new(RendezvousExecutor::default());
     let mut services = Vec::new();
     for name in ["a", "b"] {
         let mut setup = Setup::new(&dir.path().join(name), &artifacts);
         setup.layout = layout;
         setup.max_concurrent_builds = 16;
-        setup.signer = Some(keys.sk.clone());
+        setup.signer = Some(secret_key.clone());
         services.push(setup.start(executor.clone(), |_| {}).await);
     }
     let client = client();
@@ -645,7 +732,8 @@ async fn overlapping_publishes(layout: ReleaseLayout) {
                 service.url(),
                 layout.package_path(&driver(), &identity)
             );
-            if let Err(problem) = verified_download(&client, &url, &keys.pk).await {
+            if let Err(problem) = verified_download(&client, &url, &public_key, &repositories).await
+            {
                 mixed.push(format!("{}: {problem}", identity.cache_key()));
             }
         }

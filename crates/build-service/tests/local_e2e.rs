@@ -2,9 +2,12 @@
 //! (6.1.0-47-amd64, bookworm) -> the real clean-root executor (`build_root::LocalExecutor` running
 //! the static `driver-builder` in a fresh mmdebstrap root of bookworm) builds the sample driver at
 //! the commit its version's tag names in a git repository (the driver in a subdirectory of it,
-//! `--driver-subdir`) -> the service signs and publishes it -> the package is downloaded from the releases path and
-//! checked with dpkg-deb, its digest and its minisign signature -> a second request is answered
-//! `done` from the store without another build.
+//! `--driver-subdir`) -> the service signs and publishes it with its build provenance -> the package
+//! is downloaded from the releases path and checked with dpkg-deb (the commit in its control file),
+//! its digest, its signature (the minisign CLI) and its provenance (securesystemslib and the in-toto
+//! attestation framework, `crates/integrity/tests/check_provenance.py`): the header packages it
+//! names are, by digest, exactly the real Debian packages the root installed -> a second request is
+//! answered `done` from the store without another build.
 //!
 //! Needs root, mmdebstrap, network access to deb.debian.org and the x86_64 musl target; base images
 //! and packages are cached under `testkit::cache_dir()/build-root` (shared with build-root's tests).
@@ -16,10 +19,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use build_service::local::Signer;
+use build_service::signing::ServiceSigner;
 use build_service::{BackendConfig, LocalConfig, RunningService, ServiceConfig};
 use kernel_id::{Arch, DriverName, IdentityInput, KernelIdentity};
 use serde_json::{Value, json};
+use sha2::Digest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_the_store() {
@@ -36,8 +40,12 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
     executor_config.build_timeout = Duration::from_secs(20 * 60);
     let executor = Arc::new(build_root::executor::LocalExecutor::new(executor_config));
 
-    let keys = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
     let state = tempfile::tempdir().unwrap();
+    let secret_key = state.path().join("signing.key");
+    let public_key = state.path().join("signing.pub");
+    let key = integrity::SecretKey::generate(&secret_key, &public_key).unwrap();
+    let key_id = key.id().to_string();
+    let public_hex = hex::encode(key.public().ed25519());
     let repo = testkit::SampleDriverRepo::create_in(
         &state.path().join("driver-repo"),
         "driver/example-driver",
@@ -59,7 +67,7 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
             driver_subdir: "driver/example-driver".into(),
             source_mirror: state.path().join("driver-source.git"),
             max_concurrent_builds: 1,
-            signer: Some(Signer::from_secret_key(keys.sk)),
+            signer: Some(ServiceSigner::new(key, "urn:kdriver:builder:test")),
             executor,
         })),
     );
@@ -174,7 +182,6 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
         .text()
         .await
         .unwrap();
-    use sha2::Digest;
     assert_eq!(
         digest.split_whitespace().next().unwrap(),
         hex::encode(sha2::Sha256::digest(&package))
@@ -187,16 +194,136 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
         .text()
         .await
         .unwrap();
-    let signature = minisign::SignatureBox::from_string(&signature).unwrap();
-    minisign::verify(
-        &keys.pk,
-        &signature,
-        std::io::Cursor::new(&package[..]),
-        true,
-        false,
-        false,
-    )
-    .expect("the signature verifies with the service's key");
+    let signature_path = state.path().join(format!("{package_name}.minisig"));
+    std::fs::write(&signature_path, &signature).unwrap();
+    let verified = Command::new("minisign")
+        .arg("-V")
+        .arg("-p")
+        .arg(&public_key)
+        .arg("-m")
+        .arg(&downloaded)
+        .arg("-x")
+        .arg(&signature_path)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "the minisign CLI refuses the service's signature: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains(&format!("file:{package_name}")),
+        "the signature names the package"
+    );
+
+    // The commit is in the package metadata.
+    let field = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&downloaded)
+        .arg(driver_package::DEB_SOURCE_COMMIT_FIELD)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&field.stdout).trim(),
+        commit.as_str()
+    );
+
+    // The provenance, judged by independent implementations.
+    let provenance = client
+        .get(format!("{download_url}.intoto.jsonl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(provenance.status().as_u16(), 200);
+    let provenance_path = state.path().join(identity.provenance_file_name(&driver));
+    std::fs::write(&provenance_path, provenance.bytes().await.unwrap()).unwrap();
+    let judged = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../integrity/tests/check_provenance.py"
+        ))
+        .arg(&provenance_path)
+        .arg(&key_id)
+        .arg(&public_hex)
+        .output()
+        .unwrap();
+    assert!(
+        judged.status.success(),
+        "securesystemslib / in-toto refuse the provenance: {}",
+        String::from_utf8_lossy(&judged.stderr)
+    );
+    let statements: Value = serde_json::from_slice(&judged.stdout).unwrap();
+    let statement = &statements[0];
+    assert_eq!(statement["subject"][0]["name"], package_name.as_str());
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        hex::encode(sha2::Sha256::digest(&package))
+    );
+    assert_eq!(statement["invocation_id"], build_id.as_str());
+    assert_eq!(statement["builder_id"], "urn:kdriver:builder:test");
+    assert_eq!(
+        statement["external_parameters"]["kernel_version"],
+        "6.1.0-47-amd64"
+    );
+    let dependencies = statement["resolved_dependencies"].as_array().unwrap();
+    let source = &dependencies[0];
+    assert_eq!(source["name"], "source");
+    assert_eq!(source["digest"]["gitCommit"], commit.as_str());
+    assert_eq!(
+        source["uri"],
+        format!("git+file://{}@refs/tags/v0.1.2", repo.path().display())
+    );
+    // Every header package named, by digest, is a real .deb the root installed: its sha256sum
+    // (computed here by coreutils) over the executor's apt archive for this root.
+    let archives = cache_dir
+        .join("apt-archives")
+        .join(build_root::root::RootKey::for_identity(&identity).slug());
+    let mut on_disk = BTreeMap::new();
+    for entry in std::fs::read_dir(&archives).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "deb") {
+            let sum = Command::new("sha256sum").arg(&path).output().unwrap();
+            let sum = String::from_utf8_lossy(&sum.stdout);
+            on_disk.insert(
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                sum.split_whitespace().next().unwrap().to_owned(),
+            );
+        }
+    }
+    let headers: Vec<&Value> = dependencies
+        .iter()
+        .filter(|d| d["annotations"]["kind"] == "kernel-headers")
+        .collect();
+    assert!(
+        headers
+            .iter()
+            .any(|d| d["annotations"]["package"] == "linux-headers-6.1.0-47-amd64"),
+        "{headers:?}"
+    );
+    for header in &headers {
+        let name = header["name"].as_str().unwrap();
+        assert_eq!(
+            on_disk.get(name).map(String::as_str),
+            header["digest"]["sha256"].as_str(),
+            "{name}: the provenance's digest is not sha256sum of the installed package"
+        );
+    }
+    let root = dependencies
+        .iter()
+        .find(|d| d["name"] == "build-root")
+        .unwrap();
+    assert_eq!(root["uri"], "mmdebstrap:debian/bookworm/amd64");
+    let compiler = dependencies
+        .iter()
+        .find(|d| d["name"] == "compiler")
+        .unwrap();
+    assert!(
+        compiler["annotations"]["kernel_cc_version_text"]
+            .as_str()
+            .unwrap()
+            .contains("gcc"),
+        "{compiler}"
+    );
 
     // The second request is answered from the store.
     let again = client

@@ -3,30 +3,51 @@
 //! ```text
 //! driver-builder build    --kernel-release R --arch A --distribution D [--distro-version V]
 //!                         --driver-name N --driver-version DV --source DIR --out DIR
+//!                         --source-commit COMMIT --source-repository URI
 //!                         [--header-url URL]... [--snapshot-base URL]... [--koji-profile P]...
 //!                         [--module-sign-key PEM --module-sign-cert DER]
 //!                         [--minisign-key FILE [--minisign-password-env VAR]] [--jobs N]
 //!                         [--summary FILE]
 //! driver-builder validate <the same identity flags>      # prints the normalized identity as JSON
 //! driver-builder sign     --key FILE [--password-env VAR] PACKAGE
+//! driver-builder attest   --package FILE --facts FILE
+//!                         (--root-image-uri URI --root-image-sha256 HEX | --root-image FILE)
+//!                         --source-repository URI --source-commit COMMIT
+//!                         --builder-id ID --invocation-id ID
+//!                         --started-on RFC3339 [--finished-on RFC3339]
+//!                         --signing-key FILE [--password-env VAR]
 //! ```
 //!
 //! Every identity flag is validated by kernel-id before anything else happens; a bad value exits
-//! with status 2 and a message naming the field and the rule. Logs go to stderr (`RUST_LOG`
-//! filters them); `build` prints a JSON summary (paths and per-phase seconds) on stdout.
+//! with status 2 and a message naming the field and the rule (as does a bad `--source-commit`,
+//! which must be a full lowercase commit id, or a `--source-repository` that is empty or holds
+//! control characters). Logs go to stderr (`RUST_LOG` filters them); `build` prints a JSON summary
+//! (paths, source revision and per-phase seconds) on stdout and leaves `build-facts.json` in the
+//! output directory.
+//!
+//! Secret keys are loaded by [`integrity::SecretKey::load`]: a key file readable by group or
+//! others is refused (naming the file and its mode), and an encrypted key needs its password from
+//! the environment variable named on the command line; nothing is ever prompted for. `sign` and
+//! `attest` are for signers outside the build root (the GitHub workflow's signing step): `sign`
+//! writes the package's signature (keeping a digest file the build already wrote when it agrees),
+//! `attest` its build provenance (`<package>.intoto.jsonl`, see `docs/provenance.md`) and prints
+//! the path it wrote. Neither replaces a file that is already there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
-use kernel_id::{DriverName, IdentityInput, KernelIdentity, ReleaseLayout};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use integrity::facts::{BuildFacts, RootImage};
+use integrity::{KeyError, SecretKey};
+use kernel_id::{DriverName, IdentityInput, KernelIdentity, ReleaseLayout, SourceCommit};
 use serde::Serialize;
 
-use crate::artifact::{SigningKey, sign_existing_package};
+use crate::artifact::sign_existing_package;
+use crate::attest::{Attestation, format_time, parse_root_digest, parse_time, write_provenance};
 use crate::headers::{HeaderOptions, KojiProfile};
 use crate::http::UreqHttp;
-use crate::pipeline::{BuildRequest, ModuleSigning, build};
+use crate::pipeline::{BuildRequest, ModuleSigning, SourceRevision, build};
 use crate::system::System;
 
 #[derive(Debug, Parser)]
@@ -48,6 +69,8 @@ pub enum Command {
     Validate(IdentityArgs),
     /// Write <package>.minisig and <package>.sha256 next to an existing package.
     Sign(SignArgs),
+    /// Write <package>.intoto.jsonl (signed build provenance) next to an existing package.
+    Attest(Box<AttestArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,6 +108,13 @@ pub struct BuildArgs {
     /// Output directory for the package, its signature and digest.
     #[arg(long)]
     pub out: PathBuf,
+    /// The full commit id of the driver source (passed to kbuild as KDRIVER_SOURCE_COMMIT, recorded
+    /// in the package and checked in each module's scmversion).
+    #[arg(long)]
+    pub source_commit: String,
+    /// The repository the commit belongs to (a URI; one line).
+    #[arg(long)]
+    pub source_repository: String,
     /// Explicit header package URL (repeatable), tried after the package manager.
     #[arg(long = "header-url")]
     pub header_urls: Vec<String>,
@@ -124,6 +154,53 @@ pub struct SignArgs {
     pub password_env: Option<String>,
     /// The package to sign; its file name must follow kernel-id's naming.
     pub package: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(
+    ArgGroup::new("root").required(true).args(["root_image", "root_image_uri"])
+))]
+pub struct AttestArgs {
+    /// The package; its identity and driver are read from its kernel-id file name, its digest is
+    /// computed here.
+    #[arg(long)]
+    pub package: PathBuf,
+    /// The builder's build-facts.json (header packages and compiler seen in the build root).
+    #[arg(long)]
+    pub facts: PathBuf,
+    /// The build root: an image reference (e.g. ghcr.io/OWNER/debian:12).
+    #[arg(long, requires = "root_image_sha256")]
+    pub root_image_uri: Option<String>,
+    /// The build root's digest: 64 hex digits (or sha256:<hex>), e.g. the image manifest digest.
+    #[arg(long, requires = "root_image_uri")]
+    pub root_image_sha256: Option<String>,
+    /// The build root as a root-image.json file ({"uri": ..., "sha256": ...}).
+    #[arg(long, conflicts_with_all = ["root_image_uri", "root_image_sha256"])]
+    pub root_image: Option<PathBuf>,
+    /// The driver's source repository (a URI; one line).
+    #[arg(long)]
+    pub source_repository: String,
+    /// The full commit id that was built.
+    #[arg(long)]
+    pub source_commit: String,
+    /// Who built it, e.g. https://github.com/OWNER/REPO/.github/workflows/driver-build.yml@REF.
+    #[arg(long)]
+    pub builder_id: String,
+    /// The build id.
+    #[arg(long)]
+    pub invocation_id: String,
+    /// When the build started (RFC 3339).
+    #[arg(long)]
+    pub started_on: String,
+    /// When the build finished (RFC 3339); now when omitted.
+    #[arg(long)]
+    pub finished_on: Option<String>,
+    /// minisign secret key that signs the provenance (mode 0600).
+    #[arg(long)]
+    pub signing_key: PathBuf,
+    /// Environment variable holding the key's password.
+    #[arg(long, requires = "signing_key")]
+    pub password_env: Option<String>,
 }
 
 /// The normalized identity, as `validate` prints it.
@@ -193,6 +270,31 @@ pub fn describe_identity(
     }
 }
 
+/// An invalid command-line value that kernel-id does not own; exits with status 2 like an
+/// [`kernel_id::IdError`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// `--source-repository`: non-empty, one line, no control characters (it reaches logs and JSON).
+pub fn check_repository(uri: &str) -> Result<(), InvalidInput> {
+    check_line("--source-repository", uri)
+}
+
+/// A free-form value that reaches logs and signed JSON: non-empty, one line, no control characters.
+pub fn check_line(flag: &str, value: &str) -> Result<(), InvalidInput> {
+    if value.trim().is_empty() {
+        return Err(InvalidInput(format!("{flag}: must not be empty")));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(InvalidInput(format!(
+            "{flag}: must be one line without control characters (found U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
 fn check_url(flag: &str, url: &str) -> Result<()> {
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
         && !url.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -211,6 +313,91 @@ fn password_from_env(var: Option<&String>) -> Result<Option<String>> {
     .transpose()
 }
 
+/// Loads a minisign secret key with [`integrity::SecretKey::load`] (refused when readable by group
+/// or others), its password, if any, read from the environment variable `password_env` names.
+/// `password_flag` is the option that names that variable, for the hint when one is missing.
+pub fn load_secret_key(
+    path: &Path,
+    password_env: Option<&String>,
+    password_flag: &str,
+) -> Result<SecretKey> {
+    let password = password_from_env(password_env)?;
+    SecretKey::load(path, password).map_err(|error| match error {
+        KeyError::Encrypted { .. } => {
+            anyhow::anyhow!("{error}; give its password with {password_flag} VAR")
+        }
+        other => anyhow::Error::new(other).context("loading the minisign secret key"),
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing the {what} {}", path.display()))
+}
+
+/// Turns validated `attest` arguments into an attestation: every value is checked (bad ones exit
+/// 2, naming the flag) and the facts and root image files are read.
+pub fn attestation(args: &AttestArgs) -> Result<Attestation> {
+    check_repository(&args.source_repository)?;
+    let source_commit = SourceCommit::parse(&args.source_commit)?;
+    check_line("--builder-id", &args.builder_id)?;
+    check_line("--invocation-id", &args.invocation_id)?;
+    let started = parse_time(&args.started_on)
+        .map_err(|reason| InvalidInput(format!("--started-on: {reason}")))?;
+    let finished = match &args.finished_on {
+        Some(text) => {
+            parse_time(text).map_err(|reason| InvalidInput(format!("--finished-on: {reason}")))?
+        }
+        None => time::OffsetDateTime::now_utc().replace_nanosecond(0)?,
+    };
+    if finished < started {
+        return Err(InvalidInput(format!(
+            "--finished-on: {} is before --started-on {}",
+            format_time(finished),
+            format_time(started)
+        ))
+        .into());
+    }
+    let root = match (
+        &args.root_image,
+        &args.root_image_uri,
+        &args.root_image_sha256,
+    ) {
+        (Some(path), _, _) => {
+            let root: RootImage = read_json(path, "root image file")?;
+            check_line("root image uri", &root.uri)?;
+            let sha256 = parse_root_digest(&root.sha256)
+                .map_err(|reason| InvalidInput(format!("{}: sha256: {reason}", path.display())))?;
+            RootImage {
+                uri: root.uri,
+                sha256,
+            }
+        }
+        (None, Some(uri), Some(sha256)) => {
+            check_line("--root-image-uri", uri)?;
+            RootImage {
+                uri: uri.clone(),
+                sha256: parse_root_digest(sha256)
+                    .map_err(|reason| InvalidInput(format!("--root-image-sha256: {reason}")))?,
+            }
+        }
+        _ => bail!("give --root-image FILE, or --root-image-uri with --root-image-sha256"),
+    };
+    let facts: BuildFacts = read_json(&args.facts, "build facts")?;
+    Ok(Attestation {
+        package: args.package.clone(),
+        facts,
+        root,
+        source_repository: args.source_repository.clone(),
+        source_commit,
+        builder_id: args.builder_id.clone(),
+        invocation_id: args.invocation_id.clone(),
+        started_on: format_time(started),
+        finished_on: format_time(finished),
+    })
+}
+
 fn available_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -220,6 +407,8 @@ fn available_jobs() -> usize {
 /// Turns validated arguments into a build request.
 pub fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
     let (identity, driver) = args.identity.parse()?;
+    let commit = SourceCommit::parse(&args.source_commit)?;
+    check_repository(&args.source_repository)?;
     for url in &args.header_urls {
         check_url("--header-url", url)?;
     }
@@ -239,15 +428,20 @@ pub fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
         _ => None,
     };
     let minisign_key = match &args.minisign_key {
-        Some(path) => Some(SigningKey::load(
+        Some(path) => Some(load_secret_key(
             path,
-            password_from_env(args.minisign_password_env.as_ref())?,
+            args.minisign_password_env.as_ref(),
+            "--minisign-password-env",
         )?),
         None => None,
     };
     Ok(BuildRequest {
         identity,
         driver,
+        revision: SourceRevision {
+            commit,
+            repository: args.source_repository.clone(),
+        },
         source: args.source.clone(),
         out_dir: args.out.clone(),
         headers: HeaderOptions {
@@ -293,12 +487,22 @@ fn run(cli: Cli) -> Result<()> {
             println!("{json}");
         }
         Command::Sign(args) => {
-            let key = SigningKey::load(&args.key, password_from_env(args.password_env.as_ref())?)?;
+            let key = load_secret_key(&args.key, args.password_env.as_ref(), "--password-env")?;
             let written = sign_existing_package(&args.package, &key)?;
             if let Some(signature) = &written.signature {
                 println!("{}", signature.display());
             }
             println!("{}", written.digest.display());
+        }
+        Command::Attest(args) => {
+            let attestation = attestation(&args)?;
+            let key = load_secret_key(
+                &args.signing_key,
+                args.password_env.as_ref(),
+                "--password-env",
+            )?;
+            let written = write_provenance(&attestation, &key)?;
+            println!("{}", written.display());
         }
     }
     Ok(())
@@ -312,7 +516,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("driver-builder: error: {error:#}");
-            if error.downcast_ref::<kernel_id::IdError>().is_some() {
+            if error.downcast_ref::<kernel_id::IdError>().is_some()
+                || error.downcast_ref::<InvalidInput>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -325,8 +531,90 @@ pub fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("driver-builder").chain(args.iter().copied()))
+    }
+
+    fn build_args(commit: &str, repository: &str) -> Result<Cli, clap::Error> {
+        parse(&[
+            "build",
+            "--kernel-release",
+            "6.1.0-47-amd64",
+            "--arch",
+            "x86_64",
+            "--distribution",
+            "debian",
+            "--driver-name",
+            "example-driver",
+            "--driver-version",
+            "v0.1.2",
+            "--source",
+            "/build/src",
+            "--out",
+            "/build/out",
+            "--source-commit",
+            commit,
+            "--source-repository",
+            repository,
+        ])
+    }
+
+    #[test]
+    fn the_source_revision_is_required_and_validated() {
+        let request = |commit: &str, repository: &str| {
+            let Command::Build(args) = build_args(commit, repository).expect("parses").command
+            else {
+                panic!("build expected")
+            };
+            build_request(&args)
+        };
+        assert!(request(COMMIT, "https://example.com/driver.git").is_ok());
+        assert!(request(&"ab".repeat(32), "/srv/git/driver").is_ok());
+        for bad_commit in ["0123abc", &COMMIT.to_uppercase(), &format!("{COMMIT};x")] {
+            let error =
+                request(bad_commit, "https://example.com/driver.git").expect_err(bad_commit);
+            assert!(
+                error.downcast_ref::<kernel_id::IdError>().is_some(),
+                "{bad_commit}: {error}"
+            );
+            assert!(error.to_string().starts_with("source_commit:"), "{error}");
+        }
+        for bad_repository in ["", "  ", "https://x/a\nb", "https://x/\u{7f}"] {
+            let error = request(COMMIT, bad_repository).expect_err(bad_repository);
+            assert!(
+                error.downcast_ref::<InvalidInput>().is_some(),
+                "{bad_repository:?}: {error}"
+            );
+            assert!(
+                error.to_string().starts_with("--source-repository:"),
+                "{error}"
+            );
+        }
+        // Both flags are required.
+        let without: Vec<&str> = [
+            "build",
+            "--kernel-release",
+            "6.1.0-47-amd64",
+            "--arch",
+            "x86_64",
+            "--distribution",
+            "debian",
+            "--driver-name",
+            "example-driver",
+            "--driver-version",
+            "v0.1.2",
+            "--source",
+            "s",
+            "--out",
+            "o",
+        ]
+        .to_vec();
+        let mut only_commit = without.clone();
+        only_commit.extend(["--source-commit", COMMIT]);
+        assert!(parse(&without).is_err());
+        assert!(parse(&only_commit).is_err());
     }
 
     #[test]
@@ -353,6 +641,10 @@ mod tests {
             "http://127.0.0.1:1/a.deb",
             "--header-url",
             "http://127.0.0.1:1/b.deb",
+            "--source-commit",
+            COMMIT,
+            "--source-repository",
+            "https://example.com/driver.git",
         ])
         .expect("parses");
         let Command::Build(args) = cli.command else {
@@ -360,6 +652,11 @@ mod tests {
         };
         let request = build_request(&args).expect("valid");
         assert_eq!(request.headers.header_urls.len(), 2);
+        assert_eq!(request.revision.commit.as_str(), COMMIT);
+        assert_eq!(
+            request.revision.repository,
+            "https://example.com/driver.git"
+        );
         assert_eq!(
             request.identity.cache_key(),
             "debian/12/x86_64/6.1.0-47-amd64/v0.1.2"

@@ -1,6 +1,8 @@
 //! `driver-builder sign` and `validate` as the workflow calls them, with keys made by the real
-//! minisign CLI and signatures checked by `minisign -Vm` and digests by `sha256sum -c`.
+//! minisign CLI and signatures checked by `minisign -Vm` and digests by `sha256sum -c`. Keys are
+//! loaded by the integrity crate: one readable by group or others is refused.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -94,12 +96,109 @@ fn sign_refuses_bad_names_and_encrypted_keys_without_password() {
     let mut bytes = engine.decode(&lines[1]).expect("base64");
     bytes[2..4].copy_from_slice(b"Sc");
     lines[1] = engine.encode(&bytes);
-    std::fs::write(dir.path().join("encrypted.key"), lines.join("\n") + "\n").expect("write");
+    let encrypted = dir.path().join("encrypted.key");
+    std::fs::write(&encrypted, lines.join("\n") + "\n").expect("write");
+    std::fs::set_permissions(&encrypted, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     std::fs::write(dir.path().join(PACKAGE), b"x").expect("write");
     let refused = builder(&["sign", "--key", "encrypted.key", PACKAGE], dir.path());
     assert!(!refused.status.success());
     assert!(
-        text(&refused).contains("give its password with --minisign-password-env"),
+        text(&refused).contains("give its password with --password-env"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!dir.path().join(format!("{PACKAGE}.minisig")).exists());
+}
+
+#[test]
+fn a_key_readable_by_others_is_refused_naming_the_file_and_its_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    cli_keypair(dir.path());
+    let key = dir.path().join("minisign.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(dir.path().join(PACKAGE), b"x").expect("write");
+    let key_arg = key.to_str().expect("utf-8 path");
+    let refused = builder(&["sign", "--key", key_arg, PACKAGE], dir.path());
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let message = text(&refused);
+    assert!(message.contains(key_arg), "{message}");
+    assert!(message.contains("mode 0644"), "{message}");
+    assert!(message.contains("chmod 600"), "{message}");
+    for sidecar in ["minisig", "sha256"] {
+        assert!(!dir.path().join(format!("{PACKAGE}.{sidecar}")).exists());
+    }
+
+    // The build subcommand loads its --minisign-key the same way, before building anything.
+    let refused = builder(
+        &[
+            "build",
+            "--kernel-release",
+            "6.1.0-47-amd64",
+            "--arch",
+            "x86_64",
+            "--distribution",
+            "debian",
+            "--driver-name",
+            "example-driver",
+            "--driver-version",
+            "v0.1.2",
+            "--source",
+            "src",
+            "--out",
+            "out",
+            "--source-commit",
+            "0123456789abcdef0123456789abcdef01234567",
+            "--source-repository",
+            "https://example.com/driver.git",
+            "--minisign-key",
+            key_arg,
+        ],
+        dir.path(),
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(&format!("{key_arg}: a secret key must not be readable")),
+        "{}",
+        text(&refused)
+    );
+    assert!(text(&refused).contains("mode 0644"), "{}", text(&refused));
+
+    // Made private, the same key signs.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let signed = builder(&["sign", "--key", key_arg, PACKAGE], dir.path());
+    assert!(signed.status.success(), "{}", text(&signed));
+}
+
+/// The GitHub flow: the build root writes the package and its digest, the signing step outside it
+/// signs; the digest already there is kept (not rewritten) when it agrees with the package.
+#[test]
+fn sign_keeps_the_digest_the_build_wrote_and_refuses_one_that_disagrees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    cli_keypair(dir.path());
+    std::fs::write(dir.path().join(PACKAGE), b"built package\n").expect("write");
+    let digest = Command::new("sha256sum")
+        .arg(PACKAGE)
+        .current_dir(dir.path())
+        .output()
+        .expect("sha256sum");
+    let digest_file = dir.path().join(format!("{PACKAGE}.sha256"));
+    std::fs::write(&digest_file, &digest.stdout).expect("write digest");
+    let signed = builder(&["sign", "--key", "minisign.key", PACKAGE], dir.path());
+    assert!(signed.status.success(), "{}", text(&signed));
+    assert_eq!(std::fs::read(&digest_file).expect("digest"), digest.stdout);
+    let verify = Command::new("minisign")
+        .args(["-Vm", PACKAGE, "-p", "minisign.pub"])
+        .current_dir(dir.path())
+        .output()
+        .expect("minisign -V");
+    assert!(verify.status.success(), "{}", text(&verify));
+
+    std::fs::remove_file(dir.path().join(format!("{PACKAGE}.minisig"))).expect("rm");
+    std::fs::write(dir.path().join(PACKAGE), b"swapped package\n").expect("swap");
+    let refused = builder(&["sign", "--key", "minisign.key", PACKAGE], dir.path());
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("SHA-256 mismatch"),
         "{}",
         text(&refused)
     );
