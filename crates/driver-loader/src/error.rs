@@ -74,6 +74,15 @@ pub enum LoaderError {
     #[error("build service: {0}")]
     BuildService(String),
 
+    #[error(
+        "the build service refused to build it (HTTP {status}): {field}: {rule}; no build will come"
+    )]
+    BuildRefused {
+        status: u16,
+        field: String,
+        rule: String,
+    },
+
     #[error("build {build_id} ended with status {status}: {reason}")]
     BuildFailed {
         build_id: String,
@@ -133,7 +142,9 @@ impl LoaderError {
             | LoaderError::Deadline { .. }
             | LoaderError::NotFound { .. }
             | LoaderError::BuildService(_) => FailureKind::Fetch,
-            LoaderError::BuildFailed { .. } => FailureKind::Build,
+            LoaderError::BuildFailed { .. } | LoaderError::BuildRefused { .. } => {
+                FailureKind::Build
+            }
             LoaderError::Verify { .. } => FailureKind::Verify,
             LoaderError::Provenance { .. } => FailureKind::Provenance,
             LoaderError::Incompatible { .. } => FailureKind::Incompatible,

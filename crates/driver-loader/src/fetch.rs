@@ -491,6 +491,24 @@ fn build_answer<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A `POST /build` answer that says no build will ever come for this request: 400 or 422 with the
+/// API's error body (e.g. `driver_version` is not a tag of the driver's repository). Waiting or
+/// retrying cannot help, unlike 401/403 (credentials) or 429 (later).
+fn refusal(reason: &str) -> Option<LoaderError> {
+    let rest = reason.strip_prefix("HTTP ")?;
+    let (status, body) = rest.split_once(": ")?;
+    let status: u16 = status.parse().ok()?;
+    if !matches!(status, 400 | 422) {
+        return None;
+    }
+    let body: build_api::ApiErrorBody = serde_json::from_str(body).ok()?;
+    Some(LoaderError::BuildRefused {
+        status,
+        field: body.field.unwrap_or_else(|| "body".to_owned()),
+        rule: body.rule,
+    })
+}
+
 /// `POST /build`, then long-poll `GET /status/{id}?wait=` until a final state. Returns the announced
 /// download URL when the service gave one.
 pub fn request_build(
@@ -511,9 +529,9 @@ pub fn request_build(
             deadline,
         )
         .map_err(|e| match e {
-            LoaderError::Fetch { reason, .. } => {
+            LoaderError::Fetch { reason, .. } => refusal(&reason).unwrap_or_else(|| {
                 LoaderError::BuildService(format!("POST {build_url}: {reason}"))
-            }
+            }),
             other => other,
         })?;
     if status == 200 {
@@ -593,6 +611,28 @@ mod tests {
             DriverVersion::parse("v0.1.2").expect("valid"),
         )
         .expect("valid")
+    }
+
+    #[test]
+    fn an_invalid_request_is_a_refusal_with_its_field_and_nothing_else_is() {
+        let body =
+            r#"{"error":"x","field":"driver_version","rule":"v9.9.9 is not a tag of file:///r"}"#;
+        let refused = refusal(&format!("HTTP 422: {body}")).expect("a refusal");
+        assert_eq!(refused.kind(), crate::FailureKind::Build);
+        assert!(
+            refused
+                .to_string()
+                .contains("driver_version: v9.9.9 is not a tag of file:///r"),
+            "{refused}"
+        );
+        for other in [
+            format!("HTTP 401: {body}"),
+            format!("HTTP 429: {body}"),
+            "HTTP 422: not json".to_owned(),
+            "connection refused".to_owned(),
+        ] {
+            assert!(refusal(&other).is_none(), "{other}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use kernel_id::{DriverName, DriverVersion, ReleaseLayout, SourceCommit};
     version,
     about = "Fetch, verify and load the driver package built for exactly the running kernel",
     after_help = "Exit codes: 0 ok, 1 internal, 2 configuration/usage, 3 host not identifiable, \
-                  4 artifact unavailable, 5 build failed, 6 verification failed (digest, signature), \
+                  4 artifact unavailable, 5 build refused or failed, 6 verification failed (digest, signature), \
                   7 module incompatible with the running kernel, 8 install/load failed, 9 other version \
                   loaded (see --replace), 10 provenance refused (missing, not signed by a trusted key, \
                   or naming another package, source repository, builder or commit)."

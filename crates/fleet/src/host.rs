@@ -83,11 +83,14 @@ pub fn prepare(
         "DRIVER_LOADER_DRIVER_NAME={}\nDRIVER_LOADER_DRIVER_VERSION={}\n\
          DRIVER_LOADER_ARTIFACT_BASE_URL={}\nDRIVER_LOADER_BUILD_SERVICE_URL={}\n\
          DRIVER_LOADER_PUBLIC_KEY_FILE=/etc/driver-loader/minisign.pub\n\
+         DRIVER_LOADER_EXPECTED_SOURCE_REPOSITORY={}\nDRIVER_LOADER_ALLOWED_BUILDERS={}\n\
          DRIVER_LOADER_DEADLINE_SECONDS={}\n",
         settings.driver,
         settings.driver_version,
         service.node_artifact_base(),
         service.node_url(),
+        service.source_repository(),
+        crate::service::BUILDER_ID,
         settings.deadline.as_secs().max(1)
     );
     let module = settings.driver.module_name();

@@ -85,6 +85,11 @@ impl Fleet {
         node::prepare(spec, &self.service, &self.settings, &self.dir.join("nodes"))
     }
 
+    /// Like [`Fleet::prepare`], with this node's loader told `settings` instead of the run's.
+    pub fn prepare_with(&self, spec: &NodeSpec, settings: &LoaderSettings) -> Result<PreparedNode> {
+        node::prepare(spec, &self.service, settings, &self.dir.join("nodes"))
+    }
+
     /// Boots one node and follows it to the end (cold timeout: it may wait for a build).
     pub fn run_node(&self, node: &PreparedNode) -> Result<NodeOutcome> {
         let running = node::boot(node, COLD_NODE_TIMEOUT)?;

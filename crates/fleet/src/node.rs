@@ -140,8 +140,12 @@ pub fn prepare(
     let loader_command = format!(
         "/bin/driver-loader --driver-name {driver} --driver-version {version} \
          --artifact-base-url {base} --build-service-url {service_url} \
-         --public-key-file /etc/driver-loader/minisign.pub --cache-dir /var/cache/driver-loader \
+         --public-key-file /etc/driver-loader/minisign.pub \
+         --expected-source-repository {repository} --allowed-builder {builder} \
+         --cache-dir /var/cache/driver-loader \
          --mode container --deadline-seconds {deadline} --ready-file /run/driver-loader/ready run",
+        repository = shell_quote(service.source_repository()),
+        builder = shell_quote(crate::service::BUILDER_ID),
         driver = shell_quote(settings.driver.as_str()),
         version = shell_quote(settings.driver_version.as_str()),
         base = shell_quote(&service.node_artifact_base()),

@@ -1,7 +1,7 @@
 //! The real `build-service` binary on loopback with the local backend, as the fleet's nodes reach
 //! it: a fresh state directory (SQLite, artifact directory, per-build logs) inside the run's log
-//! directory, the shared build-root cache, the static musl `driver-builder`, and a minisign key made
-//! for the run by the `minisign` CLI.
+//! directory, the shared build-root cache, the static musl `driver-builder`, and a signing key made
+//! for the run.
 //!
 //! Nodes talk to it through qemu's user network, where the host's loopback is 10.0.2.2: so the
 //! service announces `http://10.0.2.2:<port>` as its public URL, and the harness itself talks to
@@ -25,15 +25,13 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::cargo_binary;
 
+/// The builder id the fleet's service writes into provenance; nodes allow exactly it.
+pub const BUILDER_ID: &str = "urn:kdriver:builder:fleet";
+
 /// Address of the host's loopback as seen from a qemu user-network guest.
 pub const GUEST_HOST_ADDRESS: &str = "10.0.2.2";
 
-/// A minisign key pair generated for one run.
-///
-/// Made with the `minisign` crate rather than `minisign -G -W`: the CLI (0.11) writes unencrypted
-/// secret keys with an all-zero checksum, which the crate the service reads keys with (0.10)
-/// rejects as "Corrupted key"; an encrypted CLI key would cost the service a full scrypt
-/// derivation at every start.
+/// The service's signing key pair, made for one run with the integrity module (secret key 0600).
 #[derive(Debug, Clone)]
 pub struct SigningKey {
     pub secret_key: PathBuf,
@@ -48,41 +46,54 @@ impl SigningKey {
             secret_key: dir.join("minisign.key"),
             public_key: dir.join("minisign.pub"),
         };
-        let pair = minisign::KeyPair::generate_unencrypted_keypair()
-            .map_err(|error| anyhow::anyhow!("generating a minisign key pair: {error}"))?;
-        let secret = pair
-            .sk
-            .to_box(None)
-            .map_err(|error| anyhow::anyhow!("encoding the secret key: {error}"))?;
-        let public = pair
-            .pk
-            .to_box()
-            .map_err(|error| anyhow::anyhow!("encoding the public key: {error}"))?;
-        fs::write(&key.secret_key, secret.to_string())?;
-        fs::write(&key.public_key, public.to_string())?;
+        integrity::SecretKey::generate(&key.secret_key, &key.public_key)
+            .context("generating the service's signing key")?;
         Ok(key)
     }
 
-    /// Signs `file` the way the service does (trusted comment `file:<name>`), writing
-    /// `<file>.minisig`. Used by the refusal scenario to make a correctly signed package of the
+    /// Signs `file` the way the service does (bound to `trusted_file_name`), writing
+    /// `<file>.minisig`. Used by the refusal scenarios to make a correctly signed package of the
     /// wrong kernel.
     pub fn sign(&self, file: &Path, trusted_file_name: &str) -> Result<()> {
-        let text = fs::read_to_string(&self.secret_key)?;
-        let secret = minisign::SecretKeyBox::from_string(&text)
-            .and_then(|boxed| boxed.into_unencrypted_secret_key())
-            .map_err(|error| anyhow::anyhow!("reading {}: {error}", self.secret_key.display()))?;
-        let data = fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-        let signature = minisign::sign(
-            None,
-            &secret,
-            data,
-            Some(&format!("file:{trusted_file_name}")),
-            None,
-        )
-        .map_err(|error| anyhow::anyhow!("signing {}: {error}", file.display()))?;
+        let secret = integrity::SecretKey::load(&self.secret_key, None)
+            .with_context(|| format!("reading {}", self.secret_key.display()))?;
+        let signature = integrity::signature::sign_package(&secret, file, trusted_file_name)
+            .with_context(|| format!("signing {}", file.display()))?;
         let mut path = file.as_os_str().to_owned();
         path.push(".minisig");
-        fs::write(PathBuf::from(path), signature.into_string())?;
+        fs::write(PathBuf::from(path), signature)?;
+        Ok(())
+    }
+
+    /// Rewrites the provenance published beside `file` so that it vouches for `file`'s current
+    /// bytes, signed by this key: what a holder of the signing key could forge. The refusal
+    /// scenarios use it to reach the checks behind provenance (ELF machine, vermagic), which must
+    /// hold even then.
+    pub fn attest_current_bytes(&self, file: &Path) -> Result<()> {
+        let secret = integrity::SecretKey::load(&self.secret_key, None)
+            .with_context(|| format!("reading {}", self.secret_key.display()))?;
+        let mut path = file.as_os_str().to_owned();
+        path.push(".intoto.jsonl");
+        let path = PathBuf::from(path);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let envelope = integrity::Envelope::parse(text.lines().next().unwrap_or_default())
+            .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        let payload = envelope
+            .payload_unverified()
+            .context("the provenance payload is not base64")?;
+        let mut statement: integrity::Statement =
+            serde_json::from_slice(&payload).context("the provenance is not a statement")?;
+        let digest = integrity::sha256_file(file)?;
+        for subject in &mut statement.subject {
+            subject.digest.insert("sha256".to_owned(), digest.to_hex());
+        }
+        let forged = integrity::Envelope::sign(
+            &secret,
+            integrity::provenance::PAYLOAD_TYPE,
+            &serde_json::to_vec(&statement)?,
+        );
+        fs::write(&path, format!("{}\n", forged.to_line()))?;
         Ok(())
     }
 }
@@ -95,6 +106,8 @@ pub struct Service {
     state_dir: PathBuf,
     log_file: PathBuf,
     key: SigningKey,
+    /// The driver repository as provenance names it (`file://<path>`).
+    source_repository: String,
     agent: ureq::Agent,
 }
 
@@ -119,7 +132,13 @@ impl Service {
         fs::create_dir_all(&state_dir)?;
         let log_file = dir.join("service.log");
         let root_cache = testkit::cache_dir().join("build-root");
-        let source = testkit::workspace_root().join("driver/example-driver");
+        // The driver's source is a git repository whose tag is the fleet's driver version.
+        let repo = testkit::SampleDriverRepo::refresh(
+            &dir.join("driver-repo"),
+            "",
+            &[crate::DRIVER_VERSION],
+        )
+        .context("making the sample driver repository")?;
         // The port is chosen here (not by the service) because the public URL carries it; a lost
         // race for it is retried with another port.
         let mut last_error = None;
@@ -139,8 +158,8 @@ impl Service {
                     "--public-url",
                     &format!("http://{GUEST_HOST_ADDRESS}:{port}"),
                 ])
-                .arg("--driver-source")
-                .arg(&source)
+                .arg("--driver-repo")
+                .arg(repo.path())
                 .arg("--builder-x86-64")
                 .arg(&builder_x86_64)
                 .arg("--builder-aarch64")
@@ -149,6 +168,7 @@ impl Service {
                 .arg(&root_cache)
                 .arg("--signing-key")
                 .arg(&key.secret_key)
+                .args(["--builder-id", BUILDER_ID])
                 .args(["--poll-interval", "250ms", "--build-timeout", "20m"])
                 .args(["--max-concurrent-builds", "2", "--max-wait", "30s"])
                 .args(["--log-format", "json"])
@@ -169,6 +189,7 @@ impl Service {
                 state_dir: state_dir.clone(),
                 log_file: log_file.clone(),
                 key: key.clone(),
+                source_repository: format!("file://{}", repo.path().display()),
                 agent,
             };
             match service.wait_healthy(Duration::from_secs(60)) {
@@ -208,6 +229,11 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The driver repository nodes expect provenance to name.
+    pub fn source_repository(&self) -> &str {
+        &self.source_repository
     }
 
     /// `http://127.0.0.1:<port>`: the harness's view.

@@ -1,7 +1,8 @@
 //! Cold: one node boots Debian 12's 6.1.0-47-amd64, a kernel this service has never built for. The
 //! loader's download is a 404, it asks the service for a build, the service builds the sample
-//! driver in a clean bookworm root, signs and publishes it, and the node downloads, verifies and
-//! loads it: the kernel itself prints the driver's line naming that release.
+//! driver in a clean bookworm root at the commit its version's tag names, signs it and its
+//! provenance and publishes them, and the node downloads, verifies (digest, signature,
+//! provenance) and loads it: the kernel itself prints the driver's line naming that release.
 
 use build_api::BuildState;
 use fleet::{Fleet, NodeSpec};
@@ -43,6 +44,20 @@ fn cold_node_gets_its_driver_built_on_demand_and_loads_it() {
     let status = fleet.service.status(&ids[0]).expect("status");
     assert_eq!(status.status, BuildState::Done, "{status:?}\n{context}");
     assert_eq!(status.request.kernel_version, RELEASE, "{context}");
+    // The node verified the build's provenance before loading: the commit the driver version's
+    // tag names, as the service recorded it, is what the loader's verification reports.
+    let commit = status
+        .source_commit
+        .clone()
+        .unwrap_or_else(|| panic!("the build records no source commit: {context}"));
+    assert!(
+        outcome
+            .console
+            .contains("package verified: digest, signature and provenance")
+            && outcome.console.contains(&commit),
+        "the loader must report the verified provenance with commit {commit}: {context}\n{}",
+        outcome.console
+    );
     assert_eq!(
         status.request.distro_version.as_deref(),
         Some("12"),

@@ -129,6 +129,7 @@ fn an_artifact_is_never_offered_to_or_accepted_by_the_other_architecture() {
             .service
             .key()
             .sign(target, &identity.package_file_name(&driver))
+            .and_then(|()| fleet.service.key().attest_current_bytes(target))
             .expect("sign");
     }
     let nodes = [

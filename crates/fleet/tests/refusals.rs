@@ -1,14 +1,19 @@
 //! Refusals: the artifact store is made to serve, under the name of 6.1.0-47-amd64's package,
 //! first a tampered copy of the real package (its digest file updated to match, so only the
-//! signature catches it) and then the real package built for 6.1.0-50-amd64, correctly signed by
-//! the run's key for that name. A node on 6.1.0-47 refuses both before the kernel sees them: no
-//! driver line, its init reporting the module absent (a console that never says so proves
-//! nothing and fails), and the loader's reason on the console.
+//! signature catches it), then the real package built for 6.1.0-50-amd64, correctly signed by the
+//! run's key for that name but beside the genuine build's provenance (refused by the provenance:
+//! another build), and then the same package with provenance forged by a holder of the signing key
+//! (refused by the vermagic: the checks behind provenance still hold). Finally a node asks for a
+//! driver version that is not a tag of the driver repository (a squatted version): the service
+//! refuses it and never builds, and the loader exits 5 naming `driver_version`. Each node refuses
+//! before the kernel sees anything: no driver line, its init reporting the module absent (a
+//! console that never says so proves nothing and fails), and the loader's reason on the console.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet::{Fleet, ModuleState, NodeOutcome, NodeSpec};
+use fleet::{Fleet, LoaderSettings, ModuleState, NodeOutcome, NodeSpec};
+use kernel_id::DriverVersion;
 use kernel_id::KernelIdentity;
 
 const RELEASE: &str = "6.1.0-47-amd64";
@@ -93,6 +98,21 @@ fn tampered_and_foreign_artifacts_are_refused_before_the_kernel_sees_them() {
         .expect("sign");
     let node = fleet
         .prepare(&NodeSpec {
+            name: "unproven".into(),
+            ..spec.clone()
+        })
+        .expect("prepare");
+    let outcome = fleet.run_node(&node).expect("boot");
+    assert_refused(&fleet, &outcome, 10, "subject.digest.sha256");
+
+    // The same package with provenance forged by the key's holder: the vermagic still refuses.
+    fleet
+        .service
+        .key()
+        .attest_current_bytes(&genuine_path)
+        .expect("forge the provenance");
+    let node = fleet
+        .prepare(&NodeSpec {
             name: "foreign".into(),
             ..spec.clone()
         })
@@ -106,5 +126,42 @@ fn tampered_and_foreign_artifacts_are_refused_before_the_kernel_sees_them() {
         "{}",
         fleet.failure_context("the foreign module must never run")
     );
+
+    // A squatted version: not a tag of the driver repository. Nothing is built for it.
+    let builds_before = build_count(&fleet);
+    let squatted = LoaderSettings {
+        driver_version: DriverVersion::parse("v9.9.9").expect("version"),
+        ..fleet.settings.clone()
+    };
+    let node = fleet
+        .prepare_with(
+            &NodeSpec {
+                name: "squatted".into(),
+                ..spec.clone()
+            },
+            &squatted,
+        )
+        .expect("prepare");
+    let outcome = fleet.run_node(&node).expect("boot");
+    assert_refused(&fleet, &outcome, 5, "driver_version: v9.9.9 is not a tag");
+    assert_eq!(
+        build_count(&fleet),
+        builds_before,
+        "{}",
+        fleet.failure_context("a version that is not a tag must never be built")
+    );
+    let answers = fleet.service.build_answers().expect("service log");
+    assert!(
+        answers.iter().any(|answer| answer.status == 422),
+        "{}",
+        fleet.failure_context("the service must have refused the squatted version with 422")
+    );
     fleet.tidy();
+}
+
+/// Build directories the service made (one per build it ever started).
+fn build_count(fleet: &Fleet) -> usize {
+    std::fs::read_dir(fleet.service.builds_dir())
+        .map(|entries| entries.count())
+        .unwrap_or(0)
 }

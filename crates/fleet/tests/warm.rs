@@ -43,6 +43,13 @@ fn warm_node_loads_the_prebuilt_driver_without_a_new_build() {
         !second.console.contains("requesting a build"),
         "the warm node must not ask for a build: {context}"
     );
+    assert!(
+        second
+            .console
+            .contains("package verified: digest, signature and provenance"),
+        "the warm node verifies the published provenance too: {context}\n{}",
+        second.console
+    );
     let after_second = fleet.service.metrics().expect("metrics").build_counters();
     assert_eq!(
         after_second.dispatches_ok, after_first.dispatches_ok,
