@@ -15,12 +15,16 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use build_root::executor::{ExecutorConfig, LocalExecutor, builder_argv};
+use build_root::executor::{ExecutorConfig, LocalExecutor, SourceRevision, builder_argv};
 use build_root::root::RootKey;
-use kernel_id::{Arch, DriverName, IdentityInput, KernelIdentity};
+use kernel_id::{Arch, DriverName, IdentityInput, KernelIdentity, SourceCommit};
 
 const RELEASE: &str = "6.1.0-47-amd64";
 const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The source revision the benchmark build records (the sample driver is copied from the working
+/// tree, so no real commit names it).
+const BENCH_COMMIT: &str = "0000000000000000000000000000000000000000";
+const BENCH_REPOSITORY: &str = "https://example.invalid/kernel-driver-delivery.git";
 
 pub fn run() -> Result<()> {
     let identity = KernelIdentity::from_input(&IdentityInput {
@@ -72,7 +76,11 @@ pub fn run() -> Result<()> {
             String::from_utf8_lossy(&status.stderr)
         );
     }
-    let mut argv = builder_argv(&identity, &driver);
+    let source_revision = SourceRevision {
+        commit: SourceCommit::parse(BENCH_COMMIT)?,
+        repository: BENCH_REPOSITORY.to_owned(),
+    };
+    let mut argv = builder_argv(&identity, &driver, &source_revision);
     if let Some(at) = argv.iter().position(|a| a == "--source") {
         argv[at + 1] = "/build/src/driver".to_owned();
     }

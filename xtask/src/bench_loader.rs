@@ -11,7 +11,7 @@
 //!    same package of the sample driver served from host loopback, twice each, timed with the kernel's own
 //!    log clock (a marker written to /dev/kmsg, then the driver's "loaded" line).
 //!
-//! Needs: dpkg-deb, minisign, python3 (serves the artifact directory on loopback), qemu-system-x86_64,
+//! Needs: dpkg-deb, python3 (serves the artifact directory on loopback), qemu-system-x86_64,
 //! mmdebstrap (first run only, to build the sample driver in a bookworm root).
 
 use std::collections::BTreeMap;
@@ -28,6 +28,9 @@ use kernel_id::{
 use testkit::initramfs::END_MARKER;
 use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardInit};
 
+/// The repository and builder the bench's provenance names (and its loader expects).
+const BENCH_REPOSITORY: &str = "https://example.invalid/kernel-driver-delivery.git";
+const BENCH_BUILDER: &str = "urn:kdriver:builder:bench";
 const RELEASE: &str = "6.1.0-47-amd64";
 const DRIVER: &str = "example-driver";
 const VERSION: &str = "v0.1.2";
@@ -220,14 +223,20 @@ fn sample_package(driver: &DriverName, identity: &KernelIdentity) -> Result<Path
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
     let source = testkit::workspace_root().join("driver/example-driver");
+    // The sample driver is copied from the working tree: no real commit names it.
+    let revision = build_root::executor::SourceRevision {
+        commit: kernel_id::SourceCommit::parse("0000000000000000000000000000000000000000")?,
+        repository: BENCH_REPOSITORY.to_owned(),
+    };
     executor
-        .build(
+        .build(&build_root::executor::BuildJob {
             identity,
             driver,
-            &source,
-            &out,
-            &dir.join("..").join(format!("{RELEASE}.bench-build.log")),
-        )
+            source: &revision,
+            driver_src: &source,
+            out_dir: &out,
+            log: &dir.join("..").join(format!("{RELEASE}.bench-build.log")),
+        })
         .context("building the sample driver")?;
     fs::rename(out.join(identity.package_file_name(driver)), &package)?;
     let _ = fs::remove_dir_all(&out);
@@ -238,42 +247,57 @@ fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
     let (driver, identity) = identity()?;
     let package = sample_package(&driver, &identity)?;
 
-    // Artifact directory in the GitHub Releases layout, signed with a fresh minisign key.
+    // Artifact directory in the GitHub Releases layout: digest, signature and provenance made with
+    // a fresh key by the integrity module, as the service makes them.
     let site = work.join("site");
     let relative = ReleaseLayout::PerArtifact.package_path(&driver, &identity);
     let target = site.join("releases/download").join(&relative);
     fs::create_dir_all(target.parent().context("parent")?)?;
     fs::copy(&package, &target)?;
     let keys = work.join("keys");
+    let _ = fs::remove_dir_all(&keys);
     fs::create_dir_all(&keys)?;
     let (public, secret) = (keys.join("bench.pub"), keys.join("bench.key"));
-    let ok = Command::new("minisign")
-        .args(["-G", "-W", "-p"])
-        .arg(&public)
-        .arg("-s")
-        .arg(&secret)
-        .stdout(Stdio::null())
-        .status()?
-        .success()
-        && Command::new("minisign")
-            .arg("-S")
-            .arg("-s")
-            .arg(&secret)
-            .arg("-m")
-            .arg(&target)
-            .stdout(Stdio::null())
-            .status()?
-            .success()
-        && Command::new("sh")
-            .arg("-c")
-            .arg("cd \"$(dirname \"$1\")\" && sha256sum \"$(basename \"$1\")\" > \"$1.sha256\"")
-            .arg("sh")
-            .arg(&target)
-            .status()?
-            .success();
-    if !ok {
-        bail!("preparing the signed artifact failed");
-    }
+    let key = integrity::SecretKey::generate(&secret, &public)?;
+    let file_name = identity.package_file_name(&driver);
+    let digest = integrity::sha256_file(&target)?;
+    let with_suffix = |suffix: &str| {
+        let mut path = target.as_os_str().to_owned();
+        path.push(suffix);
+        PathBuf::from(path)
+    };
+    fs::write(
+        with_suffix(".sha256"),
+        integrity::DigestFile::new(digest, file_name.clone()).render(),
+    )?;
+    fs::write(
+        with_suffix(".minisig"),
+        integrity::signature::sign_package(&key, &target, &file_name)?,
+    )?;
+    let provenance = integrity::BuildProvenance {
+        driver: driver.clone(),
+        identity: identity.clone(),
+        package_sha256: digest,
+        source_repository: BENCH_REPOSITORY.to_owned(),
+        source_commit: kernel_id::SourceCommit::parse(&"0".repeat(40))?,
+        facts: integrity::BuildFacts {
+            headers: Vec::new(),
+            compiler: integrity::CompilerFacts {
+                name: "gcc-12".to_owned(),
+                kernel_cc_version_text: String::new(),
+                root_version_report: String::new(),
+            },
+        },
+        root: integrity::RootImage {
+            uri: "mmdebstrap:debian/bookworm/amd64".to_owned(),
+            sha256: "0".repeat(64),
+        },
+        builder_id: BENCH_BUILDER.to_owned(),
+        invocation_id: "bench".to_owned(),
+        started_on: "2026-01-01T00:00:00Z".to_owned(),
+        finished_on: "2026-01-01T00:00:00Z".to_owned(),
+    };
+    fs::write(with_suffix(".intoto.jsonl"), provenance.signed_file(&key))?;
 
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -320,7 +344,8 @@ fn boot_and_time(
             .command(format!("echo 'BENCH loader-{round} start' > /dev/kmsg"))
             .command(format!(
                 "driver-loader --driver-version {VERSION} --artifact-base-url http://10.0.2.2:{port}/releases/download \
-                 --public-key-file /etc/bench.pub --cache-dir /tmp/cache-{round} --mode container run >/dev/null 2>&1 \
+                 --public-key-file /etc/bench.pub --expected-source-repository {BENCH_REPOSITORY} \
+                 --allowed-builder {BENCH_BUILDER} --cache-dir /tmp/cache-{round} --mode container run >/dev/null 2>&1 \
                  || echo BENCH-LOADER-FAILED"
             ))
             .command("rmmod example_driver")

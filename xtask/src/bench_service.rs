@@ -215,6 +215,11 @@ async fn bench() -> Result<()> {
     let state = tempfile::tempdir()?;
     let driver = driver()?;
     let executor = Arc::new(HoldingExecutor::default());
+    // The versions asked for below are tags of the driver's repository.
+    let repo = testkit::SampleDriverRepo::create_tagged(
+        &state.path().join("driver-repo"),
+        &["v0.1.2", "v0.2.0"],
+    )?;
     let mut config = ServiceConfig::new(
         format!(
             "sqlite://{}?mode=rwc",
@@ -224,7 +229,9 @@ async fn bench() -> Result<()> {
         BackendConfig::Local(Box::new(LocalConfig {
             artifact_dir: state.path().join("artifacts"),
             builds_dir: state.path().join("builds"),
-            source_dir: state.path().to_owned(),
+            driver_repo: repo.path().to_string_lossy().into_owned(),
+            driver_subdir: std::path::PathBuf::new(),
+            source_mirror: state.path().join("driver-source.git"),
             max_concurrent_builds: 1,
             signer: None,
             executor: executor.clone(),

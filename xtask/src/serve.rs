@@ -1,8 +1,9 @@
 //! `cargo xtask serve`: the build-service on its embedded default — SQLite file, local artifact
 //! directory, clean-root builder — with no GitHub and no token. It builds the static builder that runs
 //! inside the roots (also the aarch64 one when Debian's cross compiler is installed, so arm64
-//! identities build in emulated arm64 roots), makes a minisign key pair on first use, then runs the
-//! service in the foreground.
+//! identities build in emulated arm64 roots), makes a minisign key pair on first use, makes (or
+//! refreshes) the driver's git repository from `driver/example-driver` with the sample driver
+//! versions as tags, then runs the service in the foreground.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,6 +11,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The driver versions the sample repository is tagged with: the one README.md asks for, and the
+/// one the fleet and the loader's examples use.
+const SAMPLE_VERSIONS: &[&str] = &["v0.1.0", "v0.1.2"];
 
 /// Runs the service; extra arguments go to `build-service serve` (e.g. `--listen 0.0.0.0:8080
 /// --principals-file principals.toml`).
@@ -51,14 +56,30 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     let secret = state.join("minisign.key");
     let public = state.join("minisign.pub");
     if !secret.exists() {
-        // The minisign crate, not `minisign -G -W`: that CLI writes unencrypted keys with a zero
-        // checksum the service's key reader refuses.
+        // Made 0600 by the integrity module; the service refuses a key others can read.
         fleet::service::SigningKey::generate(&state).context("generating the signing key")?;
     }
     eprintln!(
-        "artifacts are signed with {}; give loaders the public key {}",
+        "artifacts and their provenance are signed with {} (builder id {}); give loaders the \
+         public key {} (--public-key-file), --allowed-builder {} and \
+         --expected-source-repository file://{}",
         secret.display(),
-        public.display()
+        build_service::signing::DEFAULT_LOCAL_BUILDER_ID,
+        public.display(),
+        build_service::signing::DEFAULT_LOCAL_BUILDER_ID,
+        state.join("driver-repo").display()
+    );
+
+    // The service builds tags of a git repository. The sample one follows driver/example-driver:
+    // an edit there becomes a new commit, which the sample versions' tags then name (artifacts
+    // already published stay as they are).
+    let repo = testkit::SampleDriverRepo::refresh(&state.join("driver-repo"), "", SAMPLE_VERSIONS)
+        .context("making the sample driver repository")?;
+    eprintln!(
+        "driver versions {} are tags of {} (at {})",
+        SAMPLE_VERSIONS.join(", "),
+        repo.path().display(),
+        repo.head()?
     );
 
     let mut serve = Command::new("cargo");
@@ -72,8 +93,8 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         serve
             .arg("--state-dir")
             .arg(&state)
-            .arg("--driver-source")
-            .arg(root.join("driver").join("example-driver"))
+            .arg("--driver-repo")
+            .arg(repo.path())
             .arg("--builder-x86-64")
             .arg(&builder)
             .arg("--signing-key")
