@@ -456,6 +456,7 @@ impl Fetcher<'_> {
             identity,
             &sha256,
         )?;
+        verify::check_package_commit(package, &provenance_name, &provenance)?;
         Ok(Checked {
             digest_text,
             signature_text: Some(signature_text),

@@ -135,6 +135,33 @@ pub fn verify_provenance(
     .map_err(|e| LoaderError::provenance(provenance_file, e.field, e.reason))
 }
 
+/// The commit the package's own metadata records (the .deb `Kdriver-Source-Commit` field, the rpm
+/// `VCS` tag) must be the one its provenance names: a package whose metadata disagrees was not made
+/// the way its provenance says. A package recording none is left to the provenance alone.
+pub fn check_package_commit(
+    package: &Path,
+    provenance_file: &str,
+    provenance: &VerifiedProvenance,
+) -> Result<()> {
+    let metadata = driver_package::read_metadata(package).map_err(|e| LoaderError::Package {
+        package: package.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    match metadata.source_commit {
+        Some(recorded) if recorded != provenance.source_commit.as_str() => {
+            Err(LoaderError::provenance(
+                provenance_file,
+                "resolvedDependencies.source.digest",
+                format!(
+                    "names commit {} but the package's metadata records {recorded}",
+                    provenance.source_commit
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The key ids as one comma-separated list.
 pub fn key_list(ids: &[integrity::KeyId]) -> String {
     ids.iter()
@@ -331,6 +358,63 @@ mod tests {
             panic!("a provenance error")
         };
         assert_eq!(field, "subject.digest.sha256");
+    }
+
+    #[test]
+    fn a_package_whose_metadata_names_another_commit_is_refused() {
+        let f = fixture();
+        let write = |commit: Option<&str>, dir: &Path| {
+            let mut spec = driver_package::PackageSpec::for_driver(
+                &driver(),
+                &identity(),
+                [(
+                    "example_driver.ko".to_owned(),
+                    driver_package::FileContent::Bytes(b"module".to_vec()),
+                )],
+            )
+            .expect("spec");
+            spec.source_commit = commit.map(|c| SourceCommit::parse(c).expect("commit"));
+            driver_package::write_package_file(
+                &spec,
+                driver_package::WriteOptions::default_for(spec.format),
+                dir,
+                &f.file_name,
+            )
+            .expect("package")
+        };
+        let policy = ProvenancePolicy {
+            expected_source_repository: REPO.to_owned(),
+            allowed_builders: vec![BUILDER.to_owned()],
+            pinned_commit: None,
+        };
+        let verified = |package: &Path| {
+            let bytes = std::fs::read(package).expect("read");
+            verify_provenance(
+                &build(&bytes, BUILDER).signed_file(&f.key),
+                "p.intoto.jsonl",
+                &f.ring,
+                &policy,
+                &driver(),
+                &identity(),
+                &integrity::sha256_bytes(&bytes),
+            )
+            .expect("verifies")
+        };
+        let same = f.dir.path().join("same");
+        std::fs::create_dir_all(&same).expect("dir");
+        let package = write(Some(COMMIT), &same);
+        check_package_commit(&package, "p.intoto.jsonl", &verified(&package)).expect("agrees");
+
+        let other = f.dir.path().join("other");
+        std::fs::create_dir_all(&other).expect("dir");
+        let package = write(Some(&"f".repeat(40)), &other);
+        let err = check_package_commit(&package, "p.intoto.jsonl", &verified(&package))
+            .expect_err("disagrees");
+        assert_eq!(err.kind(), FailureKind::Provenance);
+        assert!(
+            err.to_string().contains("package's metadata records ffff"),
+            "{err}"
+        );
     }
 
     #[test]

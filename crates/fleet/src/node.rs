@@ -8,7 +8,9 @@
 //! - `FLEET-MODULE present|absent`: whether `/sys/module/<module>` exists afterwards (a console
 //!   without this line says neither: the node died or was killed first);
 //! - `FLEET-DMESG: <line>`: the driver's own kernel-log lines, copied from `dmesg`;
-//! - `FLEET-RESULT loaded|refused|failed`: the verdict in one word.
+//! - `FLEET-RESULT loaded|refused|failed`: the verdict in one word (`refused`: the loader exited 5, 6, 7
+//!   or 10 — the service refused the request, or verification, provenance or compatibility refused
+//!   the package).
 //!
 //! The judge is the kernel: a node counts as loaded only when the driver's own line
 //! (`example_driver: loaded version=... built_for=<release> running=<release>`) is on the console.
@@ -168,7 +170,7 @@ pub fn prepare(
         ))
         .command(format!(
             "if [ \"$rc\" = 0 ] && [ -d /sys/module/{module} ]; then echo \"{RESULT_MARKER} loaded\"; \
-             elif [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ]; then echo \"{RESULT_MARKER} refused\"; \
+             elif [ \"$rc\" = 5 ] || [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ] || [ \"$rc\" = 10 ]; then echo \"{RESULT_MARKER} refused\"; \
              else echo \"{RESULT_MARKER} failed\"; fi"
         ))
         .render();

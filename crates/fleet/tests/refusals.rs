@@ -143,7 +143,12 @@ fn tampered_and_foreign_artifacts_are_refused_before_the_kernel_sees_them() {
         )
         .expect("prepare");
     let outcome = fleet.run_node(&node).expect("boot");
-    assert_refused(&fleet, &outcome, 5, "driver_version: v9.9.9 is not a tag");
+    assert_refused(
+        &fleet,
+        &outcome,
+        5,
+        "(HTTP 422): driver_version: must be a tag of",
+    );
     assert_eq!(
         build_count(&fleet),
         builds_before,
