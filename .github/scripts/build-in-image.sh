@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Builds one driver package inside the per-distribution base image with docker/Dockerfile.build. No
-# key is involved: the next step (sign-and-attest.sh) signs the package and its provenance outside
-# the container, so the signing key never enters an image that ran foreign header packages' scripts
-# and is never in this step's environment.
+# Builds one driver package inside the per-distribution base image with docker/Dockerfile.build. The
+# package signing key is not involved: the next step (sign-and-attest.sh) signs the package and its
+# provenance outside the container, so that key never enters an image that ran foreign header
+# packages' scripts and is never in this step's environment.
+#
+# Optionally the kernel modules are signed for Secure Boot (module.sig_enforce=1): with the
+# MODULE_SIGNING_KEY (unencrypted PEM private key) and MODULE_SIGNING_CERT (its PEM certificate)
+# secrets set, the key is written to a 0600 temporary file and the certificate converted to DER,
+# both removed on exit, checked to belong together, and handed to
+# `docker build` as BuildKit secrets (`--secret id=module_signing_key,src=...`), which
+# Dockerfile.build mounts only for the RUN that runs the builder: never in an image layer, a build
+# argument or the container's environment. Both empty: the modules are built unsigned. One without
+# the other: an error.
 #
 # The base image is pinned by digest: the tag is resolved to its manifest digest in the registry
 # (`docker buildx imagetools inspect`) before the build, and the build runs FROM <image>@<digest>,
@@ -13,7 +22,7 @@
 # the first and the last validated by kernel-id in the validate job; IMAGE is the validate job's
 # ghcr.io/<owner>/<distribution>:<distro version>), SOURCE_COMMIT (the commit checked out as
 # DRIVER_SOURCE, checked against the requested one), GITHUB_REPOSITORY and GITHUB_OUTPUT (set by
-# Actions).
+# Actions), optionally MODULE_SIGNING_KEY and MODULE_SIGNING_CERT (repository secrets).
 #
 # Writes to $GITHUB_OUTPUT, for the signing step's provenance: root_image (the image reference),
 # root_image_sha256 (its manifest digest, hex), started_on and finished_on (RFC 3339, UTC).
@@ -40,6 +49,39 @@ digest="$(jq -er '.digest' <<<"${manifest}")" || fail "${IMAGE}: the registry an
 [[ "${digest}" =~ ^sha256:[0-9a-f]{64}$ ]] || fail "${IMAGE}: unexpected manifest digest '${digest}'"
 echo "base image ${IMAGE}@${digest}"
 
+# The module-signing secrets become files for BuildKit and leave this shell's environment, so no
+# later command (docker included) inherits them.
+secrets=()
+signing_dir=""
+cleanup() {
+    if [[ -n "${signing_dir}" ]]; then
+        rm -rf "${signing_dir}"
+    fi
+}
+trap cleanup EXIT
+if [[ -n "${MODULE_SIGNING_KEY:-}" || -n "${MODULE_SIGNING_CERT:-}" ]]; then
+    [[ -n "${MODULE_SIGNING_KEY:-}" && -n "${MODULE_SIGNING_CERT:-}" ]] ||
+        fail "set both MODULE_SIGNING_KEY and MODULE_SIGNING_CERT (or neither, for unsigned modules)"
+    signing_dir="$(umask 077 && mktemp -d)"
+    key="${signing_dir}/module_signing_key.pem"
+    cert="${signing_dir}/module_signing_cert.der"
+    (umask 077 && printf '%s\n' "${MODULE_SIGNING_KEY}" >"${key}")
+    chmod 600 "${key}"
+    printf '%s\n' "${MODULE_SIGNING_CERT}" | openssl x509 -outform DER -out "${cert}" ||
+        fail "the MODULE_SIGNING_CERT secret is not a PEM certificate"
+    unset MODULE_SIGNING_KEY MODULE_SIGNING_CERT
+    key_public="$(openssl pkey -in "${key}" -pubout -passin pass:)" ||
+        fail "the MODULE_SIGNING_KEY secret is not an unencrypted PEM private key"
+    cert_public="$(openssl x509 -inform DER -in "${cert}" -noout -pubkey)" ||
+        fail "the module-signing certificate cannot be read"
+    [[ "${key_public}" == "${cert_public}" ]] ||
+        fail "MODULE_SIGNING_KEY and MODULE_SIGNING_CERT do not belong together (the certificate is for another key)"
+    echo "modules are signed for $(openssl x509 -inform DER -in "${cert}" -noout -subject)"
+    secrets=(--secret "id=module_signing_key,src=${key}" --secret "id=module_signing_cert,src=${cert}")
+else
+    echo "no MODULE_SIGNING_KEY secret: the modules are built unsigned"
+fi
+
 started_on="$(utc_now)"
 mkdir -p "${OUT_DIR}"
 docker build \
@@ -56,9 +98,11 @@ docker build \
     --build-arg "SOURCE_COMMIT=${SOURCE_COMMIT}" \
     --build-arg "SOURCE_REPOSITORY=https://github.com/${GITHUB_REPOSITORY}" \
     --build-arg "BUILDER=${builder}" \
+    "${secrets[@]}" \
     --output "type=local,dest=${OUT_DIR}" \
     .
 finished_on="$(utc_now)"
+cleanup
 
 [[ -s "${OUT_DIR}/${PACKAGE_FILE_NAME}" ]] || fail "the build produced no ${PACKAGE_FILE_NAME}"
 [[ -s "${OUT_DIR}/build-facts.json" ]] || fail "the build wrote no build-facts.json (needed for the provenance)"

@@ -26,6 +26,7 @@ const VM_SCENARIOS: &[Scenario] = &[
     Scenario::Binary("driver-loader::container_runtime"),
     Scenario::Binary("testkit::boot"),
     Scenario::Binary("testkit::host_root"),
+    Scenario::Binary("testkit::secure_boot"),
     Scenario::Binary("driver-builder::end_to_end"),
 ];
 

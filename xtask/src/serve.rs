@@ -1,9 +1,11 @@
 //! `cargo xtask serve`: the build-service on its embedded default — SQLite file, local artifact
 //! directory, clean-root builder — with no GitHub and no token. It builds the static builder that runs
 //! inside the roots (also the aarch64 one when Debian's cross compiler is installed, so arm64
-//! identities build in emulated arm64 roots), makes a minisign key pair on first use, makes (or
-//! refreshes) the driver's git repository from `driver/example-driver` with the sample driver
-//! versions as tags, then runs the service in the foreground.
+//! identities build in emulated arm64 roots), makes a minisign key pair and a test module-signing
+//! key pair (`module-signing.key`, `module-signing.der`: every module is signed for Secure Boot
+//! nodes) on first use, makes (or refreshes) the driver's git repository from
+//! `driver/example-driver` with the sample driver versions as tags, then runs the service in the
+//! foreground.
 
 use std::path::Path;
 use std::process::Command;
@@ -70,6 +72,19 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
         state.join("driver-repo").display()
     );
 
+    // Modules are signed for nodes that enforce module signatures (Secure Boot): a test key pair
+    // made with openssl like the kernel's certs/x509.genkey, its certificate served at
+    // GET /module-signing-cert.der for enrolment.
+    let module_signing = fleet::service::ModuleSigningKey::existing_or_generate(&state)
+        .context("generating the module-signing key")?;
+    eprintln!(
+        "modules are signed with {} (\"{}\"); nodes with Secure Boot need its certificate {} \
+         enrolled (mokutil --import; also served at GET /module-signing-cert.der)",
+        module_signing.key.display(),
+        fleet::service::ModuleSigningKey::COMMON_NAME,
+        module_signing.cert_der.display()
+    );
+
     // The service builds tags of a git repository. The sample one follows driver/example-driver:
     // an edit there becomes a new commit, which the sample versions' tags then name (artifacts
     // already published stay as they are).
@@ -99,6 +114,10 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
             .arg(&builder)
             .arg("--signing-key")
             .arg(&secret)
+            .arg("--module-signing-key")
+            .arg(&module_signing.key)
+            .arg("--module-signing-cert")
+            .arg(&module_signing.cert_der)
             .args(extra),
         "running build-service",
     )

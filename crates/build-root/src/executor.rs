@@ -22,6 +22,43 @@ pub const OUT_DIR: &str = "/build/out";
 /// The file in a build's output directory naming the base image it ran in (JSON of
 /// [`integrity::RootImage`]), written by the executor after a successful build.
 pub const ROOT_IMAGE_FILE: &str = "root-image.json";
+/// Where the module-signing key is copied inside the root (0600, in a 0700 directory); the builder
+/// reads it into memory and deletes it before the build starts (`--remove-module-sign-key`).
+pub const MODULE_SIGNING_KEY_PATH: &str = "/build/secrets/module-signing.key";
+/// Where the module-signing certificate (DER) is copied inside the root.
+pub const MODULE_SIGNING_CERT_PATH: &str = "/build/module-signing-cert.der";
+
+/// The digest `sign-file` signs modules with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ModuleSignHash {
+    /// SHA-256 (the default; what distribution kernels sign their own modules with).
+    #[default]
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+impl ModuleSignHash {
+    /// The name `driver-builder --module-sign-hash` and `sign-file` take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Sha512 => "sha512",
+        }
+    }
+}
+
+/// Module signing for every build (Secure Boot, `module.sig_enforce=1`): the key and certificate
+/// on this host, copied into each root for the builder's `sign-file` step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSigningInput {
+    /// The PEM private key (mode 0600; the service checks it at startup).
+    pub key: PathBuf,
+    /// The X.509 certificate, DER.
+    pub cert_der: PathBuf,
+    /// The hash to sign with.
+    pub hash: ModuleSignHash,
+}
 
 /// Which revision of the driver source is built: passed to the builder as `--source-commit` and
 /// `--source-repository`, which records it in the package and checks it in the modules.
@@ -68,6 +105,8 @@ pub struct ExecutorConfig {
     pub root_creation_timeout: Duration,
     /// Base images older than this are remade so their toolchain and package lists stay current.
     pub max_root_age: Option<Duration>,
+    /// Signs every built module with this key (see [`ModuleSigningInput`]); `None`: unsigned.
+    pub module_signing: Option<ModuleSigningInput>,
 }
 
 impl ExecutorConfig {
@@ -84,6 +123,7 @@ impl ExecutorConfig {
             build_timeout: Duration::from_secs(30 * 60),
             root_creation_timeout: Duration::from_secs(20 * 60),
             max_root_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            module_signing: None,
         }
     }
 }
@@ -165,6 +205,12 @@ impl LocalExecutor {
 
     /// Builds `job.driver` for `job.identity` at `job.source` with the configured
     /// `driver-builder`, leaving its artifacts in `job.out_dir` and all output in `job.log`.
+    ///
+    /// With [`ExecutorConfig::module_signing`] the key is copied into the root at
+    /// [`MODULE_SIGNING_KEY_PATH`] (0600, in a 0700 directory) and the certificate at
+    /// [`MODULE_SIGNING_CERT_PATH`], and the builder is told to sign every module and to read the
+    /// key into memory and delete its file before the build starts ([`module_signing_argv`]): the
+    /// driver's own build system runs in the same root.
     pub fn build(&self, job: &BuildJob<'_>) -> Result<BuildReport> {
         self.build_cancellable(job, &Cancel::new())
     }
@@ -182,13 +228,18 @@ impl LocalExecutor {
                 arch: job.identity.arch(),
             });
         }
-        self.build_with_argv_cancellable(
+        let mut argv = builder_argv(job.identity, job.driver, job.source);
+        if let Some(signing) = &self.config.module_signing {
+            argv.extend(module_signing_argv(signing.hash));
+        }
+        self.run_in_fresh_root(
             job.identity,
             job.driver_src,
             job.out_dir,
             job.log,
-            &builder_argv(job.identity, job.driver, job.source),
+            &argv,
             cancel,
+            self.config.module_signing.as_ref(),
         )
     }
 
@@ -215,6 +266,20 @@ impl LocalExecutor {
         log: &Path,
         argv: &[String],
         cancel: &Cancel,
+    ) -> Result<BuildReport> {
+        self.run_in_fresh_root(identity, driver_src, out_dir, log, argv, cancel, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_in_fresh_root(
+        &self,
+        identity: &KernelIdentity,
+        driver_src: &Path,
+        out_dir: &Path,
+        log: &Path,
+        argv: &[String],
+        cancel: &Cancel,
+        module_signing: Option<&ModuleSigningInput>,
     ) -> Result<BuildReport> {
         let key = RootKey::for_identity(identity);
         let cancelled = || BuildRootError::Cancelled {
@@ -249,6 +314,18 @@ impl LocalExecutor {
             work.copy_file_in(builder, BUILDER_PATH, 0o755)?;
         }
         work.copy_dir_in(driver_src, SOURCE_DIR)?;
+        if let Some(signing) = module_signing {
+            work.copy_secret_in(&signing.key, MODULE_SIGNING_KEY_PATH)?;
+            work.copy_file_in(&signing.cert_der, MODULE_SIGNING_CERT_PATH, 0o644)?;
+            process::log_line(
+                log,
+                &format!(
+                    "module signing: {} ({}) for the builder, which removes the key once read",
+                    MODULE_SIGNING_KEY_PATH,
+                    signing.hash.as_str()
+                ),
+            )?;
+        }
         let unpack = started
             .elapsed()
             .saturating_sub(base.created_in.unwrap_or_default());
@@ -339,6 +416,25 @@ pub fn builder_argv(
     .collect()
 }
 
+/// The builder's module-signing options for the key and certificate the executor copies into the
+/// root: `--module-sign-key`, `--module-sign-cert`, `--module-sign-hash` and
+/// `--remove-module-sign-key` (the key file is this build's copy: the builder deletes it as soon as
+/// it has read it).
+pub fn module_signing_argv(hash: ModuleSignHash) -> Vec<String> {
+    [
+        "--module-sign-key",
+        MODULE_SIGNING_KEY_PATH,
+        "--module-sign-cert",
+        MODULE_SIGNING_CERT_PATH,
+        "--module-sign-hash",
+        hash.as_str(),
+        "--remove-module-sign-key",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use kernel_id::IdentityInput;
@@ -374,6 +470,22 @@ mod tests {
         assert_eq!(
             argv.last().map(String::as_str),
             Some("https://example.com/drivers/example driver.git")
+        );
+    }
+
+    #[test]
+    fn module_signing_adds_the_key_cert_hash_and_removal() {
+        assert_eq!(
+            module_signing_argv(ModuleSignHash::Sha512).join(" "),
+            "--module-sign-key /build/secrets/module-signing.key \
+             --module-sign-cert /build/module-signing-cert.der --module-sign-hash sha512 \
+             --remove-module-sign-key"
+        );
+        assert_eq!(ModuleSignHash::default().as_str(), "sha256");
+        assert!(
+            ExecutorConfig::new(PathBuf::from("/c"))
+                .module_signing
+                .is_none()
         );
     }
 

@@ -241,6 +241,37 @@ impl WorkRoot {
         self.write_file(path_in_root, &contents, mode)
     }
 
+    /// Copies a secret (the module-signing key) into the root readable by root only: its directory
+    /// is created 0700 and the file 0600 from the start (never wider, not even for a moment), and
+    /// an existing file is never written through.
+    pub fn copy_secret_in(&self, source: &Path, path_in_root: &str) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let target = self.inside(path_in_root)?;
+        if let Some(parent) = target.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(BuildRootError::io(format!("creating {}", parent.display())))?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(
+                BuildRootError::io(format!("setting the mode of {}", parent.display())),
+            )?;
+        }
+        let mut input = File::open(source)
+            .map_err(BuildRootError::io(format!("reading {}", source.display())))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&target)
+            .map_err(BuildRootError::io(format!("creating {}", target.display())))?;
+        std::io::copy(&mut input, &mut file)
+            .and_then(|_| file.flush())
+            .map(drop)
+            .map_err(BuildRootError::io(format!("writing {}", target.display())))
+    }
+
     /// Copies a host directory tree (e.g. the driver source) into the root. Files keep their
     /// permission bits; symlinks are copied as links; anything else is refused.
     pub fn copy_dir_in(&self, source: &Path, path_in_root: &str) -> Result<()> {

@@ -230,6 +230,10 @@ pub const ROUTES: &[RouteInfo] = &[
         method: "GET",
         path: "/openapi.json",
     },
+    RouteInfo {
+        method: "GET",
+        path: crate::module_signing::CERT_ROUTE,
+    },
 ];
 
 /// The routes that need an identified caller, each behind the scope it requires; the caller
@@ -269,6 +273,46 @@ pub fn open_routes(state: Arc<Coordinator>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .with_state(state)
+}
+
+/// `GET /module-signing-cert.der`: the certificate of the key every module is signed with, for
+/// operators to enrol (`mokutil --import`, the UEFI `db`). Anyone may read a certificate: no token,
+/// no rate limit. 404 when the service signs no modules.
+pub fn module_signing_routes(cert: Option<Vec<u8>>) -> Router {
+    let cert = cert.map(Bytes::from);
+    Router::new().route(
+        crate::module_signing::CERT_ROUTE,
+        get(move || {
+            let cert = cert.clone();
+            async move {
+                match cert {
+                    Some(cert) => (
+                        [
+                            (
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static(crate::module_signing::CERT_CONTENT_TYPE),
+                            ),
+                            (
+                                header::CONTENT_DISPOSITION,
+                                HeaderValue::from_static(
+                                    "attachment; filename=\"module-signing-cert.der\"",
+                                ),
+                            ),
+                        ],
+                        cert,
+                    )
+                        .into_response(),
+                    None => ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "this service signs no modules: no module-signing certificate is configured",
+                        None,
+                        "the service must be started with --module-signing-key and --module-signing-cert",
+                    )
+                    .into_response(),
+                }
+            }
+        }),
+    )
 }
 
 async fn build(

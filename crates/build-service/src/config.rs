@@ -13,6 +13,7 @@ use kernel_id::{Arch, DriverName, ReleaseLayout};
 use crate::access::{AccessConfig, Principals};
 use crate::backend::Backend;
 use crate::local::BuildExecutor;
+use crate::module_signing::ModuleSigning;
 use crate::signing::ServiceSigner;
 use crate::source::SourceSettings;
 use crate::store::InFlightCaps;
@@ -82,6 +83,9 @@ pub struct ServiceConfig {
     pub backend: BackendConfig,
     /// Routes served beside the API for a custom backend (e.g. a wrapped local backend's downloads).
     pub extra_routes: Option<axum::Router>,
+    /// The certificate (DER) of the key modules are signed with, served at
+    /// `GET /module-signing-cert.der` for operators to enrol; `None`: 404.
+    pub module_signing_cert: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ServiceConfig {
@@ -100,6 +104,7 @@ impl std::fmt::Debug for ServiceConfig {
             .field("max_requests_per_client", &self.max_requests_per_client)
             .field("retention", &self.retention)
             .field("source", &self.source)
+            .field("module_signing_cert", &self.module_signing_cert.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +152,7 @@ impl ServiceConfig {
             retention: DEFAULT_RETENTION,
             backend,
             extra_routes: None,
+            module_signing_cert: None,
         }
     }
 }
@@ -257,6 +263,24 @@ pub enum Command {
         #[arg(long)]
         signing_key_password_file: Option<PathBuf>,
     },
+}
+
+/// `--module-signing-hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModuleSigningHash {
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+impl From<ModuleSigningHash> for build_root::executor::ModuleSignHash {
+    fn from(hash: ModuleSigningHash) -> Self {
+        match hash {
+            ModuleSigningHash::Sha256 => Self::Sha256,
+            ModuleSigningHash::Sha512 => Self::Sha512,
+        }
+    }
 }
 
 /// Which backend builds and stores artifacts.
@@ -376,6 +400,31 @@ pub struct ServeArgs {
     /// new-signing-key` makes one). It signs every published package and its build provenance.
     #[arg(long, env = "BUILD_SERVICE_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// Local backend: PEM private key every built module is signed with by the kernel's sign-file,
+    /// for kernels that enforce module signatures (Secure Boot, module.sig_enforce=1). Mode 0600,
+    /// unencrypted; needs --module-signing-cert.
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_MODULE_SIGNING_KEY",
+        requires = "module_signing_cert"
+    )]
+    pub module_signing_key: Option<PathBuf>,
+    /// Local backend: the module-signing key's X.509 certificate (PEM or DER); served at
+    /// GET /module-signing-cert.der for enrolment (mokutil --import, UEFI db).
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_MODULE_SIGNING_CERT",
+        requires = "module_signing_key"
+    )]
+    pub module_signing_cert: Option<PathBuf>,
+    /// Local backend: the hash modules are signed with (the kernel must have it built in).
+    #[arg(
+        long,
+        env = "BUILD_SERVICE_MODULE_SIGNING_HASH",
+        value_enum,
+        default_value = "sha256"
+    )]
+    pub module_signing_hash: ModuleSigningHash,
     /// Local backend: the builder id written into provenance (`runDetails.builder.id`); loaders
     /// list it in `--allowed-builder`.
     #[arg(long, env = "BUILD_SERVICE_BUILDER_ID", default_value = crate::signing::DEFAULT_LOCAL_BUILDER_ID)]
@@ -540,6 +589,28 @@ impl ServeArgs {
                 self.state_dir.join("builds.db").display()
             )
         });
+        let module_signing = match (&self.module_signing_key, &self.module_signing_cert) {
+            (Some(key), Some(cert)) => {
+                if self.backend != BackendKind::Local {
+                    anyhow::bail!(
+                        "--module-signing-key/--module-signing-cert are for the local backend: on \
+                         GitHub the workflow signs modules with the MODULE_SIGNING_KEY and \
+                         MODULE_SIGNING_CERT secrets"
+                    );
+                }
+                let signing = ModuleSigning::load(key, cert, self.module_signing_hash.into())
+                    .context("checking the module-signing key and certificate")?;
+                tracing::info!(
+                    key = %key.display(),
+                    subject = %signing.subject(),
+                    hash = signing.hash().as_str(),
+                    "every module is signed for Secure Boot; the certificate is served at {}",
+                    crate::module_signing::CERT_ROUTE
+                );
+                Some(signing)
+            }
+            _ => None,
+        };
         let backend = match self.backend {
             BackendKind::Local => {
                 let signer = match &self.signing_key {
@@ -574,6 +645,13 @@ impl ServeArgs {
                 }
                 executor_config.builder_binaries = builders;
                 executor_config.build_timeout = self.build_timeout;
+                if let Some(signing) = &module_signing {
+                    executor_config.module_signing = Some(
+                        signing
+                            .executor_input(&self.state_dir.join(crate::module_signing::CERT_FILE))
+                            .context("writing the module-signing certificate for the builds")?,
+                    );
+                }
                 BackendConfig::Local(Box::new(LocalConfig {
                     artifact_dir: self
                         .artifact_dir
@@ -599,6 +677,8 @@ impl ServeArgs {
             }
         };
         let mut config = ServiceConfig::new(database_url, driver, backend);
+        config.module_signing_cert =
+            module_signing.map(|signing| signing.certificate_der().to_vec());
         config.layout = layout;
         config.public_url = self.public_url.clone();
         config.poll_interval = self.poll_interval;
@@ -683,6 +763,130 @@ mod tests {
         assert_eq!(local.driver_subdir, PathBuf::from("driver/example-driver"));
         assert_eq!(local.source_mirror, state.path().join("driver-source.git"));
         assert_eq!(config.source, SourceSettings::default());
+    }
+
+    /// A module-signing key pair made with openssl in `dir` (`<name>.key` with `mode`, `<name>.pem`).
+    fn module_key_pair(dir: &std::path::Path, name: &str, mode: u32) -> (String, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.join(format!("{name}.key"));
+        let cert = dir.join(format!("{name}.pem"));
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", &format!("/CN={name}/")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        (
+            key.to_str().expect("utf-8").to_owned(),
+            cert.to_str().expect("utf-8").to_owned(),
+        )
+    }
+
+    #[test]
+    fn module_signing_needs_a_private_key_of_its_certificate_that_only_its_owner_reads() {
+        use clap::Parser;
+        let state = tempfile::tempdir().expect("dir");
+        let keys = tempfile::tempdir().expect("dir");
+        let state_arg = state.path().to_str().expect("utf-8").to_owned();
+        let args = |extra: &[&str]| {
+            let mut args = vec![
+                "build-service",
+                "serve",
+                "--state-dir",
+                &state_arg,
+                "--driver-repo",
+                "https://git.example/driver.git",
+            ];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| {
+                let Command::Serve(serve) = cli.command else {
+                    panic!("serve");
+                };
+                serve
+            })
+        };
+        let (key, cert) = module_key_pair(keys.path(), "one", 0o600);
+        let (exposed, exposed_cert) = module_key_pair(keys.path(), "exposed", 0o644);
+        let (_, other_cert) = module_key_pair(keys.path(), "two", 0o600);
+
+        // Both or neither.
+        assert!(args(&["--module-signing-key", &key]).is_err());
+        assert!(args(&["--module-signing-cert", &cert]).is_err());
+        let unsigned = args(&[])
+            .expect("parses")
+            .into_config()
+            .expect("configured");
+        assert!(unsigned.module_signing_cert.is_none());
+
+        let refused = args(&[
+            "--module-signing-key",
+            &exposed,
+            "--module-signing-cert",
+            &exposed_cert,
+        ])
+        .expect("parses")
+        .into_config()
+        .expect_err("a key others can read");
+        let message = format!("{refused:#}");
+        assert!(
+            message.contains("must not be readable by group or others (mode 0644)")
+                && message.contains(&format!("chmod 600 {exposed}")),
+            "{message}"
+        );
+
+        let mismatch = args(&[
+            "--module-signing-key",
+            &key,
+            "--module-signing-cert",
+            &other_cert,
+        ])
+        .expect("parses")
+        .into_config()
+        .expect_err("the certificate of another key");
+        assert!(
+            format!("{mismatch:#}").contains("do not belong together"),
+            "{mismatch:#}"
+        );
+
+        let config = args(&[
+            "--module-signing-key",
+            &key,
+            "--module-signing-cert",
+            &cert,
+            "--module-signing-hash",
+            "sha512",
+        ])
+        .expect("parses")
+        .into_config()
+        .expect("configured");
+        let der = std::fs::read(state.path().join(crate::module_signing::CERT_FILE))
+            .expect("the certificate's DER is written for the builds");
+        assert_eq!(config.module_signing_cert.as_deref(), Some(der.as_slice()));
+        assert_eq!(der[0], 0x30);
+
+        let github = args(&[
+            "--backend",
+            "github",
+            "--module-signing-key",
+            &key,
+            "--module-signing-cert",
+            &cert,
+        ])
+        .expect("parses")
+        .into_config()
+        .expect_err("the workflow signs on GitHub");
+        assert!(
+            format!("{github:#}").contains("MODULE_SIGNING_KEY"),
+            "{github:#}"
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! - [`backend`]: the seam to GitHub ([`github`]) or the embedded [`local`] backend;
 //! - [`source`]: the driver's git repository, whose tags are the driver versions; each version is
 //!   resolved to a commit before any reservation, and the build is made from exactly that commit;
-//! - [`access`]: bearer tokens and per-caller rate limits; [`telemetry`]: metrics and logs.
+//! - [`access`]: bearer tokens and per-caller rate limits; [`telemetry`]: metrics and logs;
+//! - [`module_signing`]: the key and certificate every module is signed with (Secure Boot), checked
+//!   at startup; the certificate is served at `GET /module-signing-cert.der`.
 
 pub mod access;
 pub mod api;
@@ -25,6 +27,7 @@ pub mod coordinator;
 pub mod github;
 pub mod health;
 pub mod local;
+pub mod module_signing;
 pub mod retry;
 pub mod signing;
 pub mod single_flight;
@@ -169,6 +172,7 @@ impl Prepared {
             Arc::clone(&coordinator),
             Arc::clone(&access),
             backend_routes,
+            config.module_signing_cert,
         );
         tracing::info!(%address, backend = backend.name(), replica = %owner, "build-service ready");
         Ok(Self {
@@ -244,13 +248,16 @@ fn router(
     state: Arc<Coordinator>,
     access: Arc<access::AccessPolicy>,
     backend_routes: Option<Router>,
+    module_signing_cert: Option<Vec<u8>>,
 ) -> Router {
     // Authentication wraps the scope checks, and the rate limit runs inside authentication: only
     // a known caller (or an allowed anonymous one, by address) gets a bucket.
     let limited = api::limited_routes(Arc::clone(&state)).route_layer(
         axum::middleware::from_fn_with_state(access, access::authenticate),
     );
-    let mut router = limited.merge(api::open_routes(state));
+    let mut router = limited
+        .merge(api::open_routes(state))
+        .merge(api::module_signing_routes(module_signing_cert));
     if let Some(backend_routes) = backend_routes {
         router = router.merge(backend_routes);
     }

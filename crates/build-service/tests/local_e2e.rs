@@ -6,8 +6,13 @@
 //! is downloaded from the releases path and checked with dpkg-deb (the commit in its control file),
 //! its digest, its signature (the minisign CLI) and its provenance (securesystemslib and the in-toto
 //! attestation framework, `crates/integrity/tests/check_provenance.py`): the header packages it
-//! names are, by digest, exactly the real Debian packages the root installed -> a second request is
-//! answered `done` from the store without another build.
+//! names are, by digest, exactly the real Debian packages the root installed -> the module in it
+//! is signed for Secure Boot by the kernel's own sign-file with the service's module-signing key:
+//! the key was removed from the root before the build ran and a process the driver's build left
+//! running was killed before the key was written for sign-file; the signature, split off the way
+//! the kernel reads it, verifies with the certificate the service
+//! publishes at `GET /module-signing-cert.der` (openssl cms) and with no other certificate -> a
+//! second request is answered `done` from the store without another build.
 //!
 //! Needs root, mmdebstrap, network access to deb.debian.org and the x86_64 musl target; base images
 //! and packages are cached under `testkit::cache_dir()/build-root` (shared with build-root's tests).
@@ -15,6 +20,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,9 +45,22 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
     executor_config.work_dir = cache_dir.join("work-build-service");
     executor_config.builder_binaries = BTreeMap::from([(Arch::X86_64, builder)]);
     executor_config.build_timeout = Duration::from_secs(20 * 60);
+    let state = tempfile::tempdir().unwrap();
+    // The module-signing key pair, as the kernel's certs/x509.genkey makes one.
+    let (module_key, module_cert) = module_key_pair(state.path(), "module", None);
+    let module_signing = build_service::module_signing::ModuleSigning::load(
+        &module_key,
+        &module_cert,
+        build_root::executor::ModuleSignHash::Sha256,
+    )
+    .unwrap();
+    executor_config.module_signing = Some(
+        module_signing
+            .executor_input(&state.path().join(build_service::module_signing::CERT_FILE))
+            .unwrap(),
+    );
     let executor = Arc::new(build_root::executor::LocalExecutor::new(executor_config));
 
-    let state = tempfile::tempdir().unwrap();
     let secret_key = state.path().join("signing.key");
     let public_key = state.path().join("signing.pub");
     let key = integrity::SecretKey::generate(&secret_key, &public_key).unwrap();
@@ -51,7 +71,18 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
         "driver/example-driver",
     )
     .unwrap();
-    let commit = repo.head().unwrap();
+    // A driver build system that leaves a process running (a Kbuild `$(shell)` that backgrounds a
+    // sleep), which could watch for the module-signing key: the builder, init of the root's PID
+    // namespace, kills it before the key is written for sign-file.
+    let kbuild = std::fs::read_to_string(repo.driver_dir().join("Kbuild")).unwrap();
+    let commit = repo
+        .commit_file(
+            "Kbuild",
+            format!("{kbuild}\n# Left running on purpose (tests/local_e2e.rs).\n$(shell (sleep 600 >/dev/null 2>&1 &))\n")
+                .as_bytes(),
+            "leave a process running",
+        )
+        .unwrap();
     repo.tag("v0.1.2", &commit).unwrap();
     let driver = DriverName::parse("example-driver").unwrap();
     let mut config = ServiceConfig::new(
@@ -73,6 +104,7 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
     );
     config.build_timeout = Duration::from_secs(30 * 60);
     config.poll_interval = Some(Duration::from_millis(500));
+    config.module_signing_cert = Some(module_signing.certificate_der().to_vec());
     let service = RunningService::start(config).await.unwrap();
     let base = service.url();
     let client = reqwest::Client::builder()
@@ -325,6 +357,108 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
         "{compiler}"
     );
 
+    // The module is signed with the module-signing key, and the certificate the service publishes
+    // is the one that verifies it.
+    let published = client
+        .get(format!("{base}/module-signing-cert.der"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status().as_u16(), 200);
+    assert_eq!(
+        published.headers()["content-type"].to_str().unwrap(),
+        "application/pkix-cert"
+    );
+    let published = published.bytes().await.unwrap();
+    let published_der = state.path().join("published-cert.der");
+    std::fs::write(&published_der, &published).unwrap();
+    let published_pem = state.path().join("published-cert.pem");
+    openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        published_der.to_str().unwrap(),
+        "-out",
+        published_pem.to_str().unwrap(),
+    ]);
+    let extracted = state.path().join("extracted");
+    assert!(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&downloaded)
+            .arg(&extracted)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let module = find_module(&extracted);
+    let module_bytes = std::fs::read(&module).unwrap();
+    let (content, signature) = split_module_signature(&module_bytes);
+    let content_path = state.path().join("module-without-signature");
+    let signature_path = state.path().join("signature.p7");
+    std::fs::write(&content_path, content).unwrap();
+    std::fs::write(&signature_path, signature).unwrap();
+    let printed = openssl(&[
+        "cms",
+        "-cmsout",
+        "-print",
+        "-inform",
+        "DER",
+        "-in",
+        signature_path.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains("d.subjectKeyIdentifier"),
+        "sign-file -k names the signer by its subject key identifier:\n{printed}"
+    );
+    assert!(
+        log.contains("sign-file -k"),
+        "the build log says how the signer is named:\n{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+    assert!(
+        log.contains("read the module-signing key into memory and removed its file")
+            && log.contains("the build left processes running; killing them"),
+        "the key left the disk before the build, and nothing of the build outlived it:\n{log}"
+    );
+    let verify = |cert_pem: &Path| {
+        Command::new("openssl")
+            .args(["cms", "-verify", "-binary", "-inform", "DER", "-in"])
+            .arg(&signature_path)
+            .arg("-content")
+            .arg(&content_path)
+            .arg("-certfile")
+            .arg(cert_pem)
+            .args(["-nointern", "-noverify", "-out", "/dev/null"])
+            .output()
+            .unwrap()
+    };
+    let verified = verify(&published_pem);
+    assert!(
+        verified.status.success(),
+        "openssl refuses the module's signature with the published certificate: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    // Another key's certificate, even one claiming the same subject key identifier, does not.
+    let skid = openssl(&[
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectKeyIdentifier",
+        "-in",
+        published_pem.to_str().unwrap(),
+    ]);
+    let skid = skid.lines().nth(1).unwrap().trim().to_owned();
+    for (name, claimed) in [("other", None), ("impostor", Some(skid.as_str()))] {
+        let (_, other_cert) = module_key_pair(state.path(), name, claimed);
+        let refused = verify(&other_cert);
+        assert!(
+            !refused.status.success(),
+            "{name}'s certificate verifies a signature it did not make"
+        );
+    }
+
     // The second request is answered from the store.
     let again = client
         .post(format!("{base}/build"))
@@ -344,4 +478,85 @@ async fn a_real_kernel_is_built_in_a_clean_root_published_and_then_served_from_t
         "exactly one build"
     );
     service.stop().await.unwrap();
+}
+
+/// A module-signing key pair made with openssl the way the kernel's `certs/x509.genkey` asks for
+/// one: `<dir>/<name>.key` (PEM, 0600) and `<dir>/<name>.pem`; with `skid`, the certificate claims
+/// that subject key identifier instead of its own.
+fn module_key_pair(dir: &Path, name: &str, skid: Option<&str>) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
+    let config = dir.join(format!("{name}.genkey"));
+    std::fs::write(
+        &config,
+        format!(
+            "[ req ]\ndefault_bits = 2048\ndistinguished_name = dn\nprompt = no\n\
+             x509_extensions = exts\n[ dn ]\nCN = kdriver module signing ({name})\n[ exts ]\n\
+             basicConstraints=critical,CA:FALSE\nkeyUsage=digitalSignature\n\
+             subjectKeyIdentifier={}\nauthorityKeyIdentifier=keyid\n",
+            skid.unwrap_or("hash")
+        ),
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-utf8",
+        "-sha256",
+        "-days",
+        "36500",
+        "-batch",
+        "-x509",
+        "-config",
+        config.to_str().unwrap(),
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, cert)
+}
+
+fn openssl(args: &[&str]) -> String {
+    let output = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The one `.ko` under `dir`.
+fn find_module(dir: &Path) -> PathBuf {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "ko") {
+                found.push(path);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+/// A signed module split the way the kernel reads it (`mod_verify_sig`): the trailer
+/// `~Module signature appended~\n`, before it the 12-byte `struct module_signature` whose last 4
+/// bytes are the signature's length (big-endian), before that the PKCS#7 signature (DER), and
+/// before that the module as it was signed.
+fn split_module_signature(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let rest = bytes
+        .strip_suffix(b"~Module signature appended~\n".as_slice())
+        .expect("the module carries a signature");
+    let (rest, info) = rest.split_at(rest.len() - 12);
+    assert_eq!(info[2], 2, "id_type: PKEY_ID_PKCS7");
+    let length = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    rest.split_at(rest.len() - length)
 }

@@ -636,6 +636,67 @@ async fn the_service_answers_as_documented() {
     let code = response.status().as_u16();
     let health: Value = response.json().await.unwrap();
     assert_documented(&document, "/healthz", "get", code, &health);
+
+    // No module-signing certificate configured: a documented 404.
+    let response = client
+        .get(format!("{base}/module-signing-cert.der"))
+        .send()
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    assert_eq!(code, 404);
+    let missing: Value = response.json().await.unwrap();
+    assert_documented(&document, "/module-signing-cert.der", "get", code, &missing);
+    service.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_module_signing_certificate_is_served_to_anyone_as_documented() {
+    use build_service::access::{AccessConfig, Principals};
+    let document = document();
+    let operation = &document["paths"]["/module-signing-cert.der"]["get"];
+    assert!(
+        operation["responses"]["200"]["content"]["application/pkix-cert"].is_object(),
+        "{operation}"
+    );
+    assert!(operation.get("security").is_none(), "no token is needed");
+    let env = Env::new(TestExecutor::new(Mode::Succeed));
+    let cert = b"0\x82\x01\x0a not really DER, but the bytes the service was given".to_vec();
+    let served = cert.clone();
+    // Principals configured: the certificate still needs no token.
+    let service = env
+        .start_with(&env.sqlite_url(), move |config| {
+            config.module_signing_cert = Some(served);
+            config.access = AccessConfig {
+                principals: Some(
+                    Principals::parse(&format!(
+                        "[[principal]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nscopes = [\"admin\"]\n",
+                        build_service::access::token_digest_hex("ops-token-0123456789abcdef")
+                    ))
+                    .unwrap(),
+                ),
+                ..AccessConfig::default()
+            };
+        })
+        .await;
+    let client = client();
+    let response = client
+        .get(format!("{}/module-signing-cert.der", service.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/pkix-cert"
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), cert.as_slice());
+    let head = client
+        .head(format!("{}/module-signing-cert.der", service.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
     service.stop().await.unwrap();
 }
 

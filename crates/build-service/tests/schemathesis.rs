@@ -42,6 +42,26 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     let repo =
         testkit::SampleDriverRepo::create_tagged(&dir.path().join("driver-repo"), &["v0.1.2"])
             .unwrap();
+    // Modules are signed, so GET /module-signing-cert.der serves a certificate.
+    let module_key = dir.path().join("module-signing.key");
+    let module_cert = dir.path().join("module-signing.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=schemathesis module signing/"])
+        .arg("-keyout")
+        .arg(&module_key)
+        .arg("-out")
+        .arg(&module_cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    std::fs::set_permissions(
+        &module_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     // No driver-builder is configured: a body that passes validation ends as a failed build at once
     // instead of spending minutes in a build root.
     let mut service = Command::new(binary)
@@ -53,6 +73,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         .arg(repo.path())
         .arg("--principals-file")
         .arg(&principals)
+        .arg("--module-signing-key")
+        .arg(&module_key)
+        .arg("--module-signing-cert")
+        .arg(&module_cert)
         .args(["--max-wait", "2s"])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -112,7 +136,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     );
     // A run that tested nothing would also exit 0: every operation must have been reached, with
     // hundreds of cases ("Test cases:\n  5448 generated, ...").
-    assert!(report.contains("Tested: 7"), "{report}");
+    assert!(report.contains("Tested: 8"), "{report}");
     let generated: u64 = report
         .lines()
         .find(|line| line.contains(" generated, "))

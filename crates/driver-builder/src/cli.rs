@@ -5,7 +5,8 @@
 //!                         --driver-name N --driver-version DV --source DIR --out DIR
 //!                         --source-commit COMMIT --source-repository URI
 //!                         [--header-url URL]... [--snapshot-base URL]... [--koji-profile P]...
-//!                         [--module-sign-key PEM --module-sign-cert DER]
+//!                         [--module-sign-key PEM --module-sign-cert DER
+//!                          [--module-sign-hash sha256|sha512] [--remove-module-sign-key]]
 //!                         [--minisign-key FILE [--minisign-password-env VAR]] [--jobs N]
 //!                         [--summary FILE]
 //! driver-builder validate <the same identity flags>      # prints the normalized identity as JSON
@@ -32,6 +33,12 @@
 //! writes the package's signature (keeping a digest file the build already wrote when it agrees),
 //! `attest` its build provenance (`<package>.intoto.jsonl`, see `docs/provenance.md`) and prints
 //! the path it wrote. Neither replaces a file that is already there.
+//!
+//! The module-signing key (`--module-sign-key`, PEM, refused when readable by group or others like
+//! every secret key) is read into memory before anything else runs; with
+//! `--remove-module-sign-key` (the executor's per-build copy) its file is deleted at once. It is
+//! written back to disk only for `sign-file`, after compilation (see `compile`'s module-signing
+//! section).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,9 +52,10 @@ use serde::Serialize;
 
 use crate::artifact::sign_existing_package;
 use crate::attest::{Attestation, format_time, parse_root_digest, parse_time, write_provenance};
+use crate::compile::{ModuleSignHash, ModuleSigningKey};
 use crate::headers::{HeaderOptions, KojiProfile};
 use crate::http::UreqHttp;
-use crate::pipeline::{BuildRequest, ModuleSigning, SourceRevision, build};
+use crate::pipeline::{BuildRequest, SourceRevision, build};
 use crate::system::System;
 
 #[derive(Debug, Parser)]
@@ -124,12 +132,20 @@ pub struct BuildArgs {
     /// Koji profile (repeatable): fedora, cbs, stream, or name=<hub url>,<topurl>.
     #[arg(long = "koji-profile")]
     pub koji_profiles: Vec<String>,
-    /// PEM key for the kernel's sign-file.
+    /// PEM private key for the kernel's sign-file (mode 0600); read into memory before the build
+    /// starts.
     #[arg(long, requires = "module_sign_cert")]
     pub module_sign_key: Option<PathBuf>,
-    /// DER certificate for the kernel's sign-file.
+    /// X.509 certificate of the module-signing key for the kernel's sign-file (DER, or PEM).
     #[arg(long, requires = "module_sign_key")]
     pub module_sign_cert: Option<PathBuf>,
+    /// The hash sign-file signs with: sha256 (default) or sha512.
+    #[arg(long, requires = "module_sign_key", value_parser = ["sha256", "sha512"])]
+    pub module_sign_hash: Option<String>,
+    /// The module-signing key file is a copy made for this build: delete it as soon as it is read,
+    /// before the driver's build runs.
+    #[arg(long, requires = "module_sign_key")]
+    pub remove_module_sign_key: bool,
     /// minisign secret key for the package signature.
     #[arg(long)]
     pub minisign_key: Option<PathBuf>,
@@ -406,6 +422,25 @@ fn available_jobs() -> usize {
 
 /// Turns validated arguments into a build request.
 pub fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
+    // First of all: a per-build copy of the module-signing key leaves the disk before anything
+    // else can run.
+    let module_signing = match (&args.module_sign_key, &args.module_sign_cert) {
+        (Some(key), Some(cert)) => {
+            let hash = match args.module_sign_hash.as_deref() {
+                None => ModuleSignHash::default(),
+                Some(name) => ModuleSignHash::parse(name).ok_or_else(|| {
+                    InvalidInput(format!(
+                        "--module-sign-hash: '{name}' is not sha256 or sha512"
+                    ))
+                })?,
+            };
+            Some(
+                ModuleSigningKey::load(key, cert, hash, args.remove_module_sign_key)
+                    .context("loading the module-signing key")?,
+            )
+        }
+        _ => None,
+    };
     let (identity, driver) = args.identity.parse()?;
     let commit = SourceCommit::parse(&args.source_commit)?;
     check_repository(&args.source_repository)?;
@@ -420,13 +455,6 @@ pub fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
         .iter()
         .map(|spec| KojiProfile::parse(spec).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let module_signing = match (&args.module_sign_key, &args.module_sign_cert) {
-        (Some(key), Some(cert)) => Some(ModuleSigning {
-            key: key.clone(),
-            cert: cert.clone(),
-        }),
-        _ => None,
-    };
     let minisign_key = match &args.minisign_key {
         Some(path) => Some(load_secret_key(
             path,
@@ -707,6 +735,50 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn module_signing_options_go_together() {
+        let base = [
+            "build",
+            "--kernel-release",
+            "6.1.0-47-amd64",
+            "--arch",
+            "x86_64",
+            "--distribution",
+            "debian",
+            "--driver-name",
+            "example-driver",
+            "--driver-version",
+            "v0.1.2",
+            "--source",
+            "s",
+            "--out",
+            "o",
+            "--source-commit",
+            COMMIT,
+            "--source-repository",
+            "https://example.com/driver.git",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let signing = ["--module-sign-key", "k.pem", "--module-sign-cert", "c.der"];
+        assert!(with(&signing).is_ok());
+        assert!(with(&[&signing[..], &["--module-sign-hash", "sha512"]].concat()).is_ok());
+        assert!(with(&[&signing[..], &["--remove-module-sign-key"]].concat()).is_ok());
+        // Only the hashes sign-file and the kernel both know; nothing without a key.
+        assert!(with(&[&signing[..], &["--module-sign-hash", "sha1"]].concat()).is_err());
+        assert!(with(&["--module-sign-hash", "sha256"]).is_err());
+        assert!(with(&["--remove-module-sign-key"]).is_err());
+        // A key that is not there fails the build before anything runs, naming the file.
+        let Command::Build(args) = with(&signing).expect("parses").command else {
+            panic!("build expected")
+        };
+        let error = build_request(&args).expect_err("no key file");
+        assert!(format!("{error:#}").contains("k.pem"), "{error:#}");
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub enum CompileError {
     },
     #[error("signing {module}: {detail}")]
     Sign { module: String, detail: String },
+    #[error("module signing: {0}")]
+    Signing(String),
 }
 
 /// The make variable that carries the driver version for this driver, e.g.
@@ -358,54 +360,343 @@ fn check_scmversion(
     }
 }
 
-/// What module signatures end with (`MODULE_SIG_STRING` in the kernel).
-const MODULE_SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
+// ---- Module signing (Secure Boot, `module.sig_enforce=1`) ----------------------------------------
+//
+// The module-signing key is the one secret that enters a build root, and the driver's own build
+// system runs in that same root (as root): its Makefile, Kbuild and anything they start can read
+// every file there. So the key spends as little time on disk as possible:
+//
+// 1. The caller (build-root's executor) copies the key into the root at a path only root can read
+//    (0600 in a 0700 directory) and passes `--remove-module-sign-key`: the builder reads the key
+//    into memory ([`ModuleSigningKey::load`]) and deletes the file before anything else happens —
+//    before the header packages' maintainer scripts run, long before the driver's `make`.
+// 2. After compilation, [`sign_modules`] first kills whatever the driver's build left running
+//    when the builder is the init of its PID namespace (the executor's roots: `unshare --pid
+//    --fork` then `exec chroot`), then writes the key to a fresh 0600 file in a fresh 0700
+//    directory, runs the headers' `scripts/sign-file` on each module, and deletes the key again
+//    at once (on every path: a guard removes it on error too).
+//
+// What remains: when the builder is not PID 1 (run by hand, or under a shell as PID 1), a process
+// the driver's make left running could still watch for the key file during the seconds
+// `sign-file` runs; and a key given without `--remove-module-sign-key` (e.g. a read-only BuildKit
+// secret mount on GitHub) stays readable for the whole build, which the builder says in its log.
+// None of this is a sandbox: the driver's build runs as root, so the driver source must be one the
+// signer trusts (it is: a tag of the service's own driver repository).
+//
+// sign-file is asked to name the signer by its subject key identifier (`-k`, "use the
+// subjectKeyIdentifier instead of issuer and serial number", in sign-file.c since Linux 4.6) when
+// the headers' sign-file knows the option and the certificate has the extension; otherwise the
+// signature names issuer and serial number, and the log says so.
 
-/// Signs each module in place with the headers' `scripts/sign-file sha256 <key> <cert>`, as
-/// Secure Boot kernels with module signature enforcement require.
+/// What module signatures end with (`MODULE_SIG_STRING` in the kernel).
+pub const MODULE_SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// The digest `sign-file` signs modules with (its first argument). The kernel that verifies the
+/// signatures must have it built in (Debian's kernels verify both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModuleSignHash {
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+impl ModuleSignHash {
+    /// Every hash the builder signs with.
+    pub const ALL: [ModuleSignHash; 2] = [ModuleSignHash::Sha256, ModuleSignHash::Sha512];
+
+    /// The name sign-file takes (and `modinfo` reports as `sig_hashalgo`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleSignHash::Sha256 => "sha256",
+            ModuleSignHash::Sha512 => "sha512",
+        }
+    }
+
+    /// The hash named `name` (`sha256`, `sha512`).
+    pub fn parse(name: &str) -> Option<ModuleSignHash> {
+        ModuleSignHash::ALL
+            .into_iter()
+            .find(|hash| hash.as_str() == name)
+    }
+}
+
+/// Why the module-signing key or certificate cannot be used.
+#[derive(Debug, Error)]
+pub enum ModuleKeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: a module-signing key must not be readable by group or others (mode {mode:04o}); \
+         run `chmod 600 {path}`"
+    )]
+    Exposed { path: String, mode: u32 },
+    #[error(
+        "{path}: read, but could not be removed ({source}); refusing to build with the key on disk"
+    )]
+    NotRemoved {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Format { path: String, reason: String },
+}
+
+/// Secret bytes, overwritten with zeros when dropped.
+struct SecretBytes(Vec<u8>);
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        self.0.fill(0);
+        std::hint::black_box(&self.0);
+    }
+}
+
+/// The module-signing key, held in memory from before the build starts until the build ends, with
+/// its certificate (DER) and the hash to sign with. `Debug` never shows the key.
+pub struct ModuleSigningKey {
+    key_pem: SecretBytes,
+    cert_der: Vec<u8>,
+    hash: ModuleSignHash,
+    origin: String,
+}
+
+impl std::fmt::Debug for ModuleSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleSigningKey")
+            .field("origin", &self.origin)
+            .field("hash", &self.hash)
+            .field("certificate_bytes", &self.cert_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModuleSigningKey {
+    /// Reads the PEM private key at `key` into memory (refused when readable by group or others,
+    /// the rule for every secret key of this project) and the certificate at `cert` (DER, or PEM,
+    /// which is decoded). With `remove_key_file` the key file is deleted right after it is read:
+    /// it is a copy made for this one build (see the module documentation); a key that cannot be
+    /// removed then fails the build rather than stay where the driver's build can read it.
+    pub fn load(
+        key: &Path,
+        cert: &Path,
+        hash: ModuleSignHash,
+        remove_key_file: bool,
+    ) -> Result<ModuleSigningKey, ModuleKeyError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ModuleKeyError::Io { path, source }
+        };
+        let mode = std::fs::metadata(key)
+            .map_err(io(key))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(ModuleKeyError::Exposed {
+                path: key.display().to_string(),
+                mode: mode & 0o7777,
+            });
+        }
+        let mut key_pem = SecretBytes(std::fs::read(key).map_err(io(key))?);
+        if remove_key_file {
+            std::fs::remove_file(key).map_err(|source| ModuleKeyError::NotRemoved {
+                path: key.display().to_string(),
+                source,
+            })?;
+            tracing::info!(key = %key.display(), "read the module-signing key into memory and removed its file");
+        } else {
+            tracing::warn!(
+                key = %key.display(),
+                "the module-signing key file stays in place while the driver's build runs, which can \
+                 read it (--remove-module-sign-key removes a per-build copy once it is read)"
+            );
+        }
+        let cert_bytes = std::fs::read(cert).map_err(io(cert))?;
+        ModuleSigningKey::from_parts(
+            std::mem::take(&mut key_pem.0),
+            &cert_bytes,
+            hash,
+            &key.display().to_string(),
+        )
+        .map_err(|(path, reason)| ModuleKeyError::Format {
+            path: if path == "certificate" {
+                cert.display().to_string()
+            } else {
+                key.display().to_string()
+            },
+            reason,
+        })
+    }
+
+    /// A key from its PEM text and a certificate (DER or PEM). Errors name the part ("key" or
+    /// "certificate") and the reason.
+    pub fn from_parts(
+        key_pem: Vec<u8>,
+        cert: &[u8],
+        hash: ModuleSignHash,
+        origin: &str,
+    ) -> Result<ModuleSigningKey, (&'static str, String)> {
+        let key_pem = SecretBytes(key_pem);
+        check_private_key_pem(&key_pem.0).map_err(|reason| ("key", reason))?;
+        let cert_der = certificate_der(cert).map_err(|reason| ("certificate", reason))?;
+        Ok(ModuleSigningKey {
+            key_pem,
+            cert_der,
+            hash,
+            origin: origin.to_owned(),
+        })
+    }
+
+    /// The hash modules are signed with.
+    pub fn hash(&self) -> ModuleSignHash {
+        self.hash
+    }
+
+    /// The certificate, DER.
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// Whether the certificate carries a subjectKeyIdentifier extension (OID 2.5.29.14), which
+    /// `sign-file -k` names the signer by.
+    pub fn has_subject_key_identifier(&self) -> bool {
+        const SKID_OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x0e];
+        self.cert_der.windows(SKID_OID.len()).any(|w| w == SKID_OID)
+    }
+}
+
+/// A PEM private key sign-file can read without a passphrase.
+fn check_private_key_pem(pem: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "is not a PEM private key".to_owned())?;
+    if text.contains("ENCRYPTED") {
+        return Err(
+            "is an encrypted private key; sign-file runs unattended and takes no passphrase: \
+             give an unencrypted PEM key (mode 0600)"
+                .to_owned(),
+        );
+    }
+    let begins = text
+        .lines()
+        .any(|line| line.starts_with("-----BEGIN ") && line.ends_with("PRIVATE KEY-----"));
+    if !begins {
+        return Err(
+            "is not a PEM private key (no -----BEGIN ... PRIVATE KEY----- line)".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// The DER form of an X.509 certificate given as DER or PEM (the first `CERTIFICATE` block).
+pub fn certificate_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    if bytes.first() == Some(&0x30) {
+        return Ok(bytes.to_vec());
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "is neither a DER nor a PEM certificate".to_owned())?;
+    let start = text
+        .find(BEGIN)
+        .ok_or_else(|| format!("is neither a DER certificate nor PEM with a {BEGIN} line"))?
+        + BEGIN.len();
+    let length = text[start..]
+        .find(END)
+        .ok_or_else(|| format!("PEM certificate without its {END} line"))?;
+    let body: String = text[start..start + length]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|error| format!("PEM certificate body is not base64: {error}"))?;
+    if der.first() != Some(&0x30) {
+        return Err("PEM certificate body is not DER".to_owned());
+    }
+    Ok(der)
+}
+
+/// How [`sign_modules`] signed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleSignatures {
+    pub hash: ModuleSignHash,
+    /// `sign-file -k`: the signature names the signer by its subject key identifier (otherwise by
+    /// issuer and serial number).
+    pub by_subject_key_identifier: bool,
+    pub modules: usize,
+}
+
+/// Signs each module in place with the headers' `scripts/sign-file [-k] <hash> <key> <cert>
+/// <module>`, as kernels enforcing module signatures (Secure Boot, `module.sig_enforce=1`)
+/// require. The key is on disk only while sign-file runs (see the module-signing section's
+/// comment above).
 pub fn sign_modules(
     system: &System,
     scratch: &ScratchDir,
     headers_dir: &Path,
     modules: &CompiledModules,
-    key: &Path,
-    cert: &Path,
-) -> Result<(), CompileError> {
+    signing: &ModuleSigningKey,
+) -> Result<ModuleSignatures, CompileError> {
     let sign_error = |module: &Path, detail: String| CompileError::Sign {
         module: module.display().to_string(),
         detail,
     };
-    // The key and certificate are copied next to the build so commands inside a root see them.
-    let key_dir = scratch.host.join("signing");
-    std::fs::create_dir_all(&key_dir).map_err(|e| sign_error(key, e.to_string()))?;
-    let key_copy = key_dir.join("signing_key.pem");
-    let cert_copy = key_dir.join("signing_cert.der");
-    std::fs::copy(key, &key_copy).map_err(|e| sign_error(key, format!("reading key: {e}")))?;
-    std::fs::copy(cert, &cert_copy)
-        .map_err(|e| sign_error(cert, format!("reading certificate: {e}")))?;
     let sign_file = headers_dir.join("scripts/sign-file");
+    if system.resolve(&sign_file).is_none() {
+        return Err(CompileError::Signing(format!(
+            "the headers have no {}: they cannot sign modules",
+            sign_file.display()
+        )));
+    }
+    let by_key_id = sign_file_takes_key_id(system, &sign_file)?;
+    let by_subject_key_identifier = match (by_key_id, signing.has_subject_key_identifier()) {
+        (true, true) => {
+            tracing::info!(
+                "sign-file -k: the signatures name the signer by its subject key identifier"
+            );
+            true
+        }
+        (false, _) => {
+            tracing::warn!(
+                sign_file = %sign_file.display(),
+                "this sign-file has no -k option: the signatures name the signer by issuer and \
+                 serial number instead of its subject key identifier"
+            );
+            false
+        }
+        (true, false) => {
+            tracing::warn!(
+                "the certificate has no subjectKeyIdentifier: the signatures name the signer by \
+                 issuer and serial number"
+            );
+            false
+        }
+    };
+    stop_leftover_processes();
+    let key = KeyOnDisk::write(&scratch.host, &scratch.guest, signing).map_err(|error| {
+        CompileError::Signing(format!("writing the key for sign-file: {error}"))
+    })?;
     for module in &modules.modules {
         let relative = module
             .strip_prefix(&scratch.host)
             .map_err(|_| sign_error(module, "module is outside the build directory".into()))?;
         let guest_module = scratch.guest.join(relative);
-        let command = CommandLine::new(
-            &sign_file.display().to_string(),
-            [
-                "sha256".to_owned(),
-                scratch
-                    .guest
-                    .join("signing/signing_key.pem")
-                    .display()
-                    .to_string(),
-                scratch
-                    .guest
-                    .join("signing/signing_cert.der")
-                    .display()
-                    .to_string(),
-                guest_module.display().to_string(),
-            ],
-        );
+        let mut args = Vec::new();
+        if by_subject_key_identifier {
+            args.push("-k".to_owned());
+        }
+        args.extend([
+            signing.hash().as_str().to_owned(),
+            key.guest_key.display().to_string(),
+            key.guest_cert.display().to_string(),
+            guest_module.display().to_string(),
+        ]);
+        let command = CommandLine::new(&sign_file.display().to_string(), args);
         tracing::info!(command = %command, "signing module");
         let output = system
             .run(&command)
@@ -421,8 +712,158 @@ pub fn sign_modules(
             ));
         }
     }
-    let _ = std::fs::remove_dir_all(&key_dir);
-    Ok(())
+    key.remove()
+        .map_err(|error| CompileError::Signing(format!("removing the key file: {error}")))?;
+    tracing::info!(
+        modules = modules.modules.len(),
+        hash = signing.hash().as_str(),
+        "signed every module and removed the key file"
+    );
+    Ok(ModuleSignatures {
+        hash: signing.hash(),
+        by_subject_key_identifier,
+        modules: modules.modules.len(),
+    })
+}
+
+/// Whether `sign-file` takes `-k`: it parses its options with getopt, which answers an option it
+/// does not know with "invalid option" (both ways it then prints its usage and exits 2).
+fn sign_file_takes_key_id(system: &System, sign_file: &Path) -> Result<bool, CompileError> {
+    let probe = CommandLine::new(&sign_file.display().to_string(), ["-k"]);
+    let output = system
+        .run(&probe)
+        .map_err(|error| CompileError::Signing(format!("running {probe}: {error}")))?;
+    Ok(
+        !(output.stderr.contains("invalid option")
+            || output.stderr.contains("unrecognized option")),
+    )
+}
+
+/// When the builder is the init of its PID namespace (the executor's roots), every other process
+/// in it was started by the build — header maintainer scripts, the driver's make — and has no
+/// business outliving it: kill them all before the key is written to disk for sign-file. (Only
+/// as PID 1: anywhere else `kill(-1)` would reach processes outside the build.)
+fn stop_leftover_processes() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::Pid;
+    if std::process::id() != 1 {
+        tracing::debug!("not the init of a PID namespace: leftover processes are not stopped");
+        return;
+    }
+    let leftovers = other_live_processes();
+    if leftovers.is_empty() {
+        tracing::info!(
+            "init of the build's PID namespace: no process of the build is left running"
+        );
+    } else {
+        tracing::warn!(
+            processes = ?leftovers,
+            "init of the build's PID namespace: the build left processes running; killing them \
+             before the key is written"
+        );
+    }
+    // On Linux kill(-1) reaches every process this one may signal except init (this process).
+    if let Err(error) = kill(Pid::from_raw(-1), Signal::SIGKILL)
+        && error != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(%error, "could not kill the build's leftover processes");
+    }
+    // Reap them (as init, orphans are this process's children), for at most 2 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if other_live_processes().is_empty() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Process ids in `/proc` other than this one's that are not zombies.
+fn other_live_processes() -> Vec<u32> {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            // `<pid> (<comm>) <state> ...`: the state follows the last ')'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().next().map(|state| state != "Z")
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The key and certificate on disk for sign-file only: a fresh 0700 directory holding the key
+/// (0600, created exclusively) and the certificate, removed with both when dropped.
+struct KeyOnDisk {
+    host_dir: PathBuf,
+    guest_key: PathBuf,
+    guest_cert: PathBuf,
+}
+
+impl KeyOnDisk {
+    fn write(
+        host_parent: &Path,
+        guest_parent: &Path,
+        signing: &ModuleSigningKey,
+    ) -> std::io::Result<KeyOnDisk> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!(".module-signing-{}-{nanos:08x}", std::process::id());
+        let host_dir = host_parent.join(&name);
+        std::fs::DirBuilder::new().mode(0o700).create(&host_dir)?;
+        let on_disk = KeyOnDisk {
+            host_dir,
+            guest_key: guest_parent.join(&name).join("key.pem"),
+            guest_cert: guest_parent.join(&name).join("cert.der"),
+        };
+        for (file, bytes, mode) in [
+            ("key.pem", &signing.key_pem.0, 0o600),
+            ("cert.der", &signing.cert_der, 0o644),
+        ] {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(on_disk.host_dir.join(file))?;
+            out.write_all(bytes)?;
+        }
+        Ok(on_disk)
+    }
+
+    /// Removes the key now, reporting failure (`Drop` only tries).
+    fn remove(self) -> std::io::Result<()> {
+        std::fs::remove_file(self.host_dir.join("key.pem"))?;
+        std::fs::remove_dir_all(&self.host_dir)
+    }
+}
+
+impl Drop for KeyOnDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.host_dir.join("key.pem"));
+        let _ = std::fs::remove_dir_all(&self.host_dir);
+    }
 }
 
 #[cfg(test)]
@@ -582,6 +1023,120 @@ mod tests {
             Some("6.1.0-47-amd64 SMP preempt mod_unload modversions ")
         );
         assert_eq!(module_vermagic(b"no modinfo here"), None);
+    }
+
+    #[test]
+    fn module_signing_keys_are_pem_and_certificates_der_or_pem() {
+        use base64::Engine as _;
+        let key = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n".to_vec();
+        // A DER SEQUENCE holding the subjectKeyIdentifier OID (2.5.29.14).
+        let der = vec![0x30, 0x07, 0x06, 0x03, 0x55, 0x1d, 0x0e, 0x04, 0x00];
+        let pem = format!(
+            "junk before\n-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&der)
+        );
+        for cert in [der.as_slice(), pem.as_bytes()] {
+            let signing =
+                ModuleSigningKey::from_parts(key.clone(), cert, ModuleSignHash::Sha512, "k")
+                    .expect("valid");
+            assert_eq!(signing.certificate_der(), der.as_slice());
+            assert!(signing.has_subject_key_identifier());
+            assert_eq!(signing.hash().as_str(), "sha512");
+            assert!(!format!("{signing:?}").contains("PRIVATE"), "{signing:?}");
+        }
+        let without_skid =
+            ModuleSigningKey::from_parts(key.clone(), &[0x30, 0x00], ModuleSignHash::Sha256, "k")
+                .expect("valid");
+        assert!(!without_skid.has_subject_key_identifier());
+        let refused = |key: &[u8], cert: &[u8]| {
+            ModuleSigningKey::from_parts(key.to_vec(), cert, ModuleSignHash::Sha256, "k")
+                .expect_err("refused")
+        };
+        assert_eq!(refused(b"not a key", &der).0, "key");
+        let encrypted =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nx\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(refused(encrypted, &der).1.contains("encrypted"));
+        assert_eq!(refused(&key, b"hello").0, "certificate");
+        assert_eq!(
+            refused(
+                &key,
+                b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"
+            )
+            .0,
+            "certificate"
+        );
+        assert_eq!(
+            ModuleSignHash::parse("sha256"),
+            Some(ModuleSignHash::Sha256)
+        );
+        assert_eq!(ModuleSignHash::parse("sha1"), None);
+    }
+
+    #[test]
+    fn a_module_signing_key_file_is_checked_read_and_removed_when_asked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.der");
+        std::fs::write(
+            &key,
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        std::fs::write(&cert, [0x30, 0x00]).expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let error = ModuleSigningKey::load(&key, &cert, ModuleSignHash::Sha256, true)
+            .expect_err("group-readable");
+        assert!(
+            error
+                .to_string()
+                .contains("must not be readable by group or others (mode 0640)"),
+            "{error}"
+        );
+        assert!(key.exists());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        ModuleSigningKey::load(&key, &cert, ModuleSignHash::Sha256, false).expect("kept");
+        assert!(
+            key.exists(),
+            "without --remove-module-sign-key the file stays"
+        );
+        ModuleSigningKey::load(&key, &cert, ModuleSignHash::Sha256, true).expect("removed");
+        assert!(!key.exists(), "the per-build copy is gone once read");
+    }
+
+    #[test]
+    fn the_key_is_on_disk_only_inside_its_guard() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let signing = ModuleSigningKey::from_parts(
+            b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n".to_vec(),
+            &[0x30, 0x00],
+            ModuleSignHash::Sha256,
+            "k",
+        )
+        .expect("valid");
+        let on_disk =
+            KeyOnDisk::write(scratch.path(), Path::new("/guest"), &signing).expect("written");
+        let host_key = on_disk.host_dir.join("key.pem");
+        let mode =
+            |path: &Path| std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&on_disk.host_dir), 0o700);
+        assert_eq!(mode(&host_key), 0o600);
+        assert!(
+            on_disk
+                .guest_key
+                .to_string_lossy()
+                .starts_with("/guest/.module-signing-"),
+            "{}",
+            on_disk.guest_key.display()
+        );
+        on_disk.remove().expect("removed");
+        assert_eq!(std::fs::read_dir(scratch.path()).expect("dir").count(), 0);
+        // Dropped on an error path: gone too.
+        let dropped =
+            KeyOnDisk::write(scratch.path(), Path::new("/guest"), &signing).expect("written");
+        drop(dropped);
+        assert_eq!(std::fs::read_dir(scratch.path()).expect("dir").count(), 0);
     }
 
     #[test]

@@ -24,5 +24,5 @@ pub mod system;
 pub mod xmlrpc;
 
 pub use pipeline::{
-    BuildError, BuildOutcome, BuildRequest, ModuleSigning, Phase, PhaseTime, SourceRevision, build,
+    BuildError, BuildOutcome, BuildRequest, Phase, PhaseTime, SourceRevision, build,
 };

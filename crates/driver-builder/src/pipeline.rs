@@ -15,19 +15,10 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::artifact::{ArtifactError, SidecarFiles, write_sidecars};
-use crate::compile::{self, CompileError, Kbuild};
+use crate::compile::{self, CompileError, Kbuild, ModuleSigningKey};
 use crate::headers::{HeaderChain, HeaderContext, HeaderOptions, HeadersError, ResolvedHeaders};
 use crate::http::Http;
 use crate::system::System;
-
-/// Key and certificate for the kernel's `sign-file` (Secure Boot module signing).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleSigning {
-    /// PEM private key.
-    pub key: PathBuf,
-    /// DER X.509 certificate.
-    pub cert: PathBuf,
-}
 
 /// The revision of the driver source being built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +41,9 @@ pub struct BuildRequest {
     /// Where the package and its sidecar files go (as this process sees it).
     pub out_dir: PathBuf,
     pub headers: HeaderOptions,
-    pub module_signing: Option<ModuleSigning>,
+    /// The module-signing key (already in memory, its file removed when it was a per-build copy)
+    /// for the kernel's `sign-file` (Secure Boot); see [`compile`]'s module-signing section.
+    pub module_signing: Option<ModuleSigningKey>,
     /// The package signing key (`integrity`'s minisign key; loaded 0600-only by the CLI).
     pub minisign_key: Option<integrity::SecretKey>,
     /// Parallel make jobs.
@@ -201,16 +194,15 @@ fn run_phases(
         "compiler"
     );
     if let Some(signing) = &request.module_signing {
-        timed(&mut phases, Phase::ModuleSign, || {
-            compile::sign_modules(
-                system,
-                work,
-                &headers.dir,
-                &compiled,
-                &signing.key,
-                &signing.cert,
-            )
+        let signed = timed(&mut phases, Phase::ModuleSign, || {
+            compile::sign_modules(system, work, &headers.dir, &compiled, signing)
         })?;
+        tracing::info!(
+            modules = signed.modules,
+            hash = signed.hash.as_str(),
+            by_subject_key_identifier = signed.by_subject_key_identifier,
+            "modules signed"
+        );
     }
     let package = timed(&mut phases, Phase::Package, || {
         write_package(

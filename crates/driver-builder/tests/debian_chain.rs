@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -150,6 +151,19 @@ fn sha256sum(file: &Path) -> String {
         .to_owned()
 }
 
+/// A signed module split as the kernel reads it: the trailer `~Module signature appended~\n`,
+/// before it the 12-byte `struct module_signature` ending in the signature's big-endian length,
+/// before that the PKCS#7 signature (DER) and the module's own bytes.
+fn split_module_signature(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let rest = bytes
+        .strip_suffix(b"~Module signature appended~\n".as_slice())
+        .expect("the module is signed");
+    let (rest, info) = rest.split_at(rest.len() - 12);
+    assert_eq!(info[2], 2, "id_type PKEY_ID_PKCS7");
+    let length = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    rest.split_at(rest.len() - length)
+}
+
 fn modinfo(module: &Path, field: &str) -> String {
     let output = Command::new("modinfo")
         .args(["-F", field])
@@ -286,6 +300,7 @@ fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
             "-outform",
             "DER",
         ])
+        .args(["-addext", "subjectKeyIdentifier=hash"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -294,10 +309,77 @@ fn explicit_urls_install_real_header_debs_then_kbuild_and_sign_file_use_them() {
         .status()
         .expect("openssl runs");
     assert!(status.success());
-    compile::sign_modules(&system, &scratch, &resolved.dir, &compiled, &key, &cert)
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let refused =
+        compile::ModuleSigningKey::load(&key, &cert, compile::ModuleSignHash::Sha256, true)
+            .expect_err("a key others can read");
+    assert!(refused.to_string().contains("chmod 600"), "{refused}");
+    assert!(key.exists(), "a refused key is left alone");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // The executor's per-build copy: read into memory, its file gone before anything else runs.
+    let signing =
+        compile::ModuleSigningKey::load(&key, &cert, compile::ModuleSignHash::Sha512, true)
+            .expect("the module-signing key loads");
+    assert!(!key.exists(), "the key file is removed once read");
+    let before: Vec<_> = std::fs::read_dir(&scratch.host)
+        .expect("scratch")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let signed = compile::sign_modules(&system, &scratch, &resolved.dir, &compiled, &signing)
         .unwrap_or_else(|error| panic!("{error}\n{}", tail(&log)));
-    assert_eq!(modinfo(module, "signer"), "driver-builder test signing key");
-    assert_eq!(modinfo(module, "sig_hashalgo"), "sha256");
+    assert!(
+        signed.by_subject_key_identifier,
+        "bookworm's sign-file takes -k and the certificate has a subjectKeyIdentifier"
+    );
+    assert_eq!(signed.hash, compile::ModuleSignHash::Sha512);
+    let after: Vec<_> = std::fs::read_dir(&scratch.host)
+        .expect("scratch")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "the key's directory is gone after signing");
+    // kmod's modinfo names no signer identified by subject key identifier: openssl checks the
+    // PKCS#7 signature against the certificate instead.
+    let bytes = std::fs::read(module).expect("module");
+    let (content, signature) = split_module_signature(&bytes);
+    let dir = keys.path();
+    std::fs::write(dir.join("content"), content).expect("write");
+    std::fs::write(dir.join("sig.p7"), signature).expect("write");
+    let print = Command::new("openssl")
+        .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
+        .arg(dir.join("sig.p7"))
+        .output()
+        .expect("openssl cms -print");
+    let printed = String::from_utf8_lossy(&print.stdout);
+    assert!(printed.contains("d.subjectKeyIdentifier"), "{printed}");
+    assert!(printed.contains("sha512"), "{printed}");
+    let pem = dir.join("cert.pem");
+    assert!(
+        Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-in"])
+            .arg(&cert)
+            .arg("-out")
+            .arg(&pem)
+            .status()
+            .expect("openssl x509")
+            .success()
+    );
+    let verify = Command::new("openssl")
+        .args(["cms", "-verify", "-binary", "-inform", "DER", "-in"])
+        .arg(dir.join("sig.p7"))
+        .arg("-content")
+        .arg(dir.join("content"))
+        .arg("-certfile")
+        .arg(&pem)
+        .args(["-nointern", "-noverify", "-out", "/dev/null"])
+        .output()
+        .expect("openssl cms -verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     drop(system);
     Arc::try_unwrap(work)
         .expect("only owner")

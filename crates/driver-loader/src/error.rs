@@ -28,6 +28,9 @@ pub enum FailureKind {
     Load,
     /// A different version of the module is loaded and replacing it was not allowed.
     VersionConflict,
+    /// The running kernel enforces module signatures (module.sig_enforce, lockdown) and the module is
+    /// unsigned or signed by a key it does not trust (found before loading, or the kernel said so).
+    ModuleSignature,
     /// Anything else (local IO errors, malformed packages).
     Internal,
 }
@@ -46,6 +49,7 @@ impl FailureKind {
             FailureKind::Load => 8,
             FailureKind::VersionConflict => 9,
             FailureKind::Provenance => 10,
+            FailureKind::ModuleSignature => 11,
         }
     }
 }
@@ -105,6 +109,11 @@ pub enum LoaderError {
     #[error("module {module}: {reason}")]
     Incompatible { module: String, reason: String },
 
+    /// The kernel would refuse (or refused) the module's signature; the reason names the signer, the
+    /// enforcement and how to enrol the build service's certificate.
+    #[error("module {module}: {reason}")]
+    ModuleSignature { module: String, reason: String },
+
     #[error("package {package}: {reason}")]
     Package { package: PathBuf, reason: String },
 
@@ -150,6 +159,7 @@ impl LoaderError {
             LoaderError::Incompatible { .. } => FailureKind::Incompatible,
             LoaderError::Install(_) | LoaderError::Load { .. } => FailureKind::Load,
             LoaderError::VersionConflict { .. } => FailureKind::VersionConflict,
+            LoaderError::ModuleSignature { .. } => FailureKind::ModuleSignature,
             LoaderError::Package { .. } | LoaderError::Io { .. } => FailureKind::Internal,
         }
     }
@@ -197,7 +207,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_has_its_own_exit_code_and_provenance_is_10() {
+    fn every_kind_has_its_own_exit_code_provenance_is_10_and_module_signature_11() {
         let kinds = [
             FailureKind::Internal,
             FailureKind::Config,
@@ -209,9 +219,10 @@ mod tests {
             FailureKind::Load,
             FailureKind::VersionConflict,
             FailureKind::Provenance,
+            FailureKind::ModuleSignature,
         ];
         let codes: Vec<u8> = kinds.iter().map(|k| k.exit_code()).collect();
-        assert_eq!(codes, (1..=10).collect::<Vec<u8>>());
+        assert_eq!(codes, (1..=11).collect::<Vec<u8>>());
         let error = LoaderError::provenance(
             "p.intoto.jsonl",
             "runDetails.builder.id",

@@ -21,6 +21,7 @@ use crate::http::{Deadline, HttpClient, HttpSettings};
 use crate::install::HostTools;
 use crate::kernel::{HostModuleIndex, KernelModules, LoadOutcome};
 use crate::modinfo::read_module_image;
+use crate::module_trust::SignatureCheck;
 
 /// How modules get into the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,26 @@ pub struct LoaderConfig {
     pub replace: bool,
     /// Do everything except changing the kernel or the package database.
     pub dry_run: bool,
+    /// Do not check module signatures against what the running kernel enforces and trusts before
+    /// loading (test and diagnostic switch: the kernel is the only judge).
+    pub skip_module_signature_precheck: bool,
+}
+
+impl LoaderConfig {
+    /// Where the kernel's signature enforcement and trusted keys are read (sys root, the host proc
+    /// mount or `/proc`), and the build service whose certificate would need enrolling.
+    pub fn signature_check(&self) -> SignatureCheck {
+        SignatureCheck {
+            sys_root: self.sys_root.clone(),
+            proc_root: self
+                .host_paths
+                .proc_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/proc")),
+            build_service_url: self.build_service.as_ref().map(|s| s.url.clone()),
+            skip_precheck: self.skip_module_signature_precheck,
+        }
+    }
 }
 
 /// The identification step's result.
@@ -441,7 +462,10 @@ fn plan(modules: &[PackageModule], kernel: &dyn KernelModules, replace: bool) ->
 }
 
 /// Loads checked, ordered modules according to the mode. `package` is the verified package file (host mode
-/// installs it).
+/// installs it). Every module about to be loaded first passes the signature pre-check (dry runs too):
+/// when the running kernel enforces module signatures, an unsigned module, or one signed by none of the
+/// kernel's visible trusted keys, is refused before anything changes. A signature refusal by the kernel
+/// itself is explained the same way.
 pub fn load_modules(
     config: &LoaderConfig,
     package: &VerifiedPackage,
@@ -459,6 +483,12 @@ pub fn load_modules(
             .iter()
             .map(|m| (m.name.clone(), ModuleAction::AlreadyLoaded))
             .collect());
+    }
+    let signatures = config.signature_check();
+    for (module, plan) in modules.iter().zip(&plans) {
+        if !matches!(plan, Plan::Skip) {
+            signatures.precheck(&module.name, &module.image)?;
+        }
     }
     if config.dry_run {
         return Ok(modules
@@ -507,10 +537,13 @@ pub fn load_modules(
                 previous: previous.clone(),
             },
         };
+        let explain = |error| signatures.explain_kernel_refusal(&module.name, &module.image, error);
         match config.mode {
-            Mode::Host => tools.modprobe(&module.name)?,
+            Mode::Host => tools.modprobe(&module.name).map_err(explain)?,
             Mode::Container => {
-                if kernel.load(&module.name, &module.image)? == LoadOutcome::AlreadyPresent {
+                if kernel.load(&module.name, &module.image).map_err(explain)?
+                    == LoadOutcome::AlreadyPresent
+                {
                     warn!(
                         module = module.name,
                         "the kernel reports the module as already present (raced with another loader?)"
@@ -737,6 +770,271 @@ mod tests {
                 summary.lines().any(|line| line == expected),
                 "{expected:?} missing from:\n{summary}"
             );
+        }
+    }
+
+    mod signature_precheck {
+        use std::cell::RefCell;
+
+        use kernel_id::ReleaseLayout;
+
+        use super::*;
+        use crate::compat::PackageModule;
+        use crate::kernel::LoadedModule;
+        use crate::modinfo::ModInfo;
+        use crate::modinfo::tests::{modinfo_bytes, tiny_module};
+        use crate::module_signature::tests::signed_by;
+
+        /// Records what it was asked to load; refuses every load with `refuse` when set.
+        #[derive(Default)]
+        struct Kernel {
+            loaded: RefCell<Vec<String>>,
+            refuse: Option<nix::errno::Errno>,
+        }
+
+        impl KernelModules for Kernel {
+            fn loaded(&self, name: &str) -> Option<LoadedModule> {
+                self.loaded
+                    .borrow()
+                    .iter()
+                    .any(|n| n == name)
+                    .then(|| LoadedModule {
+                        name: name.to_owned(),
+                        srcversion: None,
+                        version: None,
+                        initstate: Some("live".to_owned()),
+                    })
+            }
+            fn load(&self, name: &str, _image: &[u8]) -> Result<LoadOutcome> {
+                if let Some(errno) = self.refuse {
+                    return Err(crate::kernel::load_error(name, errno));
+                }
+                self.loaded.borrow_mut().push(name.to_owned());
+                Ok(LoadOutcome::Loaded)
+            }
+            fn unload(&self, _name: &str) -> Result<()> {
+                Ok(())
+            }
+        }
+
+        /// Records installs and modprobes; modprobe fails with `modprobe_error` when set.
+        #[derive(Default)]
+        struct Tools {
+            calls: RefCell<Vec<String>>,
+            modprobe_error: Option<String>,
+        }
+
+        impl HostTools for Tools {
+            fn install(&self, package: &Path, _format: PackageFormat) -> Result<()> {
+                self.calls
+                    .borrow_mut()
+                    .push(format!("install {}", package.display()));
+                Ok(())
+            }
+            fn modprobe(&self, name: &str) -> Result<()> {
+                self.calls.borrow_mut().push(format!("modprobe {name}"));
+                match &self.modprobe_error {
+                    Some(text) => Err(LoaderError::Load {
+                        module: name.to_owned(),
+                        reason: text.clone(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            fn modprobe_remove(&self, name: &str) -> Result<()> {
+                self.calls.borrow_mut().push(format!("modprobe -r {name}"));
+                Ok(())
+            }
+        }
+
+        struct Setup {
+            dir: tempfile::TempDir,
+            package: VerifiedPackage,
+        }
+
+        impl Setup {
+            fn new(sig_enforce: &str) -> Setup {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let params = dir.path().join("sys/module/module/parameters");
+                std::fs::create_dir_all(&params).expect("mkdir");
+                std::fs::write(params.join("sig_enforce"), format!("{sig_enforce}\n"))
+                    .expect("write");
+                std::fs::create_dir_all(dir.path().join("proc")).expect("mkdir");
+                let path = dir.path().join("p.deb");
+                std::fs::write(&path, b"!<arch>\nnot really").expect("write");
+                Setup {
+                    package: VerifiedPackage {
+                        path,
+                        file_name: "p.deb".to_owned(),
+                        sha256: integrity::sha256_bytes(b""),
+                        signature: None,
+                        provenance: None,
+                        from_cache: false,
+                        built_on_demand: false,
+                    },
+                    dir,
+                }
+            }
+
+            fn config(&self, mode: Mode, dry_run: bool) -> LoaderConfig {
+                LoaderConfig {
+                    driver: DriverName::parse("example-driver").expect("driver"),
+                    driver_version: DriverVersion::parse("v0.1.2").expect("version"),
+                    host_paths: HostPaths {
+                        os_release: vec![],
+                        proc_root: Some(self.dir.path().join("proc")),
+                    },
+                    source: ArtifactSource {
+                        base_url: "http://127.0.0.1:9".to_owned(),
+                        layout: ReleaseLayout::PerArtifact,
+                        token: None,
+                        max_package_bytes: 1,
+                    },
+                    build_service: None,
+                    trust: TrustPolicy::InsecureSkipSignature,
+                    http: HttpSettings::default(),
+                    cache_dir: self.dir.path().join("cache"),
+                    deadline: Duration::from_secs(1),
+                    modules_root: self.dir.path().join("lib/modules"),
+                    sys_root: self.dir.path().join("sys"),
+                    mode,
+                    replace: false,
+                    dry_run,
+                    skip_module_signature_precheck: false,
+                }
+            }
+        }
+
+        fn module(signed: bool) -> PackageModule {
+            let image = tiny_module(
+                &modinfo_bytes(&["name=example_driver", "vermagic=6.1.0-47-amd64 SMP "]),
+                goblin::elf::header::ET_REL,
+            );
+            let info = ModInfo::from_elf(&image).expect("valid");
+            PackageModule {
+                path: PathBuf::from("example_driver.ko"),
+                name: "example_driver".to_owned(),
+                info,
+                image: if signed {
+                    signed_by(&image, "someone else", &[1, 2])
+                } else {
+                    image
+                },
+            }
+        }
+
+        #[test]
+        fn an_unsigned_module_never_reaches_an_enforcing_kernel_in_either_mode() {
+            let setup = Setup::new("Y");
+            let index = HostModuleIndex::default();
+            for mode in [Mode::Container, Mode::Host] {
+                for dry_run in [false, true] {
+                    let (kernel, tools) = (Kernel::default(), Tools::default());
+                    let err = load_modules(
+                        &setup.config(mode, dry_run),
+                        &setup.package,
+                        &[module(false)],
+                        &index,
+                        &kernel,
+                        &tools,
+                    )
+                    .expect_err("refused");
+                    assert_eq!(
+                        err.kind().exit_code(),
+                        11,
+                        "{mode} dry_run={dry_run}: {err}"
+                    );
+                    assert!(kernel.loaded.borrow().is_empty(), "nothing loaded");
+                    assert!(
+                        tools.calls.borrow().is_empty(),
+                        "nothing installed: {:?}",
+                        tools.calls
+                    );
+                }
+            }
+            // Not enforcing: loaded.
+            let setup = Setup::new("N");
+            let kernel = Kernel::default();
+            let actions = load_modules(
+                &setup.config(Mode::Container, false),
+                &setup.package,
+                &[module(false)],
+                &index,
+                &kernel,
+                &Tools::default(),
+            )
+            .expect("not enforcing");
+            assert_eq!(
+                actions,
+                vec![("example_driver".to_owned(), ModuleAction::Loaded)]
+            );
+            assert_eq!(*kernel.loaded.borrow(), vec!["example_driver".to_owned()]);
+        }
+
+        #[test]
+        fn the_kernels_refusal_is_exit_11_with_the_signer_in_both_modes() {
+            // Keys not visible: the pre-check lets a signed module through, the kernel refuses it.
+            let setup = Setup::new("Y");
+            let index = HostModuleIndex::default();
+            let kernel = Kernel {
+                refuse: Some(nix::errno::Errno::EKEYREJECTED),
+                ..Kernel::default()
+            };
+            let err = load_modules(
+                &setup.config(Mode::Container, false),
+                &setup.package,
+                &[module(true)],
+                &index,
+                &kernel,
+                &Tools::default(),
+            )
+            .expect_err("kernel refuses");
+            assert_eq!(err.kind().exit_code(), 11);
+            let text = err.to_string();
+            assert!(
+                text.contains("the kernel refused the module's signature")
+                    && text.contains("Key was rejected by service")
+                    && text.contains("\"someone else\" (key serial 01:02, sha256)")
+                    && text.contains("module.sig_enforce=Y")
+                    && text.contains("mokutil --import module-signing-cert.der"),
+                "{text}"
+            );
+
+            let tools = Tools {
+                modprobe_error: Some(
+                    "modprobe failed (exit status: 1): modprobe: ERROR: could not insert \
+                     'example_driver': Key was rejected by service"
+                        .to_owned(),
+                ),
+                ..Tools::default()
+            };
+            let err = load_modules(
+                &setup.config(Mode::Host, false),
+                &setup.package,
+                &[module(true)],
+                &index,
+                &Kernel::default(),
+                &tools,
+            )
+            .expect_err("modprobe refused");
+            assert_eq!(err.kind().exit_code(), 11, "{err}");
+            assert!(err.to_string().contains("\"someone else\""), "{err}");
+
+            // Any other load failure keeps its own exit code.
+            let kernel = Kernel {
+                refuse: Some(nix::errno::Errno::ENOEXEC),
+                ..Kernel::default()
+            };
+            let err = load_modules(
+                &setup.config(Mode::Container, false),
+                &setup.package,
+                &[module(true)],
+                &index,
+                &kernel,
+                &Tools::default(),
+            )
+            .expect_err("ENOEXEC");
+            assert_eq!(err.kind().exit_code(), 8, "{err}");
         }
     }
 

@@ -102,10 +102,7 @@ impl KernelModules for SysKernel {
         match result {
             Ok(()) => Ok(LoadOutcome::Loaded),
             Err(Errno::EEXIST) => Ok(LoadOutcome::AlreadyPresent),
-            Err(errno) => Err(LoaderError::Load {
-                module: name.to_owned(),
-                reason: explain_load_errno(errno),
-            }),
+            Err(errno) => Err(load_error(name, errno)),
         }
     }
 
@@ -130,6 +127,21 @@ impl KernelModules for SysKernel {
     }
 }
 
+/// The error of a failed init_module/finit_module. A refused signature (EKEYREJECTED, ENOKEY, EBADMSG)
+/// is [`LoaderError::ModuleSignature`], which the flow explains (signer, enforcement, enrolment).
+pub fn load_error(name: &str, errno: Errno) -> LoaderError {
+    match errno {
+        Errno::EKEYREJECTED | Errno::ENOKEY | Errno::EBADMSG => LoaderError::ModuleSignature {
+            module: name.to_owned(),
+            reason: explain_load_errno(errno),
+        },
+        _ => LoaderError::Load {
+            module: name.to_owned(),
+            reason: explain_load_errno(errno),
+        },
+    }
+}
+
 /// What the kernel means by each errno of init_module/finit_module (see init_module(2)).
 fn explain_load_errno(errno: Errno) -> String {
     let meaning = match errno {
@@ -148,6 +160,8 @@ fn explain_load_errno(errno: Errno) -> String {
         Errno::EKEYREJECTED => {
             "the module signature was rejected (Secure Boot / module.sig_enforce)"
         }
+        Errno::ENOKEY => "the key that signed the module is not one the kernel trusts",
+        Errno::EBADMSG => "the module's signature is malformed",
         Errno::EBUSY => "the kernel is busy loading a module of that name",
         Errno::ENOMEM => "out of kernel memory",
         _ => "init_module failed",
@@ -376,6 +390,22 @@ mod tests {
             vermagic,
             "6.1.0-47-amd64 SMP preempt mod_unload modversions "
         );
+    }
+
+    #[test]
+    fn signature_refusals_of_the_kernel_are_module_signature_errors() {
+        for errno in [Errno::EKEYREJECTED, Errno::ENOKEY, Errno::EBADMSG] {
+            let error = load_error("m", errno);
+            assert_eq!(error.kind(), crate::FailureKind::ModuleSignature, "{errno}");
+        }
+        let error = load_error("m", Errno::EKEYREJECTED);
+        assert!(
+            error.to_string().contains("Key was rejected by service"),
+            "{error}"
+        );
+        for errno in [Errno::ENOEXEC, Errno::EPERM, Errno::EINVAL] {
+            assert_eq!(load_error("m", errno).kind(), crate::FailureKind::Load);
+        }
     }
 
     #[test]

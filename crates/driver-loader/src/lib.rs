@@ -2,7 +2,8 @@
 //!
 //! A run identifies the host (os-release, kernel release, machine) as a `kernel-id` identity, fetches that
 //! identity's package from the artifact store, or has the build service build it first, verifies its digest
-//! and minisign signature, checks every module's `.modinfo` against the running kernel, and then installs
+//! and minisign signature, checks every module's `.modinfo` against the running kernel (and, where the kernel
+//! enforces module signatures, the module's own signature against the kernel's trusted keys), and then installs
 //! it with the system package manager and modprobes it (host mode) or loads it straight from a private
 //! extraction with `finit_module` (container mode). See the crate README for the CLI and exit codes.
 
@@ -15,6 +16,8 @@ pub mod http;
 pub mod install;
 pub mod kernel;
 pub mod modinfo;
+pub mod module_signature;
+pub mod module_trust;
 pub mod verify;
 
 pub use error::{FailureKind, LoaderError, Result};

@@ -16,6 +16,7 @@ use driver_loader::http::{HttpSettings, RetryPolicy};
 use driver_loader::install::SystemTools;
 use driver_loader::kernel::SysKernel;
 use driver_loader::modinfo::ModInfo;
+use driver_loader::module_signature::read_module_signature;
 use driver_loader::{FailureKind, LoaderError};
 use integrity::{Keyring, ProvenancePolicy, PublicKey};
 use kernel_id::{DriverName, DriverVersion, ReleaseLayout, SourceCommit};
@@ -29,7 +30,10 @@ use kernel_id::{DriverName, DriverVersion, ReleaseLayout, SourceCommit};
                   4 artifact unavailable, 5 build refused or failed, 6 verification failed (digest, signature), \
                   7 module incompatible with the running kernel, 8 install/load failed, 9 other version \
                   loaded (see --replace), 10 provenance refused (missing, not signed by a trusted key, \
-                  or naming another package, source repository, builder or commit)."
+                  or naming another package, source repository, builder or commit), 11 module signature \
+                  refused: the running kernel enforces module signatures (module.sig_enforce, lockdown) \
+                  and a module is unsigned or signed by a key the kernel does not trust (found before \
+                  loading, or the kernel said so)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -55,7 +59,8 @@ enum Command {
         #[arg(long)]
         ko_only: bool,
     },
-    /// Show a module's .modinfo, like modinfo(8) (compressed modules are decompressed in memory).
+    /// Show a module's .modinfo and its signer, like modinfo(8) (compressed modules are decompressed
+    /// in memory; the signature is read from the decompressed image, which is what the kernel checks).
     Inspect {
         /// A .ko, .ko.gz, .ko.xz or .ko.zst file.
         module: PathBuf,
@@ -298,6 +303,15 @@ struct Options {
     /// Fetch, verify and check, but change nothing in the kernel or the package database.
     #[arg(long, env = "DRIVER_LOADER_DRY_RUN", global = true)]
     dry_run: bool,
+    /// Test and diagnostic switch: do not check, before loading, that a module is signed by a key the
+    /// running kernel trusts when it enforces module signatures; the kernel is then the only judge (its
+    /// refusal still ends with exit 11).
+    #[arg(
+        long,
+        env = "DRIVER_LOADER_SKIP_MODULE_SIGNATURE_PRECHECK",
+        global = true
+    )]
+    skip_module_signature_precheck: bool,
     /// File written after a successful run (readiness probe); removed when a run starts.
     #[arg(long, env = "DRIVER_LOADER_READY_FILE", global = true)]
     ready_file: Option<PathBuf>,
@@ -487,6 +501,7 @@ impl Options {
             },
             replace: self.replace,
             dry_run: self.dry_run,
+            skip_module_signature_precheck: self.skip_module_signature_precheck,
         })
     }
 }
@@ -582,11 +597,24 @@ fn extract(package: &Path, to: &Path, ko_only: bool) -> Result<()> {
 }
 
 fn inspect(module: &Path) -> Result<()> {
-    let (info, _) = ModInfo::from_file(module)?;
+    let (info, image) = ModInfo::from_file(module)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<16}{}", "filename:", module.display())?;
     for (key, value) in info.entries() {
         writeln!(out, "{:<16}{value}", format!("{key}:"))?;
+    }
+    // modinfo(8)'s signature fields, from the image the kernel receives (decompressed).
+    match read_module_signature(&image) {
+        Ok(Some(signature)) => {
+            writeln!(out, "{:<16}PKCS#7", "sig_id:")?;
+            if let Some(signer) = signature.signer_name() {
+                writeln!(out, "{:<16}{signer}", "signer:")?;
+            }
+            writeln!(out, "{:<16}{}", "sig_key:", signature.key_id_text())?;
+            writeln!(out, "{:<16}{}", "sig_hashalgo:", signature.hash_algo)?;
+        }
+        Ok(None) => writeln!(out, "{:<16}none", "signature:")?,
+        Err(e) => writeln!(out, "{:<16}malformed: {e}", "signature:")?,
     }
     Ok(())
 }

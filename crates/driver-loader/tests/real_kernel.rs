@@ -1,7 +1,8 @@
 //! The loader's package and module handling on a real Debian kernel package: `linux-image-6.1.0-47-amd64`
 //! (about 70 MB, downloaded once through testkit's isolated apt). `driver-loader extract` must produce
 //! exactly what `dpkg-deb -x` produces (paths, bytes, permission modes, link targets), `--ko-only`
-//! exactly its modules, `inspect` and the modinfo parser must read what modinfo(8) reads, and the
+//! exactly its modules, `inspect` and the modinfo parser must read what modinfo(8) reads (the
+//! `.modinfo` fields and the signer, key and digest of Debian's module signature), and the
 //! modules.dep index must load a module's dependencies in the order `modprobe --show-depends` does.
 
 use std::collections::BTreeMap;
@@ -224,6 +225,26 @@ fn real_modules_are_read_like_modinfo_and_modprobe_read_them() {
             .any(|l| l.starts_with("depends:") && l.contains("net_failover")),
         "{text}"
     );
+
+    // Debian's build signed the module (sign-file, the build-time key): `inspect` names the signer,
+    // the key and the digest exactly as modinfo(8) does.
+    for field in ["signer", "sig_key", "sig_hashalgo"] {
+        let out = Command::new("modinfo")
+            .args(["-F", field])
+            .arg(&virtio_net)
+            .output()
+            .expect("modinfo (kmod) must be installed");
+        let theirs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            !theirs.is_empty(),
+            "modinfo shows the {field} of a Debian module"
+        );
+        let expected = format!("{:<16}{theirs}", format!("{field}:"));
+        assert!(
+            text.lines().any(|l| l == expected),
+            "{expected:?} (modinfo) in:\n{text}"
+        );
+    }
 
     let (info, image) = ModInfo::from_file(&virtio_net).expect("modinfo");
     assert!(image.starts_with(b"\x7fELF"));

@@ -51,7 +51,7 @@ fn report_script(module: &str) -> String {
          journalctl -b -u driver-loader.service --no-pager -o cat | sed 's/^/FLEET-JOURNAL /'\n\
          dmesg | grep '{module}:' | sed 's/^/{DMESG_MARKER} /'\n\
          if [ \"$rc\" = 0 ] && [ -d /sys/module/{module} ]; then echo \"{RESULT_MARKER} loaded\"; \
-         elif [ \"$rc\" = 5 ] || [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ] || [ \"$rc\" = 10 ]; then echo \"{RESULT_MARKER} refused\"; \
+         elif [ \"$rc\" = 5 ] || [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ] || [ \"$rc\" = 10 ] || [ \"$rc\" = 11 ]; then echo \"{RESULT_MARKER} refused\"; \
          else echo \"{RESULT_MARKER} failed\"; fi\n\
          echo \"{END_MARKER} rc=0\"\n"
     )
@@ -168,6 +168,7 @@ pub fn prepare(
             initrd,
             console: dir.join(format!("{}.console.log", spec.name)),
             announce,
+            options: node::NodeOptions::default(),
         },
         disk,
     ))

@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use kernel_id::{DriverName, DriverVersion};
 
-pub use node::{LoaderSettings, ModuleState, NodeOutcome, NodeSpec, PreparedNode};
+pub use node::{LoaderSettings, ModuleState, NodeOptions, NodeOutcome, NodeSpec, PreparedNode};
 pub use service::{BuildAnswer, BuildCounters, BuildTimes, Metrics, Service, SigningKey};
 
 /// The sample driver every fleet run builds and loads.
@@ -62,8 +62,13 @@ impl Fleet {
 
     /// Starts the service with its state in `dir` (created if missing).
     pub fn start_in(dir: &Path) -> Result<Fleet> {
+        Fleet::start_in_with(dir, &service::ServiceOptions::default())
+    }
+
+    /// [`Fleet::start_in`] with the service started with `options` (e.g. a module-signing key).
+    pub fn start_in_with(dir: &Path, options: &service::ServiceOptions) -> Result<Fleet> {
         std::fs::create_dir_all(dir)?;
-        let service = Service::start(dir)
+        let service = Service::start_with(dir, options)
             .with_context(|| format!("starting the build-service (logs in {})", dir.display()))?;
         let settings = LoaderSettings::new(
             DriverName::parse(DRIVER)?,
@@ -88,6 +93,23 @@ impl Fleet {
     /// Like [`Fleet::prepare`], with this node's loader told `settings` instead of the run's.
     pub fn prepare_with(&self, spec: &NodeSpec, settings: &LoaderSettings) -> Result<PreparedNode> {
         node::prepare(spec, &self.service, settings, &self.dir.join("nodes"))
+    }
+
+    /// Like [`Fleet::prepare_with`], with the node's firmware, kernel command line and extra loader
+    /// flags from `options`.
+    pub fn prepare_with_options(
+        &self,
+        spec: &NodeSpec,
+        settings: &LoaderSettings,
+        options: &NodeOptions,
+    ) -> Result<PreparedNode> {
+        node::prepare_with_options(
+            spec,
+            &self.service,
+            settings,
+            options,
+            &self.dir.join("nodes"),
+        )
     }
 
     /// Boots one node and follows it to the end (cold timeout: it may wait for a build).
@@ -123,12 +145,13 @@ impl Fleet {
         text
     }
 
-    /// Removes the bulky per-node initramfs images after a successful run (consoles, service
-    /// state and logs stay).
+    /// Removes the bulky per-node initramfs images (and UEFI variable store copies) after a
+    /// successful run (consoles, service state and logs stay).
     pub fn tidy(&self) {
         if let Ok(entries) = std::fs::read_dir(self.dir.join("nodes")) {
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().ends_with(".initrd.gz") {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".initrd.gz") || name.ends_with(".vars.fd") {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

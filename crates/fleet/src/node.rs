@@ -8,9 +8,9 @@
 //! - `FLEET-MODULE present|absent`: whether `/sys/module/<module>` exists afterwards (a console
 //!   without this line says neither: the node died or was killed first);
 //! - `FLEET-DMESG: <line>`: the driver's own kernel-log lines, copied from `dmesg`;
-//! - `FLEET-RESULT loaded|refused|failed`: the verdict in one word (`refused`: the loader exited 5, 6, 7
-//!   or 10 — the service refused the request, or verification, provenance or compatibility refused
-//!   the package).
+//! - `FLEET-RESULT loaded|refused|failed`: the verdict in one word (`refused`: the loader exited 5, 6, 7,
+//!   10 or 11 — the service refused the request, verification, provenance or compatibility refused
+//!   the package, or the module's signature was refused, by the loader's pre-check or the kernel).
 //!
 //! The judge is the kernel: a node counts as loaded only when the driver's own line
 //! (`example_driver: loaded version=... built_for=<release> running=<release>`) is on the console.
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use kernel_id::{Arch, DistroVersion, DriverName, DriverVersion, KernelIdentity, KernelRelease};
 use testkit::initramfs::{END_MARKER, shell_quote};
-use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardInit};
+use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardInit, UefiFirmware};
 
 use crate::gate::{self, START_GATE_TIMEOUT, StartGate};
 use crate::service::Service;
@@ -107,6 +107,22 @@ impl LoaderSettings {
     }
 }
 
+/// What a node does beyond the defaults (BIOS boot, the standard kernel command line, the loader's
+/// standard flags); `NodeOptions::default()` changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Boot through this UEFI firmware (x86_64 only; see `testkit::uefi`). The node then boots
+    /// the kernel's bzImage, whose EFI stub lets the kernel read the firmware's variables (`db`).
+    pub firmware: Option<UefiFirmware>,
+    /// Extra kernel command-line words, e.g. `module.sig_enforce=1`.
+    pub kernel_args: Vec<String>,
+    /// Extra loader arguments (shell-quoted here), placed before its `run` subcommand.
+    pub loader_args: Vec<String>,
+    /// Guest shell commands run after the network is up and before the loader; what they print
+    /// is on the console.
+    pub commands_before_loader: Vec<String>,
+}
+
 /// A node whose kernel and initramfs are ready to boot.
 #[derive(Debug, Clone)]
 pub struct PreparedNode {
@@ -115,6 +131,8 @@ pub struct PreparedNode {
     pub initrd: PathBuf,
     pub console: PathBuf,
     pub announce: String,
+    /// Firmware and kernel command line for [`boot`]; the loader's options are in the initramfs.
+    pub options: NodeOptions,
 }
 
 /// Fetches the kernel and writes the node's initramfs into `dir`.
@@ -122,6 +140,17 @@ pub fn prepare(
     spec: &NodeSpec,
     service: &Service,
     settings: &LoaderSettings,
+    dir: &Path,
+) -> Result<PreparedNode> {
+    prepare_with_options(spec, service, settings, &NodeOptions::default(), dir)
+}
+
+/// [`prepare`] with `options`.
+pub fn prepare_with_options(
+    spec: &NodeSpec,
+    service: &Service,
+    settings: &LoaderSettings,
+    options: &NodeOptions,
     dir: &Path,
 ) -> Result<PreparedNode> {
     let kernel = KernelImage::fetch(spec.release.as_str(), spec.arch)
@@ -145,7 +174,7 @@ pub fn prepare(
          --public-key-file /etc/driver-loader/minisign.pub \
          --expected-source-repository {repository} --allowed-builder {builder} \
          --cache-dir /var/cache/driver-loader \
-         --mode container --deadline-seconds {deadline} --ready-file /run/driver-loader/ready run",
+         --mode container --deadline-seconds {deadline} --ready-file /run/driver-loader/ready{extra} run",
         repository = shell_quote(service.source_repository()),
         builder = shell_quote(crate::service::BUILDER_ID),
         driver = shell_quote(settings.driver.as_str()),
@@ -153,10 +182,19 @@ pub fn prepare(
         base = shell_quote(&service.node_artifact_base()),
         service_url = shell_quote(&service.node_url()),
         deadline = settings.deadline.as_secs().max(1),
+        extra = options
+            .loader_args
+            .iter()
+            .map(|arg| format!(" {}", shell_quote(arg)))
+            .collect::<String>(),
     );
-    let init = StandardInit::new()
+    let mut init = StandardInit::new()
         .modules(modules)
-        .network(Network::Static)
+        .network(Network::Static);
+    for command in &options.commands_before_loader {
+        init = init.command(command.clone());
+    }
+    let init = init
         .command(gate::init_command(&spec.name))
         .command(format!(
             "{loader_command}; rc=$?; echo \"{LOADER_EXIT_MARKER} rc=$rc\""
@@ -170,7 +208,7 @@ pub fn prepare(
         ))
         .command(format!(
             "if [ \"$rc\" = 0 ] && [ -d /sys/module/{module} ]; then echo \"{RESULT_MARKER} loaded\"; \
-             elif [ \"$rc\" = 5 ] || [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ] || [ \"$rc\" = 10 ]; then echo \"{RESULT_MARKER} refused\"; \
+             elif [ \"$rc\" = 5 ] || [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ] || [ \"$rc\" = 10 ] || [ \"$rc\" = 11 ]; then echo \"{RESULT_MARKER} refused\"; \
              else echo \"{RESULT_MARKER} failed\"; fi"
         ))
         .render();
@@ -189,6 +227,7 @@ pub fn prepare(
         initrd,
         console: dir.join(format!("{}.console.log", spec.name)),
         announce,
+        options: options.clone(),
     })
 }
 
@@ -219,13 +258,22 @@ fn boot_with(
     hard_timeout: Duration,
     gate: Option<&StartGate>,
 ) -> Result<RunningNode> {
-    let mut config = QemuConfig::new(
-        prepared.spec.arch,
-        prepared.kernel.qemu_kernel(),
-        &prepared.console,
-    )
-    .initrd(&prepared.initrd)
-    .hard_timeout(hard_timeout);
+    let options = &prepared.options;
+    // UEFI boots the bzImage's EFI stub; PVH entry (qemu_kernel) would bypass the firmware.
+    let kernel = if options.firmware.is_some() {
+        prepared.kernel.vmlinuz()
+    } else {
+        prepared.kernel.qemu_kernel()
+    };
+    let mut config = QemuConfig::new(prepared.spec.arch, kernel, &prepared.console)
+        .initrd(&prepared.initrd)
+        .hard_timeout(hard_timeout);
+    if let Some(firmware) = &options.firmware {
+        config = config.firmware(firmware.clone());
+    }
+    for word in &options.kernel_args {
+        config = config.append(word.clone());
+    }
     if prepared.spec.arch == Arch::X86_64 {
         config = config.memory_mib(512);
     }

@@ -114,6 +114,12 @@ pub struct Service {
 impl Service {
     /// Builds (if needed) and starts the service with its state under `dir`.
     pub fn start(dir: &Path) -> Result<Service> {
+        Service::start_with(dir, &ServiceOptions::default())
+    }
+
+    /// [`Service::start`] with options: e.g. a module-signing key, so that every module the
+    /// service builds is signed for nodes that enforce module signatures (Secure Boot).
+    pub fn start_with(dir: &Path, options: &ServiceOptions) -> Result<Service> {
         let binary = cargo_binary("build-service", "build-service", None)?;
         let builder_x86_64 = testkit::musl_binary(
             "driver-builder",
@@ -168,6 +174,7 @@ impl Service {
                 .arg(&root_cache)
                 .arg("--signing-key")
                 .arg(&key.secret_key)
+                .args(options.service_args())
                 .args(["--builder-id", BUILDER_ID])
                 .args(["--poll-interval", "250ms", "--build-timeout", "20m"])
                 .args(["--max-concurrent-builds", "2", "--max-wait", "30s"])
@@ -594,6 +601,126 @@ pub struct BuildCounters {
     pub cache_hits: f64,
 }
 
+/// How [`Service::start_with`] starts the service.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOptions {
+    /// Sign every built module with this key (`--module-signing-key`, `--module-signing-cert`).
+    pub module_signing: Option<ModuleSigningKey>,
+}
+
+impl ServiceOptions {
+    /// The service's command-line arguments for these options.
+    pub fn service_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(key) = &self.module_signing {
+            args.extend([
+                "--module-signing-key".into(),
+                key.key.clone().into_os_string(),
+                "--module-signing-cert".into(),
+                key.cert_der.clone().into_os_string(),
+            ]);
+        }
+        args
+    }
+}
+
+/// A module-signing key pair for the service's builds (Secure Boot, `module.sig_enforce=1`), made
+/// with openssl the way the kernel's `certs/x509.genkey` makes one: RSA 4096, self-signed,
+/// `basicConstraints=critical,CA:FALSE`, `keyUsage=digitalSignature`,
+/// `subjectKeyIdentifier=hash`, `authorityKeyIdentifier=keyid`, valid for a century, subject
+/// `CN=kdriver module signing (test)`. For tests and `cargo xtask serve` only: a real deployment
+/// makes its own and keeps the key in a secret store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSigningKey {
+    /// `<dir>/module-signing.key`: the PEM private key, mode 0600.
+    pub key: PathBuf,
+    /// `<dir>/module-signing.der`: the certificate, DER (what `mokutil --import` takes).
+    pub cert_der: PathBuf,
+}
+
+impl ModuleSigningKey {
+    /// The certificate's subject CN.
+    pub const COMMON_NAME: &str = "kdriver module signing (test)";
+
+    /// Where the pair lives in `dir` (made or not).
+    pub fn in_dir(dir: &Path) -> ModuleSigningKey {
+        ModuleSigningKey {
+            key: dir.join("module-signing.key"),
+            cert_der: dir.join("module-signing.der"),
+        }
+    }
+
+    /// The pair in `dir`, made now unless both files are already there.
+    pub fn existing_or_generate(dir: &Path) -> Result<ModuleSigningKey> {
+        let pair = ModuleSigningKey::in_dir(dir);
+        if pair.key.is_file() && pair.cert_der.is_file() {
+            return Ok(pair);
+        }
+        ModuleSigningKey::generate(dir)
+    }
+
+    /// A fresh pair in `dir` (`module-signing.key`, `module-signing.der`); refuses to replace an
+    /// existing key.
+    pub fn generate(dir: &Path) -> Result<ModuleSigningKey> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pair = ModuleSigningKey::in_dir(dir);
+        // Created 0600 before openssl writes into it, so the key is never readable by others.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pair.key)
+            .with_context(|| format!("creating {} (it must not exist yet)", pair.key.display()))?;
+        let genkey = dir.join("module-signing.genkey");
+        fs::write(
+            &genkey,
+            format!(
+                "[ req ]\n\
+                 default_bits = 4096\n\
+                 distinguished_name = req_distinguished_name\n\
+                 prompt = no\n\
+                 string_mask = utf8only\n\
+                 x509_extensions = myexts\n\
+                 \n\
+                 [ req_distinguished_name ]\n\
+                 CN = {}\n\
+                 \n\
+                 [ myexts ]\n\
+                 basicConstraints=critical,CA:FALSE\n\
+                 keyUsage=digitalSignature\n\
+                 subjectKeyIdentifier=hash\n\
+                 authorityKeyIdentifier=keyid\n",
+                ModuleSigningKey::COMMON_NAME
+            ),
+        )?;
+        let output = Command::new("openssl")
+            .args([
+                "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500",
+            ])
+            .args(["-batch", "-x509", "-config"])
+            .arg(&genkey)
+            .args(["-outform", "DER", "-out"])
+            .arg(&pair.cert_der)
+            .arg("-keyout")
+            .arg(&pair.key)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl (install Debian's openssl package)")?;
+        let _ = fs::remove_file(&genkey);
+        if !output.status.success() {
+            let _ = fs::remove_file(&pair.key);
+            bail!(
+                "openssl could not make a module-signing key ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        fs::set_permissions(&pair.key, fs::Permissions::from_mode(0o600))?;
+        Ok(pair)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,5 +768,46 @@ thread 'main' panicked at somewhere
 
         let unreadable = r#"{"timestamp":"yesterday","fields":{"message":"finished processing request","status":202},"span":{"method":"POST","path":"/build","name":"request"}}"#;
         assert!(parse_build_answers(unreadable).is_err());
+    }
+
+    #[test]
+    fn a_module_signing_key_is_made_like_the_kernels_x509_genkey() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = testkit::test_log_dir("fleet-module-signing-key").expect("dir");
+        let pair = ModuleSigningKey::generate(&dir).expect("generated");
+        assert_eq!(pair, ModuleSigningKey::in_dir(&dir));
+        let mode = fs::metadata(&pair.key).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-noout", "-text", "-in"])
+            .arg(&pair.cert_der)
+            .output()
+            .expect("openssl x509");
+        let text = String::from_utf8_lossy(&text.stdout);
+        for expected in [
+            "CN = kdriver module signing (test)",
+            "Public-Key: (4096 bit)",
+            "CA:FALSE",
+            "Digital Signature",
+            // (authorityKeyIdentifier=keyid: OpenSSL 3 leaves it out of a self-signed
+            // certificate, as the kernel's own genkey gets it.)
+            "X509v3 Subject Key Identifier",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
+        assert!(
+            ModuleSigningKey::generate(&dir).is_err(),
+            "an existing key is never replaced"
+        );
+        assert_eq!(
+            ModuleSigningKey::existing_or_generate(&dir).expect("reused"),
+            pair
+        );
+        let args = ServiceOptions {
+            module_signing: Some(pair.clone()),
+        }
+        .service_args();
+        assert_eq!(args[0], "--module-signing-key");
+        assert_eq!(args[3], pair.cert_der.as_os_str());
     }
 }

@@ -1131,11 +1131,46 @@ fn github_attestation_is_optional_and_alone_in_holding_its_permissions() {
         .iter()
         .filter(|step| serde_norway::to_string(step).unwrap().contains("secrets."))
         .collect();
-    assert_eq!(with_secrets.len(), 1, "exactly one build step sees secrets");
-    let sign = with_secrets[0];
+    // Two steps see secrets, each only its own: the signing step the package signing key, the
+    // build step the optional module-signing key and certificate (BuildKit secrets, see
+    // module_signing_secrets_reach_only_the_builders_run).
+    let secrets_of = |step: &Value| -> BTreeSet<String> {
+        step["env"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter(|(_, value)| {
+                value
+                    .as_str()
+                    .is_some_and(|value| value.contains("secrets."))
+            })
+            .map(|(name, _)| name.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(with_secrets.len(), 2, "exactly two build steps see secrets");
+    let sign = with_secrets
+        .iter()
+        .copied()
+        .find(|step| step["run"].as_str() == Some("bash .github/scripts/sign-and-attest.sh"))
+        .expect("the signing step sees the signing key");
     assert_eq!(
-        sign["run"].as_str(),
-        Some("bash .github/scripts/sign-and-attest.sh")
+        secrets_of(sign),
+        ["MINISIGN_PASSWORD", "MINISIGN_SECRET_KEY"]
+            .map(str::to_owned)
+            .into(),
+        "the signing step sees only the package signing key"
+    );
+    let builds = with_secrets
+        .iter()
+        .copied()
+        .find(|step| step["run"].as_str() == Some("bash .github/scripts/build-in-image.sh"))
+        .expect("the build step sees the module-signing secrets");
+    assert_eq!(
+        secrets_of(builds),
+        ["MODULE_SIGNING_CERT", "MODULE_SIGNING_KEY"]
+            .map(str::to_owned)
+            .into(),
+        "the build step sees only the module-signing key and certificate"
     );
     assert_eq!(
         sign["env"]["BUILD_ID"].as_str(),
@@ -1209,4 +1244,239 @@ fn github_attestation_is_optional_and_alone_in_holding_its_permissions() {
         ),
         "{script}"
     );
+}
+
+#[test]
+fn module_signing_secrets_reach_only_the_builders_run() {
+    // Declared for callers (optional: without them modules are unsigned), passed through the
+    // nightly fan-out.
+    for file in ["driver-build.yml", "build-shard.yml"] {
+        let workflow = load(file);
+        let secrets = &workflow["on"]["workflow_call"]["secrets"];
+        for name in ["MODULE_SIGNING_KEY", "MODULE_SIGNING_CERT"] {
+            assert_eq!(
+                secrets[name]["required"].as_bool(),
+                Some(false),
+                "{file}: {name} must be an optional secret"
+            );
+        }
+    }
+    let script =
+        std::fs::read_to_string(workspace().join(".github/scripts/build-in-image.sh")).unwrap();
+    for expected in [
+        "umask 077",
+        "chmod 600",
+        "trap cleanup EXIT",
+        "unset MODULE_SIGNING_KEY MODULE_SIGNING_CERT",
+        "--secret \"id=module_signing_key,src=${key}\"",
+        "--secret \"id=module_signing_cert,src=${cert}\"",
+    ] {
+        assert!(script.contains(expected), "build-in-image.sh: {expected}");
+    }
+    assert!(
+        !script.contains("--build-arg \"MODULE_SIGNING")
+            && !script.contains("--build-arg MODULE_SIGNING"),
+        "the key never becomes a build argument"
+    );
+    let dockerfile = std::fs::read_to_string(workspace().join("docker/Dockerfile.build")).unwrap();
+    let mounts: Vec<&str> = dockerfile
+        .lines()
+        .filter(|line| line.contains("--mount=type=secret"))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "RUN --mount=type=secret,id=module_signing_key,mode=0400 \\",
+            "    --mount=type=secret,id=module_signing_cert,mode=0444 \\",
+        ],
+        "the secrets are mounted for exactly one RUN"
+    );
+    assert_eq!(
+        dockerfile.matches("\nRUN ").count(),
+        1,
+        "one RUN: the builder's"
+    );
+    assert!(!dockerfile.contains("ARG MODULE_SIGNING") && !dockerfile.contains("ENV "));
+    assert!(dockerfile.contains("--module-sign-key /run/secrets/module_signing_key"));
+}
+
+/// A `docker` for build-in-image.sh: `buildx imagetools inspect` names a digest; `build` records its
+/// arguments, its environment and every `--secret` file (mode and bytes) as it exists during the
+/// build, then leaves a package, its digest and build-facts.json in the `--output` directory.
+const FAKE_DOCKER: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+record="${FAKE_DOCKER_RECORD:?}"
+if [[ "$1" == buildx ]]; then
+    echo '{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}'
+    exit 0
+fi
+[[ "$1" == build ]] || exit 2
+shift
+mkdir -p "${record}"
+env >"${record}/env"
+printf '%s\n' "$@" >"${record}/args"
+out=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --secret)
+            id="${2#id=}"; id="${id%%,*}"; src="${2#*,src=}"
+            stat -c %a "${src}" >"${record}/${id}.mode"
+            cp "${src}" "${record}/${id}"
+            echo "${src}" >"${record}/${id}.path"
+            shift 2 ;;
+        --output) out="${2#type=local,dest=}"; shift 2 ;;
+        *) shift ;;
+    esac
+done
+mkdir -p "${out}"
+printf 'package' >"${out}/${PACKAGE_FILE_NAME}"
+(cd "${out}" && sha256sum "${PACKAGE_FILE_NAME}" >"${DIGEST_FILE_NAME}")
+echo '{}' >"${out}/build-facts.json"
+"#;
+
+/// Runs build-in-image.sh with a fake docker and the given module-signing secrets; returns its
+/// output and the record directory.
+fn build_in_image(
+    dir: &Path,
+    key: Option<&str>,
+    cert: Option<&str>,
+) -> (std::process::Output, PathBuf) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let docker = bin.join("docker");
+    std::fs::write(&docker, FAKE_DOCKER).unwrap();
+    std::fs::set_permissions(&docker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let builder = dir.join("target/x86_64-unknown-linux-musl/release/driver-builder");
+    std::fs::create_dir_all(builder.parent().unwrap()).unwrap();
+    std::fs::write(&builder, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        &builder,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let record = dir.join("record");
+    let _ = std::fs::remove_dir_all(&record);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let package = "example-driver-debian-12-6.1.0-47-amd64_v0.1.2_amd64.deb";
+    let mut command = Command::new("bash");
+    command
+        .arg(workspace().join(".github/scripts/build-in-image.sh"))
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("FAKE_DOCKER_RECORD", &record)
+        .env("RUST_TARGET", "x86_64-unknown-linux-musl")
+        .env("IMAGE_OWNER", "o")
+        .env("IMAGE", "ghcr.io/o/debian:12")
+        .env("KERNEL_RELEASE", "6.1.0-47-amd64")
+        .env("ARCH", "x86_64")
+        .env("DISTRIBUTION", "debian")
+        .env("DISTRO_VERSION", "12")
+        .env("DRIVER_NAME", "example-driver")
+        .env("DRIVER_VERSION", "v0.1.2")
+        .env("DRIVER_SOURCE", "driver-source/driver/example-driver")
+        .env("PACKAGE_FILE_NAME", package)
+        .env("DIGEST_FILE_NAME", format!("{package}.sha256"))
+        .env("OUT_DIR", dir.join("out"))
+        .env("SOURCE_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+        .env("GITHUB_REPOSITORY", "o/r")
+        .env("GITHUB_OUTPUT", dir.join("github-output"))
+        .env_remove("MODULE_SIGNING_KEY")
+        .env_remove("MODULE_SIGNING_CERT");
+    if let Some(key) = key {
+        command.env("MODULE_SIGNING_KEY", key);
+    }
+    if let Some(cert) = cert {
+        command.env("MODULE_SIGNING_CERT", cert);
+    }
+    (command.output().expect("bash runs"), record)
+}
+
+/// A PEM key and certificate made with openssl.
+fn openssl_pair(dir: &Path, name: &str) -> (String, String) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", &format!("/CN={name}/")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", log(&made));
+    (
+        std::fs::read_to_string(key).unwrap(),
+        std::fs::read_to_string(cert).unwrap(),
+    )
+}
+
+#[test]
+fn build_in_image_hands_the_module_signing_key_to_buildkit_only_as_a_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = openssl_pair(dir.path(), "module");
+    let (output, record) = build_in_image(dir.path(), Some(&key), Some(&cert));
+    assert!(output.status.success(), "{}", log(&output));
+    let args = std::fs::read_to_string(record.join("args")).unwrap();
+    assert!(
+        args.contains("--secret\nid=module_signing_key,src="),
+        "{args}"
+    );
+    assert!(
+        args.contains("--secret\nid=module_signing_cert,src="),
+        "{args}"
+    );
+    assert!(!args.contains("PRIVATE KEY"), "{args}");
+    // During the build: the key 0600 with exactly the secret's bytes, the certificate as DER.
+    assert_eq!(
+        std::fs::read_to_string(record.join("module_signing_key.mode"))
+            .unwrap()
+            .trim(),
+        "600"
+    );
+    assert_eq!(
+        std::fs::read_to_string(record.join("module_signing_key"))
+            .unwrap()
+            .trim(),
+        key.trim()
+    );
+    let der = std::fs::read(record.join("module_signing_cert")).unwrap();
+    assert_eq!(der[0], 0x30, "the certificate reaches BuildKit as DER");
+    // docker itself never sees the secrets in its environment, and the files are gone afterwards.
+    let env = std::fs::read_to_string(record.join("env")).unwrap();
+    assert!(!env.contains("MODULE_SIGNING"), "{env}");
+    for id in ["module_signing_key", "module_signing_cert"] {
+        let path = std::fs::read_to_string(record.join(format!("{id}.path"))).unwrap();
+        assert!(!Path::new(path.trim()).exists(), "{id} is left at {path}");
+    }
+
+    // Neither secret: unsigned, no --secret.
+    let (output, record) = build_in_image(dir.path(), None, None);
+    assert!(output.status.success(), "{}", log(&output));
+    assert!(log(&output).contains("built unsigned"), "{}", log(&output));
+    let args = std::fs::read_to_string(record.join("args")).unwrap();
+    assert!(!args.contains("--secret"), "{args}");
+
+    // One without the other, or a certificate of another key: refused before docker runs.
+    let (_, other_cert) = openssl_pair(dir.path(), "other");
+    for (key, cert, expected) in [
+        (Some(key.as_str()), None, "set both"),
+        (None, Some(cert.as_str()), "set both"),
+        (
+            Some(key.as_str()),
+            Some(other_cert.as_str()),
+            "do not belong together",
+        ),
+    ] {
+        let (output, record) = build_in_image(dir.path(), key, cert);
+        assert!(!output.status.success(), "{}", log(&output));
+        assert!(log(&output).contains(expected), "{}", log(&output));
+        assert!(!record.join("args").exists(), "docker ran");
+    }
 }

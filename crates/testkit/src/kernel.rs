@@ -96,7 +96,8 @@ impl KernelImage {
     /// The kernel file to hand to qemu's `-kernel`: on x86_64 the uncompressed ELF `vmlinux`
     /// when one could be extracted (booted through PVH, which skips decompressing the bzImage in
     /// the guest: for Debian 12's xz-compressed kernels that cuts a TCG boot from ~16 s to ~7 s),
-    /// else the packaged vmlinuz.
+    /// else the packaged vmlinuz. Nodes booted through UEFI firmware need [`KernelImage::vmlinuz`]
+    /// (the EFI stub): PVH entry bypasses the firmware.
     pub fn qemu_kernel(&self) -> &Path {
         if self.pvh_vmlinux.is_file() {
             &self.pvh_vmlinux

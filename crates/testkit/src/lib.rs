@@ -21,6 +21,8 @@
 //!
 //! Host tools used: git (for [`driver_repo`]), apt, dpkg-deb, kmod (depmod), xz-utils, coreutils `timeout`,
 //! qemu-system-x86 / qemu-system-arm, busybox-static, and for root disks mmdebstrap and e2fsprogs.
+//! Nodes on UEFI firmware ([`uefi`]) need ovmf and python3-virt-firmware (bookworm-backports);
+//! [`modsign`]'s test module signatures need openssl.
 //!
 //! A node in a few lines:
 //!
@@ -55,10 +57,12 @@ pub mod driver_repo;
 pub mod initramfs;
 pub mod kernel;
 mod lock;
+pub mod modsign;
 pub mod musl;
 pub mod oci;
 pub mod qemu;
 pub mod rootfs;
+pub mod uefi;
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +73,7 @@ pub use kernel::{KernelImage, KernelModule};
 pub use musl::musl_binary;
 pub use qemu::{QemuConfig, QemuNode, VmError};
 pub use rootfs::{DiskImage, ROOT_DISK_MODULES, debian_root};
+pub use uefi::UefiFirmware;
 
 /// The workspace root, found from this crate's manifest directory so tests work from any cwd.
 pub fn workspace_root() -> PathBuf {

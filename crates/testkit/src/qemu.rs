@@ -20,6 +20,8 @@ use kernel_id::Arch;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::uefi::UefiFirmware;
+
 /// Why waiting on a VM ended without the expected output.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -86,6 +88,11 @@ pub struct QemuConfig {
     pub hard_timeout: Duration,
     /// Raw extra qemu arguments, appended last.
     pub extra_args: Vec<String>,
+    /// UEFI firmware on qemu's pflash (x86_64 only; default: qemu's SeaBIOS). The kernel is still
+    /// booted with `-kernel`, through its EFI stub; the guest then sees UEFI variables such as
+    /// `db` (see [`crate::uefi`]). Each boot gets a private writable copy of the variable store,
+    /// [`QemuConfig::vars_copy_path`].
+    pub firmware: Option<UefiFirmware>,
 }
 
 impl QemuConfig {
@@ -103,7 +110,22 @@ impl QemuConfig {
             console: console.to_path_buf(),
             hard_timeout: Duration::from_secs(120),
             extra_args: Vec::new(),
+            firmware: None,
         }
+    }
+
+    /// Boots through UEFI `firmware` instead of the default BIOS.
+    pub fn firmware(mut self, firmware: UefiFirmware) -> Self {
+        self.firmware = Some(firmware);
+        self
+    }
+
+    /// Where [`QemuNode::boot`] copies the firmware's variable store for this VM:
+    /// `<console>.vars.fd`, beside the console.
+    pub fn vars_copy_path(&self) -> PathBuf {
+        let mut path = self.console.clone().into_os_string();
+        path.push(".vars.fd");
+        PathBuf::from(path)
     }
 
     pub fn initrd(mut self, path: &Path) -> Self {
@@ -188,6 +210,19 @@ impl QemuConfig {
         push(&["-display", "none", "-monitor", "none", "-no-reboot"]);
         args.push("-m".into());
         args.push(self.memory_mib.to_string());
+        if let Some(firmware) = &self.firmware {
+            // The code is shared read-only; the variable store is this VM's own copy.
+            args.push("-drive".into());
+            args.push(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                qemu_escape(&firmware.code.to_string_lossy())
+            ));
+            args.push("-drive".into());
+            args.push(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                qemu_escape(&self.vars_copy_path().to_string_lossy())
+            ));
+        }
         args.push("-chardev".into());
         args.push(format!(
             "file,id=console0,path={}",
@@ -272,6 +307,31 @@ impl QemuNode {
         }
         if let Some(parent) = config.console.parent() {
             fs::create_dir_all(parent)?;
+        }
+        if let Some(firmware) = &config.firmware {
+            if config.is_arm() {
+                bail!("UEFI firmware is supported for x86_64 nodes only (OVMF)");
+            }
+            firmware.check()?;
+            // PVH entry (an ELF vmlinux) bypasses the firmware; UEFI boots the bzImage's EFI stub.
+            let mut magic = [0u8; 4];
+            if fs::File::open(&config.kernel)
+                .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+                .is_ok()
+                && &magic == b"\x7fELF"
+            {
+                bail!(
+                    "{} is an ELF vmlinux (PVH entry), which bypasses UEFI firmware: boot the \
+                     bzImage (KernelImage::vmlinuz) instead",
+                    config.kernel.display()
+                );
+            }
+            // The firmware writes its variables at boot: never into the caller's template, and
+            // never into a store another VM has open.
+            let copy = config.vars_copy_path();
+            fs::copy(&firmware.vars, &copy).with_context(|| {
+                format!("copying {} to {}", firmware.vars.display(), copy.display())
+            })?;
         }
         fs::write(&config.console, b"")
             .with_context(|| format!("creating console file {}", config.console.display()))?;
@@ -501,6 +561,29 @@ mod tests {
         assert!(joined.contains("-nic user,model=virtio-net-pci"));
         assert_eq!(config.kernel_command_line(), "console=ttyS0 panic=-1 quiet");
         assert_eq!(config.qemu_binary(), "qemu-system-x86_64");
+        assert!(!joined.contains("pflash"), "BIOS by default: {joined}");
+    }
+
+    #[test]
+    fn uefi_firmware_is_two_pflash_units_with_a_private_vars_copy() {
+        let arch = Arch::parse("x86_64").expect("arch");
+        let config = QemuConfig::new(arch, Path::new("/k"), Path::new("/logs/node.log")).firmware(
+            UefiFirmware {
+                code: PathBuf::from("/fw/OVMF_CODE_4M.fd"),
+                vars: PathBuf::from("/fw/template.fd"),
+            },
+        );
+        assert_eq!(config.vars_copy_path(), Path::new("/logs/node.log.vars.fd"));
+        let joined = config.qemu_args().join(" ");
+        assert!(
+            joined.contains(
+                "-drive if=pflash,format=raw,unit=0,readonly=on,file=/fw/OVMF_CODE_4M.fd \
+                 -drive if=pflash,format=raw,unit=1,file=/logs/node.log.vars.fd"
+            ),
+            "{joined}"
+        );
+        assert!(!joined.contains("template.fd"), "{joined}");
+        assert!(joined.contains("-kernel /k"), "{joined}");
     }
 
     #[test]
