@@ -60,6 +60,15 @@ pub fn run(root: &Path, extra: &[String]) -> Result<()> {
     if !secret.exists() {
         // Made 0600 by the integrity module; the service refuses a key others can read.
         fleet::service::SigningKey::generate(&state).context("generating the signing key")?;
+    } else {
+        // A key this command made before keys had to be 0600: it is ours, so tighten it rather
+        // than have the service refuse it.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            eprintln!("{}: mode {:04o} -> 0600", secret.display(), mode & 0o7777);
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+        }
     }
     eprintln!(
         "artifacts and their provenance are signed with {} (builder id {}); give loaders the \

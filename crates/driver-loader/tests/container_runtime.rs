@@ -22,7 +22,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::sample::sample_package;
+use common::sample::sample_build;
 use common::*;
 use kernel_id::Arch;
 use testkit::deploy::{
@@ -255,8 +255,17 @@ fn the_loader_image_loads_the_driver_under_podman_with_only_what_the_daemonset_d
     // The artifact store: the sample driver's package for this kernel, signed by the test's key, with
     // its build provenance (source repository and builder as the trust Secret will name them).
     let keys = Keys::generate();
-    let package = std::fs::read(sample_package(RELEASE)).expect("sample package for 6.1.0-47");
-    let server = serve_artifact(Artifact::from_package(&keys, &identity(RELEASE), package));
+    // The provenance names the commit and build facts the sample build really had (the loader
+    // checks the commit against the package's own metadata).
+    let build = sample_build(RELEASE);
+    let package = std::fs::read(&build.package).expect("sample package for 6.1.0-47");
+    let server = serve_artifact(
+        Artifact::from_package(&keys, &identity(RELEASE), package).with_provenance(
+            &keys,
+            &identity(RELEASE),
+            |p| build.describe(p),
+        ),
+    );
     let scratch = tempfile::tempdir().expect("tempdir");
     let port = server.addr.port();
 
