@@ -17,7 +17,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use base64::Engine as _;
 use build_root::executor::{ModuleSignHash, ModuleSigningInput};
 
 /// Where the service publishes the certificate.
@@ -99,12 +98,11 @@ impl ModuleSigning {
         }
         check_private_key_pem(key)?;
         let cert_der =
-            certificate_der(&std::fs::read(cert).map_err(io(cert))?).map_err(|reason| {
-                ModuleSigningError::Certificate {
+            integrity::module_signing::certificate_der(&std::fs::read(cert).map_err(io(cert))?)
+                .map_err(|reason| ModuleSigningError::Certificate {
                     path: cert.display().to_string(),
                     reason,
-                }
-            })?;
+                })?;
         let cert_public = openssl(
             &["x509", "-inform", "DER", "-noout", "-pubkey"],
             Some(&cert_der),
@@ -195,60 +193,14 @@ impl ModuleSigning {
 /// A PEM private key sign-file reads without a passphrase (checked on the text; the key itself is
 /// parsed by openssl in [`ModuleSigning::load`]).
 fn check_private_key_pem(key: &Path) -> Result<(), ModuleSigningError> {
-    let refuse = |reason: &str| ModuleSigningError::Key {
+    let refuse = |reason: String| ModuleSigningError::Key {
         path: key.display().to_string(),
-        reason: reason.to_owned(),
+        reason,
     };
-    let text = std::fs::read_to_string(key).map_err(|_| {
-        refuse("is not a PEM private key (sign-file reads only PEM: `openssl pkey -in KEY -out KEY.pem`)")
-    })?;
-    if text.contains("ENCRYPTED") {
-        return Err(refuse(
-            "is encrypted; builds run unattended and sign-file takes no passphrase: give an \
-             unencrypted PEM key (mode 0600)",
-        ));
-    }
-    if !text.lines().any(|line| {
-        line.starts_with("-----BEGIN ") && line.trim_end().ends_with("PRIVATE KEY-----")
-    }) {
-        return Err(refuse(
-            "is not a PEM private key (no -----BEGIN ... PRIVATE KEY----- line)",
-        ));
-    }
-    Ok(())
+    let pem = std::fs::read(key).map_err(|error| refuse(format!("cannot be read ({error})")))?;
+    integrity::module_signing::check_private_key_pem(&pem).map_err(refuse)
 }
 
-/// The DER form of an X.509 certificate given as DER or PEM (its first `CERTIFICATE` block).
-pub fn certificate_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    // DER: a SEQUENCE.
-    if bytes.first() == Some(&0x30) {
-        return Ok(bytes.to_vec());
-    }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| "is neither a DER nor a PEM certificate".to_owned())?;
-    let start = text
-        .find(BEGIN)
-        .ok_or_else(|| format!("is neither a DER certificate nor PEM with a {BEGIN} line"))?
-        + BEGIN.len();
-    let length = text[start..]
-        .find(END)
-        .ok_or_else(|| format!("PEM certificate without its {END} line"))?;
-    let body: String = text[start..start + length]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|error| format!("the PEM certificate's body is not base64: {error}"))?;
-    if der.first() != Some(&0x30) {
-        return Err("the PEM certificate's body is not DER".to_owned());
-    }
-    Ok(der)
-}
-
-/// Runs `openssl <args>` with `input` on stdin; its stdout, or why it failed.
 fn openssl(args: &[&str], input: Option<&[u8]>, what: &str) -> Result<String, String> {
     let mut child = Command::new("openssl")
         .args(args)
@@ -398,8 +350,10 @@ mod tests {
         let error = ModuleSigning::load(&encrypted, &cert, ModuleSignHash::Sha256).unwrap_err();
         assert!(error.to_string().contains("encrypted"), "{error}");
         assert!(
-            certificate_der(b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n")
-                .is_err()
+            integrity::module_signing::certificate_der(
+                b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"
+            )
+            .is_err()
         );
     }
 }

@@ -542,8 +542,10 @@ impl ModuleSigningKey {
         origin: &str,
     ) -> Result<ModuleSigningKey, (&'static str, String)> {
         let key_pem = SecretBytes(key_pem);
-        check_private_key_pem(&key_pem.0).map_err(|reason| ("key", reason))?;
-        let cert_der = certificate_der(cert).map_err(|reason| ("certificate", reason))?;
+        integrity::module_signing::check_private_key_pem(&key_pem.0)
+            .map_err(|reason| ("key", reason))?;
+        let cert_der = integrity::module_signing::certificate_der(cert)
+            .map_err(|reason| ("certificate", reason))?;
         Ok(ModuleSigningKey {
             key_pem,
             cert_der,
@@ -568,57 +570,6 @@ impl ModuleSigningKey {
         const SKID_OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x0e];
         self.cert_der.windows(SKID_OID.len()).any(|w| w == SKID_OID)
     }
-}
-
-/// A PEM private key sign-file can read without a passphrase.
-fn check_private_key_pem(pem: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(pem).map_err(|_| "is not a PEM private key".to_owned())?;
-    if text.contains("ENCRYPTED") {
-        return Err(
-            "is an encrypted private key; sign-file runs unattended and takes no passphrase: \
-             give an unencrypted PEM key (mode 0600)"
-                .to_owned(),
-        );
-    }
-    let begins = text
-        .lines()
-        .any(|line| line.starts_with("-----BEGIN ") && line.ends_with("PRIVATE KEY-----"));
-    if !begins {
-        return Err(
-            "is not a PEM private key (no -----BEGIN ... PRIVATE KEY----- line)".to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// The DER form of an X.509 certificate given as DER or PEM (the first `CERTIFICATE` block).
-pub fn certificate_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    if bytes.first() == Some(&0x30) {
-        return Ok(bytes.to_vec());
-    }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| "is neither a DER nor a PEM certificate".to_owned())?;
-    let start = text
-        .find(BEGIN)
-        .ok_or_else(|| format!("is neither a DER certificate nor PEM with a {BEGIN} line"))?
-        + BEGIN.len();
-    let length = text[start..]
-        .find(END)
-        .ok_or_else(|| format!("PEM certificate without its {END} line"))?;
-    let body: String = text[start..start + length]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|error| format!("PEM certificate body is not base64: {error}"))?;
-    if der.first() != Some(&0x30) {
-        return Err("PEM certificate body is not DER".to_owned());
-    }
-    Ok(der)
 }
 
 /// How [`sign_modules`] signed.

@@ -7,6 +7,7 @@
 //! - [`signature`]: the detached package signature, whose binding to the package's file name is
 //!   mandatory;
 //! - [`dsse`]: DSSE envelopes signed with the same Ed25519 keys, each signature naming its key id;
+//! - [`module_signing`]: the certificate (DER) and PEM private key of kernel module signing;
 //! - [`provenance`]: the in-toto Statement v1 / SLSA Provenance v1 of a driver build, how it is made
 //!   from what the build observed ([`facts`]) and what the loader checks before anything reaches
 //!   the kernel.
@@ -17,6 +18,7 @@ pub mod digest;
 pub mod dsse;
 pub mod facts;
 pub mod keys;
+pub mod module_signing;
 pub mod provenance;
 pub mod signature;
 
