@@ -16,6 +16,7 @@ mod derive;
 mod distro;
 mod driver;
 mod error;
+mod family;
 mod identity;
 pub mod kernels_json;
 mod layout;
@@ -31,6 +32,7 @@ pub use driver::{
     DriverName, DriverVersion, MAX_DRIVER_NAME_LEN, MAX_DRIVER_VERSION_LEN, SourceCommit,
 };
 pub use error::{Field, IdError};
+pub use family::{DEFAULT_RPM_FLAVOR, KernelFamily};
 pub use identity::{IdentityInput, KernelIdentity};
 pub use kernels_json::{KernelsEntry, KernelsFile};
 pub use layout::{ReleaseLayout, percent_encode_segment};
