@@ -12,6 +12,7 @@
 //! | `GET /status/{build_id}` | 200 | [`BuildStatus`] |
 //! | `GET /builds` | 200 (scope `admin`) | [`BuildList`] |
 //! | `GET /healthz` | 200 or 503 | [`Health`] |
+| `POST /report` | request body (scope `report`), answered 204 | [`NodeReport`] |
 //! | every refusal and failure | 4xx, 5xx | [`ApiErrorBody`] |
 //!
 //! The wire format is the one the service sent when it built these bodies as JSON maps: objects have
@@ -394,6 +395,105 @@ pub struct BuildListing {
 pub struct BuildList {
     /// The builds.
     pub builds: Vec<BuildListing>,
+}
+
+/// How a loader run ended, as its report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// The driver is live (exit code 0).
+    Loaded,
+    /// The loader refused on purpose: the build was refused or failed, or verification, kernel
+    /// compatibility, provenance or module signature said no (exit codes 5, 6, 7, 10, 11).
+    Refused,
+    /// Anything else: no artifact, install or load failure, internal error.
+    Failed,
+}
+
+impl RunOutcome {
+    /// The outcome of a loader exit code (the loader's exit code table).
+    pub fn from_exit_code(code: u8) -> Self {
+        match code {
+            0 => Self::Loaded,
+            5 | 6 | 7 | 10 | 11 => Self::Refused,
+            _ => Self::Failed,
+        }
+    }
+
+    /// The wire (and stored) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loaded => "loaded",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Where the package a loader run used came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactOrigin {
+    /// The node's own verified cache (a warm restart, or a prefetched kernel).
+    Cache,
+    /// Downloaded, already published when the node asked.
+    Store,
+    /// Downloaded after the node waited for an on-demand build (a first-boot wait).
+    Build,
+}
+
+impl ArtifactOrigin {
+    /// The wire (and stored) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Store => "store",
+            Self::Build => "build",
+        }
+    }
+}
+
+/// Timings of one loader run, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunTimings {
+    /// Waiting for an on-demand build (from the first `POST /build` to the build's end), `null`
+    /// when the node did not wait: the first-boot wait.
+    pub build_wait_ms: Option<u64>,
+    /// Getting the verified package (cache, download, or build and download).
+    pub fetch_ms: u64,
+    /// The whole run, start to driver live (or to the failure).
+    pub total_ms: u64,
+}
+
+/// `POST /report` (scope `report`): what one loader run on one node found and did. The service
+/// keeps the latest report per node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The running kernel's architecture.
+    pub architecture: String,
+    /// Where the package came from; `null` when the run got none.
+    pub artifact_origin: Option<ArtifactOrigin>,
+    /// os-release `ID`.
+    pub distribution: String,
+    /// The distribution version.
+    pub distro_version: String,
+    /// The driver's name.
+    pub driver_name: String,
+    /// The `v`-prefixed driver version the node runs.
+    pub driver_version: String,
+    /// The loader's exit code.
+    pub exit_code: u8,
+    /// The running kernel (`uname -r`).
+    pub kernel_version: String,
+    /// A stable, non-reversible node id: lowercase hex SHA-256 of the host's machine-id (64 chars).
+    pub node_id: String,
+    /// How the run ended.
+    pub outcome: RunOutcome,
+    /// Kernels installed on the node but not running (`/lib/modules/R` with `/boot/vmlinuz-R`):
+    /// what it will boot next.
+    pub pending_kernels: Vec<String>,
+    /// How long it took.
+    pub timings: RunTimings,
 }
 
 /// The body of every refusal and failure: what went wrong, the request field at fault (when one
