@@ -12,7 +12,7 @@
 //! | `GET /status/{build_id}` | 200 | [`BuildStatus`] |
 //! | `GET /builds` | 200 (scope `admin`) | [`BuildList`] |
 //! | `GET /healthz` | 200 or 503 | [`Health`] |
-| `POST /report` | request body (scope `report`), answered 204 | [`NodeReport`] |
+//! | `POST /report` | request body (scope `report`), answered 204 | [`NodeReport`] |
 //! | every refusal and failure | 4xx, 5xx | [`ApiErrorBody`] |
 //!
 //! The wire format is the one the service sent when it built these bodies as JSON maps: objects have
