@@ -30,6 +30,9 @@ pub const LOADER_EXIT_MARKER: &str = "FLEET-LOADER-EXIT";
 pub const MODULE_MARKER: &str = "FLEET-MODULE";
 pub const DMESG_MARKER: &str = "FLEET-DMESG:";
 pub const RESULT_MARKER: &str = "FLEET-RESULT";
+pub const PREFETCH_EXIT_MARKER: &str = "FLEET-PREFETCH-EXIT";
+/// Where a node's loader keeps its package cache (the cache disk's mount point).
+pub const NODE_CACHE_DIR: &str = "/var/cache/driver-loader";
 
 /// Modules a node needs for qemu's virtio-net NIC (their dependencies come along).
 pub const NETWORK_MODULES: [&str; 2] = ["virtio_pci", "virtio_net"];
@@ -121,6 +124,41 @@ pub struct NodeOptions {
     /// Guest shell commands run after the network is up and before the loader; what they print
     /// is on the console.
     pub commands_before_loader: Vec<String>,
+    /// An ext4 disk image (see [`make_cache_disk`]) mounted as the loader's cache directory, so a
+    /// node rebooted with the same disk finds what its previous boot cached.
+    pub cache_disk: Option<PathBuf>,
+    /// Boot without any network device: nothing the node does can reach a server.
+    pub offline: bool,
+    /// Kernels installed on the node besides the running one (`/lib/modules/<R>/` with
+    /// `/boot/vmlinuz-<R>`), as unattended-upgrades leaves them before the reboot.
+    pub installed_kernels: Vec<KernelImage>,
+    /// After `run`, run `driver-loader prefetch` with the same options ([`PREFETCH_EXIT_MARKER`]).
+    pub prefetch_after_run: bool,
+    /// The node's `/etc/machine-id` (32 hex digits); default: derived from the node's name, so a
+    /// node booted again under the same name is the same machine.
+    pub machine_id: Option<String>,
+}
+
+/// Creates an empty ext4 image of `size_mib` for [`NodeOptions::cache_disk`].
+pub fn make_cache_disk(path: &Path, size_mib: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(u64::from(size_mib) * 1024 * 1024)?;
+    drop(file);
+    let status = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "kdriver-cache"])
+        .arg(path)
+        .status()
+        .context("running mkfs.ext4 (e2fsprogs)")?;
+    anyhow::ensure!(status.success(), "mkfs.ext4 {} failed: {status}", path.display());
+    Ok(())
+}
+
+/// The machine-id a node gets when its options name none: stable per node name.
+fn default_machine_id(name: &str) -> String {
+    integrity::sha256_bytes(format!("fleet-node:{name}").as_bytes()).to_hex()[..32].to_owned()
 }
 
 /// A node whose kernel and initramfs are ready to boot.
@@ -158,7 +196,33 @@ pub fn prepare_with_options(
     let loader = testkit::musl_binary("driver-loader", "driver-loader", musl_target(spec.arch))
         .context("building the static driver-loader")?;
     let mut image = Initramfs::new(spec.arch)?;
-    let modules = image.kernel_modules(&kernel, &NETWORK_MODULES)?;
+    let mut wanted_modules: Vec<&str> = Vec::new();
+    if !options.offline {
+        wanted_modules.extend(NETWORK_MODULES);
+    }
+    if options.cache_disk.is_some() {
+        for module in testkit::ROOT_DISK_MODULES {
+            if !wanted_modules.contains(&module) {
+                wanted_modules.push(module);
+            }
+        }
+    }
+    let modules = image.kernel_modules(&kernel, &wanted_modules)?;
+    let machine_id = options
+        .machine_id
+        .clone()
+        .unwrap_or_else(|| default_machine_id(&spec.name));
+    image.file("/etc/machine-id", format!("{machine_id}\n").as_bytes(), 0o444)?;
+    for installed in &options.installed_kernels {
+        let release = installed.release().as_str();
+        image.file_from_host(&format!("/boot/vmlinuz-{release}"), installed.vmlinuz(), 0o644)?;
+        for index in ["modules.order", "modules.builtin", "modules.dep"] {
+            let host = installed.modules_dir().join(index);
+            if host.exists() {
+                image.file_from_host(&format!("/lib/modules/{release}/{index}"), &host, 0o644)?;
+            }
+        }
+    }
     image
         .file_from_host("/bin/driver-loader", &loader, 0o755)?
         .file("/etc/os-release", spec.os_release().as_bytes(), 0o644)?
@@ -168,13 +232,13 @@ pub fn prepare_with_options(
             0o644,
         )?;
     let module = settings.driver.module_name();
-    let loader_command = format!(
+    let loader_base = format!(
         "/bin/driver-loader --driver-name {driver} --driver-version {version} \
          --artifact-base-url {base} --build-service-url {service_url} \
          --public-key-file /etc/driver-loader/minisign.pub \
          --expected-source-repository {repository} --allowed-builder {builder} \
-         --cache-dir /var/cache/driver-loader \
-         --mode container --deadline-seconds {deadline} --ready-file /run/driver-loader/ready{extra} run",
+         --cache-dir {NODE_CACHE_DIR} \
+         --mode container --deadline-seconds {deadline} --ready-file /run/driver-loader/ready{extra}",
         repository = shell_quote(service.source_repository()),
         builder = shell_quote(crate::service::BUILDER_ID),
         driver = shell_quote(settings.driver.as_str()),
@@ -188,9 +252,18 @@ pub fn prepare_with_options(
             .map(|arg| format!(" {}", shell_quote(arg)))
             .collect::<String>(),
     );
-    let mut init = StandardInit::new()
-        .modules(modules)
-        .network(Network::Static);
+    let loader_command = format!("{loader_base} run");
+    let mut init = StandardInit::new().modules(modules).network(if options.offline {
+        Network::None
+    } else {
+        Network::Static
+    });
+    if options.cache_disk.is_some() {
+        init = init.command(format!(
+            "mkdir -p {NODE_CACHE_DIR} && mount -t ext4 /dev/vda {NODE_CACHE_DIR} \
+             && echo 'FLEET-CACHE-DISK mounted' || echo 'FLEET-CACHE-DISK failed'"
+        ));
+    }
     for command in &options.commands_before_loader {
         init = init.command(command.clone());
     }
@@ -210,8 +283,20 @@ pub fn prepare_with_options(
             "if [ \"$rc\" = 0 ] && [ -d /sys/module/{module} ]; then echo \"{RESULT_MARKER} loaded\"; \
              elif [ \"$rc\" = 5 ] || [ \"$rc\" = 6 ] || [ \"$rc\" = 7 ] || [ \"$rc\" = 10 ] || [ \"$rc\" = 11 ]; then echo \"{RESULT_MARKER} refused\"; \
              else echo \"{RESULT_MARKER} failed\"; fi"
+        ));
+    let init = if options.prefetch_after_run {
+        init.command(format!(
+            "{loader_base} prefetch; echo \"{PREFETCH_EXIT_MARKER} rc=$?\""
         ))
-        .render();
+    } else {
+        init
+    };
+    let init = if options.cache_disk.is_some() {
+        init.command(format!("sync; umount {NODE_CACHE_DIR}"))
+    } else {
+        init
+    };
+    let init = init.render();
     image.init(&init)?;
     std::fs::create_dir_all(dir)?;
     let initrd = dir.join(format!("{}.initrd.gz", spec.name));
@@ -277,6 +362,12 @@ fn boot_with(
     if prepared.spec.arch == Arch::X86_64 {
         config = config.memory_mib(512);
     }
+    if let Some(disk) = &options.cache_disk {
+        config = config.drive(disk, "raw", false);
+    }
+    if options.offline {
+        config = config.user_network(false);
+    }
     if let Some(gate) = gate {
         config = config.append(gate.kernel_argument());
     }
@@ -316,6 +407,8 @@ pub struct NodeOutcome {
     pub console: String,
     /// The loader's exit code, when it got that far.
     pub loader_exit: Option<i32>,
+    /// `driver-loader prefetch`'s exit code, when the node ran it.
+    pub prefetch_exit: Option<i32>,
     /// `loaded`, `refused` or `failed`, as the node's init judged it.
     pub result: Option<String>,
     /// Whether `/sys/module/<module>` existed after the loader; `None` when the marker is missing
@@ -398,11 +491,14 @@ pub fn observe(node: RunningNode) -> NodeOutcome {
     if vm_error.is_none() && !console.contains(END_MARKER) {
         vm_error = Some("the node powered off without its end marker".to_owned());
     }
+    let prefetch_exit = marker_value(PREFETCH_EXIT_MARKER)
+        .and_then(|value| value.strip_prefix("rc=").and_then(|rc| rc.parse().ok()));
     NodeOutcome {
         name: prepared.spec.name.clone(),
         release: prepared.spec.release.clone(),
         console_path: prepared.console.clone(),
         loader_exit,
+        prefetch_exit,
         result: marker_value(RESULT_MARKER),
         module_state: module_state(&console),
         driver_line,

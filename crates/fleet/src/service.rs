@@ -330,6 +330,23 @@ impl Service {
         &self.log_file
     }
 
+    /// The HTTP requests the service has answered so far, as (method, path) in order, read from
+    /// its log's per-request lines (every route, downloads included). The harness's own calls
+    /// count too: compare two readings around what should have sent nothing.
+    pub fn requests_served(&self) -> Result<Vec<(String, String)>> {
+        let log = fs::read_to_string(&self.log_file)
+            .with_context(|| format!("reading {}", self.log_file.display()))?;
+        Ok(log
+            .lines()
+            .filter(|line| line.contains("\"finished processing request\""))
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|entry| {
+                let field = |name: &str| entry["span"][name].as_str().unwrap_or("").to_owned();
+                (field("method"), field("path"))
+            })
+            .collect())
+    }
+
     /// The current `/metrics`.
     pub fn metrics(&self) -> Result<Metrics> {
         let text = self.get_text("/metrics")?;
@@ -606,6 +623,8 @@ pub struct BuildCounters {
 pub struct ServiceOptions {
     /// Sign every built module with this key (`--module-signing-key`, `--module-signing-cert`).
     pub module_signing: Option<ModuleSigningKey>,
+    /// More service arguments, passed as given (e.g. the repository watcher's mirrors).
+    pub extra_args: Vec<std::ffi::OsString>,
 }
 
 impl ServiceOptions {
@@ -620,6 +639,7 @@ impl ServiceOptions {
                 key.cert_der.clone().into_os_string(),
             ]);
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 }

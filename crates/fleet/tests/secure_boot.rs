@@ -49,6 +49,7 @@ fn enforcing_node(vars: &Path, loader_args: &[&str]) -> NodeOptions {
                 "dmesg | grep -F 'integrity: Loaded X.509 cert' | sed 's/^/{PLATFORM_CERT_MARKER} /'"
             ),
         ],
+        ..NodeOptions::default()
     }
 }
 
