@@ -825,6 +825,7 @@ thread 'main' panicked at somewhere
         );
         let args = ServiceOptions {
             module_signing: Some(pair.clone()),
+            ..ServiceOptions::default()
         }
         .service_args();
         assert_eq!(args[0], "--module-signing-key");

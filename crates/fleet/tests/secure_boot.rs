@@ -164,6 +164,7 @@ fn enforcing_node_loads_only_modules_signed_by_the_key_its_db_trusts() {
         &dir,
         &ServiceOptions {
             module_signing: Some(signing.clone()),
+            ..ServiceOptions::default()
         },
     )
     .expect("fleet service with module signing");
