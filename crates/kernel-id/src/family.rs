@@ -221,9 +221,7 @@ mod tests {
 
     #[test]
     fn a_deb_release_without_a_flavor_is_refused_naming_the_field() {
-        let version = Distribution::parse("debian")
-            .unwrap()
-            .default_version();
+        let version = Distribution::parse("debian").unwrap().default_version();
         let err = KernelFamily::of_release(
             &KernelRelease::parse("6.1.0-47").unwrap(),
             Arch::X86_64,
