@@ -1,6 +1,10 @@
 //! Does a package's set of modules fit the running kernel? The checks the kernel would make (vermagic,
 //! module name) plus the ones modprobe would discover too late (a dependency that exists nowhere), done
 //! before anything is installed or loaded, and the order the modules must be loaded in.
+//!
+//! The same checks judge a package prefetched for a kernel that is installed but not booted yet
+//! ([`TargetKernel::pending`]): a package that would be refused after the reboot is refused now,
+//! while the node can still fetch another one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -65,18 +69,54 @@ pub trait HostModules {
     fn is_available(&self, name: &str) -> bool;
 }
 
-/// Checks every module against the running kernel and returns them in load order (dependencies first).
+/// The kernel a package's modules are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetKernel<'a> {
+    /// Its release (`uname -r` once booted).
+    pub release: &'a str,
+    /// Installed but not running (prefetch): only how refusals name it differs.
+    pub pending: bool,
+}
+
+impl<'a> TargetKernel<'a> {
+    /// The kernel this machine runs.
+    pub fn running(release: &'a str) -> Self {
+        TargetKernel {
+            release,
+            pending: false,
+        }
+    }
+
+    /// A kernel installed on this machine and not booted yet.
+    pub fn pending(release: &'a str) -> Self {
+        TargetKernel {
+            release,
+            pending: true,
+        }
+    }
+
+    /// How messages name it.
+    pub fn noun(&self) -> &'static str {
+        if self.pending {
+            "the pending (installed, not running) kernel"
+        } else {
+            "the running kernel"
+        }
+    }
+}
+
+/// Checks every module against the target kernel and returns them in load order (dependencies first).
 ///
 /// - the module's ELF machine must be the running machine's `arch` (checked first: an x86_64 module
 ///   offered to an arm64 node is refused as such, whatever else it claims);
-/// - `vermagic` must start with the running release; when `reference_vermagic` (the vermagic of an
-///   in-tree module of the running kernel) is known, the whole string must equal it, so a module built
+/// - `vermagic` must start with the target's release; when `reference_vermagic` (the vermagic of an
+///   in-tree module of the target kernel) is known, the whole string must equal it, so a module built
 ///   with another configuration (SMP, preempt model, modversions) is refused too.
 /// - every `depends=` entry must be in the package, loaded, or available on the host.
 pub fn check_and_order(
     modules: Vec<PackageModule>,
     arch: Arch,
-    running_release: &str,
+    target: TargetKernel<'_>,
     reference_vermagic: Option<&str>,
     host: &dyn HostModules,
 ) -> Result<Vec<PackageModule>> {
@@ -89,7 +129,7 @@ pub fn check_and_order(
             ));
         }
         check_machine(module, arch)?;
-        check_vermagic(module, running_release, reference_vermagic)?;
+        check_vermagic(module, target, reference_vermagic)?;
     }
     let in_package: HashSet<&str> = modules.iter().map(|m| m.name.as_str()).collect();
     for module in &modules {
@@ -150,18 +190,20 @@ pub fn check_machine(module: &PackageModule, arch: Arch) -> Result<()> {
 /// The vermagic rule alone.
 pub fn check_vermagic(
     module: &PackageModule,
-    running_release: &str,
+    target: TargetKernel<'_>,
     reference_vermagic: Option<&str>,
 ) -> Result<()> {
     let vermagic = module.info.vermagic().ok_or_else(|| {
         LoaderError::incompatible(&module.name, ".modinfo has no vermagic= entry")
     })?;
     let built_for = vermagic.split_whitespace().next().unwrap_or_default();
-    if built_for != running_release {
+    if built_for != target.release {
         return Err(LoaderError::incompatible(
             &module.name,
             format!(
-                "built for kernel {built_for:?} (vermagic {vermagic:?}) but the running kernel is {running_release:?}"
+                "built for kernel {built_for:?} (vermagic {vermagic:?}) but {} is {:?}",
+                target.noun(),
+                target.release
             ),
         ));
     }
@@ -171,7 +213,8 @@ pub fn check_vermagic(
         return Err(LoaderError::incompatible(
             &module.name,
             format!(
-                "vermagic {vermagic:?} differs from the running kernel's own modules' {reference:?}"
+                "vermagic {vermagic:?} differs from {}'s own modules' {reference:?}",
+                target.noun()
             ),
         ));
     }
@@ -273,7 +316,7 @@ mod tests {
         let err = check_and_order(
             vec![m],
             Arch::Aarch64,
-            "6.1.0-47-amd64",
+            TargetKernel::running("6.1.0-47-amd64"),
             Some(VM),
             &no_host(),
         )
@@ -296,8 +339,9 @@ mod tests {
     #[test]
     fn vermagic_must_name_the_running_release() {
         let m = module("example_driver", VM, "");
-        check_vermagic(&m, "6.1.0-47-amd64", None).expect("same release");
-        let err = check_vermagic(&m, "6.1.0-50-amd64", None).expect_err("other release");
+        check_vermagic(&m, TargetKernel::running("6.1.0-47-amd64"), None).expect("same release");
+        let err = check_vermagic(&m, TargetKernel::running("6.1.0-50-amd64"), None)
+            .expect_err("other release");
         assert_eq!(err.kind(), crate::FailureKind::Incompatible);
         assert!(
             err.to_string().contains("\"6.1.0-47-amd64\"")
@@ -307,19 +351,53 @@ mod tests {
     }
 
     #[test]
-    fn full_vermagic_must_equal_the_in_tree_reference() {
+    fn a_pending_kernel_is_judged_by_its_own_release_and_named_as_pending() {
+        // The running kernel is 6.1.0-47; a package prefetched for the installed 6.1.0-50 must carry
+        // 6.1.0-50 modules, and a refusal must not claim 6.1.0-50 is running.
         let m = module("example_driver", VM, "");
-        check_vermagic(&m, "6.1.0-47-amd64", Some(VM)).expect("identical");
+        let err = check_and_order(
+            vec![m],
+            Arch::X86_64,
+            TargetKernel::pending("6.1.0-50-amd64"),
+            None,
+            &no_host(),
+        )
+        .expect_err("47 module for the pending 50 kernel");
+        let text = err.to_string();
+        assert!(
+            text.contains("but the pending (installed, not running) kernel is \"6.1.0-50-amd64\""),
+            "{text}"
+        );
+        let m = module("example_driver", "6.1.0-50-amd64 SMP mod_unload ", "");
+        check_vermagic(&m, TargetKernel::pending("6.1.0-50-amd64"), None).expect("its own release");
         let err = check_vermagic(
             &m,
-            "6.1.0-47-amd64",
+            TargetKernel::pending("6.1.0-50-amd64"),
+            Some("6.1.0-50-amd64 SMP preempt mod_unload "),
+        )
+        .expect_err("reference differs");
+        assert!(
+            err.to_string().contains(
+                "differs from the pending (installed, not running) kernel's own modules'"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn full_vermagic_must_equal_the_in_tree_reference() {
+        let m = module("example_driver", VM, "");
+        check_vermagic(&m, TargetKernel::running("6.1.0-47-amd64"), Some(VM)).expect("identical");
+        let err = check_vermagic(
+            &m,
+            TargetKernel::running("6.1.0-47-amd64"),
             Some("6.1.0-47-amd64 SMP mod_unload modversions "),
         )
         .expect_err("preempt differs");
         assert!(err.to_string().contains("differs"), "{err}");
         // A prefix that only looks like the release is not accepted.
         let m = module("x", "6.1.0-47-amd64-custom SMP", "");
-        assert!(check_vermagic(&m, "6.1.0-47-amd64", None).is_err());
+        assert!(check_vermagic(&m, TargetKernel::running("6.1.0-47-amd64"), None).is_err());
     }
 
     #[test]
@@ -357,7 +435,7 @@ mod tests {
                 module("helper", VM, ""),
             ],
             Arch::X86_64,
-            "6.1.0-47-amd64",
+            TargetKernel::running("6.1.0-47-amd64"),
             Some(VM),
             &host,
         )
@@ -369,7 +447,7 @@ mod tests {
         let err = check_and_order(
             vec![module("top", VM, "nosuch,virtio")],
             Arch::X86_64,
-            "6.1.0-47-amd64",
+            TargetKernel::running("6.1.0-47-amd64"),
             None,
             &host,
         )
@@ -385,7 +463,7 @@ mod tests {
         let err = check_and_order(
             vec![module("x", VM, ""), module("x", VM, "")],
             Arch::X86_64,
-            "6.1.0-47-amd64",
+            TargetKernel::running("6.1.0-47-amd64"),
             None,
             &no_host(),
         )

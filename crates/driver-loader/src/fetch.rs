@@ -8,9 +8,11 @@
 //! same way and with the keyring and policy of this run.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use build_api::{BuildAccepted, BuildDone, BuildRequest, BuildState, BuildStatus, status_path};
+use build_api::{
+    ArtifactOrigin, BuildAccepted, BuildDone, BuildRequest, BuildState, BuildStatus, status_path,
+};
 use integrity::Sha256Digest;
 use integrity::provenance::VerifiedProvenance;
 use integrity::signature::VerifiedSignature;
@@ -60,6 +62,24 @@ pub struct VerifiedPackage {
     pub from_cache: bool,
     /// Whether a build was requested to obtain it.
     pub built_on_demand: bool,
+    /// How long the loader waited for an on-demand build: from sending the first `POST /build` to
+    /// learning that the build ended. `None` when it waited for none (cached, already published, or
+    /// the service answered that the artifact exists).
+    pub build_wait: Option<Duration>,
+}
+
+impl VerifiedPackage {
+    /// Where the package came from, as the node report says it: the verified cache, the store
+    /// (already published), or a build the loader waited for.
+    pub fn origin(&self) -> ArtifactOrigin {
+        if self.from_cache {
+            ArtifactOrigin::Cache
+        } else if self.build_wait.is_some() {
+            ArtifactOrigin::Build
+        } else {
+            ArtifactOrigin::Store
+        }
+    }
 }
 
 /// The URLs of one identity's artifact files.
@@ -195,7 +215,7 @@ impl Fetcher<'_> {
             match self.verify_cached(driver, identity, &paths, &file_name) {
                 Ok(checked) => {
                     info!(path = %paths.package.display(), "using the cached package, verified again");
-                    return Ok(self.verified(paths.package, file_name, checked, true, false));
+                    return Ok(self.verified(paths.package, file_name, checked, true, None));
                 }
                 Err(e) => {
                     warn!(path = %paths.package.display(), error = %e, "cached package does not verify; downloading again");
@@ -208,7 +228,8 @@ impl Fetcher<'_> {
 
         let mut urls = ArtifactUrls::new(self.source, driver, identity);
         let partial = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
-        let mut built_on_demand = false;
+        // `Some` once a build was requested: how long the loader waited for it (if it waited).
+        let mut build: Option<Option<Duration>> = None;
         let downloaded = self.download_package(&urls.package, &partial, deadline);
         let downloaded = match downloaded {
             Ok(Fetched::Found(bytes)) => bytes,
@@ -217,10 +238,11 @@ impl Fetcher<'_> {
                     return Err(LoaderError::NotFound { url: urls.package });
                 };
                 info!(url = %urls.package, "artifact not published; requesting a build");
-                if let Some(announced) = request_build(self.client, service, identity, deadline)? {
-                    urls = ArtifactUrls::at_announced(&announced, &file_name)?;
+                let requested = request_build(self.client, service, identity, deadline)?;
+                if let Some(announced) = &requested.download_url {
+                    urls = ArtifactUrls::at_announced(announced, &file_name)?;
                 }
-                built_on_demand = true;
+                build = Some(requested.waited);
                 match self.download_package(&urls.package, &partial, deadline)? {
                     Fetched::Found(bytes) => bytes,
                     Fetched::NotFound => {
@@ -263,7 +285,7 @@ impl Fetcher<'_> {
                 e,
             )
         })?;
-        Ok(self.verified(paths.package, file_name, checked, false, built_on_demand))
+        Ok(self.verified(paths.package, file_name, checked, false, build))
     }
 
     /// The result, logged: what vouched for the package.
@@ -273,7 +295,7 @@ impl Fetcher<'_> {
         file_name: String,
         checked: Checked,
         from_cache: bool,
-        built_on_demand: bool,
+        build: Option<Option<Duration>>,
     ) -> VerifiedPackage {
         if let (Some(signature), Some(provenance)) = (&checked.signature, &checked.provenance) {
             info!(
@@ -295,7 +317,8 @@ impl Fetcher<'_> {
             signature: checked.signature,
             provenance: checked.provenance,
             from_cache,
-            built_on_demand,
+            built_on_demand: build.is_some(),
+            build_wait: build.flatten(),
         }
     }
 
@@ -510,14 +533,25 @@ fn refusal(reason: &str) -> Option<LoaderError> {
     })
 }
 
-/// `POST /build`, then long-poll `GET /status/{id}?wait=` until a final state. Returns the announced
-/// download URL when the service gave one.
+/// What asking for a build gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedBuild {
+    /// The download URL the service announced, when it gave one.
+    pub download_url: Option<String>,
+    /// From sending `POST /build` to the build's end, when the service started (or joined) a build
+    /// and the loader waited for it; `None` when it answered that the artifact already exists.
+    pub waited: Option<Duration>,
+}
+
+/// `POST /build`, then long-poll `GET /status/{id}?wait=` until a final state.
 pub fn request_build(
     client: &HttpClient,
     service: &BuildService,
     identity: &KernelIdentity,
     deadline: &Deadline,
-) -> Result<Option<String>> {
+) -> Result<RequestedBuild> {
+    // Measured from before the request is sent: the node's wait includes the service's answer time.
+    let asked_at = Instant::now();
     let root = service.url.trim_end_matches('/');
     let build_url = format!("{root}/build");
     let body = BuildRequest::from(identity);
@@ -538,7 +572,10 @@ pub fn request_build(
     if status == 200 {
         let done: BuildDone = build_answer(&build_url, status, answer)?;
         info!("build service: artifact already exists");
-        return Ok(Some(done.download_url));
+        return Ok(RequestedBuild {
+            download_url: Some(done.download_url),
+            waited: None,
+        });
     }
     let accepted: BuildAccepted = build_answer(&build_url, status, answer)?;
     let build_id = accepted.build_id;
@@ -559,7 +596,7 @@ pub fn request_build(
             "{root}{}?wait={wait}",
             status_path(&percent_encode_segment(&build_id))
         );
-        let asked = std::time::Instant::now();
+        let asked = Instant::now();
         let (_, answer): (u16, BuildStatus) = client
             .json::<(), _>(
                 JsonMethod::Get,
@@ -576,8 +613,16 @@ pub fn request_build(
             })?;
         match answer.status {
             BuildState::Done => {
-                info!(build_id, "build done");
-                return Ok(answer.download_url);
+                let waited = asked_at.elapsed();
+                info!(
+                    build_id,
+                    waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                    "build done"
+                );
+                return Ok(RequestedBuild {
+                    download_url: answer.download_url,
+                    waited: Some(waited),
+                });
             }
             BuildState::Queued | BuildState::InProgress => {
                 info!(build_id, status = %answer.status, "build still running");

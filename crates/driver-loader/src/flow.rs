@@ -4,14 +4,14 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integrity::provenance::{COMPILER_DEPENDENCY, ROOT_DEPENDENCY, VerifiedProvenance};
 use integrity::{Keyring, ProvenancePolicy, Sha256Digest};
 use kernel_id::{DriverName, DriverVersion, KernelIdentity, PackageFormat};
 use tracing::{info, warn};
 
-use crate::compat::{HostModules, PackageModule, check_and_order};
+use crate::compat::{HostModules, PackageModule, TargetKernel, check_and_order};
 use crate::error::{LoaderError, Result};
 use crate::fetch::{
     ArtifactSource, ArtifactUrls, BuildService, Fetcher, TrustPolicy, VerifiedPackage,
@@ -57,6 +57,9 @@ pub struct LoaderConfig {
     pub deadline: Duration,
     /// `/lib/modules` (host's, mounted, in Kubernetes).
     pub modules_root: PathBuf,
+    /// `/boot`: an installed kernel `R` is pending (installed, not running) when
+    /// `modules_root/R` and `boot_dir/vmlinuz-R` both exist.
+    pub boot_dir: PathBuf,
     /// `/sys`.
     pub sys_root: PathBuf,
     pub mode: Mode,
@@ -319,6 +322,19 @@ pub fn prepare_modules(
     work_dir: &Path,
     index: &HostModuleIndex,
 ) -> Result<Vec<PackageModule>> {
+    let target = TargetKernel::running(identity.kernel_release().as_str());
+    prepare_modules_for(package, identity, target, work_dir, index)
+}
+
+/// [`prepare_modules`] against `target`, the identity's kernel: the running one, or one installed
+/// and not booted yet (prefetch), whose own modules tree `index` describes.
+pub fn prepare_modules_for(
+    package: &VerifiedPackage,
+    identity: &KernelIdentity,
+    target: TargetKernel<'_>,
+    work_dir: &Path,
+    index: &HostModuleIndex,
+) -> Result<Vec<PackageModule>> {
     let format =
         driver_package::detect_format(&package.path).map_err(|e| LoaderError::Package {
             package: package.path.clone(),
@@ -362,17 +378,18 @@ pub fn prepare_modules(
     let reference = index.reference_vermagic();
     match &reference {
         Some((path, vermagic)) => {
-            info!(reference = %path.display(), vermagic, "comparing against the running kernel's own module")
+            info!(reference = %path.display(), vermagic, kernel = target.release, "comparing against {}'s own module", target.noun())
         }
         None => warn!(
             dir = %index.dir.display(),
+            kernel = target.release,
             "no in-tree module found to compare the full vermagic with; checking the release only"
         ),
     }
     check_and_order(
         modules,
         identity.arch(),
-        identity.kernel_release().as_str(),
+        target,
         reference.as_ref().map(|(_, v)| v.as_str()),
         index,
     )
@@ -626,15 +643,46 @@ fn load_host_dependencies(
     Ok(())
 }
 
+/// What a run learned as it went, kept whatever its outcome: what the node report is made of.
+#[derive(Debug, Clone, Default)]
+pub struct RunProgress {
+    /// Set once the host was identified.
+    pub identification: Option<Identification>,
+    /// Set once a verified package was obtained.
+    pub package: Option<VerifiedPackage>,
+    /// How long getting the package took (cache, download, or build and download), set when the
+    /// fetch step ended, successfully or not.
+    pub fetch_time: Option<Duration>,
+}
+
 /// Runs the whole flow.
 pub fn run(
     config: &LoaderConfig,
     kernel: &dyn KernelModules,
     tools: &dyn HostTools,
 ) -> Result<RunReport> {
+    run_tracked(config, kernel, tools, &mut RunProgress::default())
+}
+
+/// Runs the whole flow, recording in `progress` what it learned, also when it fails.
+///
+/// Nothing here reaches the network before the cache lookup: identification reads files, and the
+/// fetch step looks for a verified cached copy before its HTTP client sends anything (creating the
+/// client resolves no name), so a node rebooted into a prefetched kernel loads offline.
+pub fn run_tracked(
+    config: &LoaderConfig,
+    kernel: &dyn KernelModules,
+    tools: &dyn HostTools,
+    progress: &mut RunProgress,
+) -> Result<RunReport> {
     let id = identify(config)?;
     info!(identity = %id.identity.cache_key(), package = id.package_file_name, mode = %config.mode, "identified host");
-    let package = fetch(config, &id.identity)?;
+    progress.identification = Some(id.clone());
+    let started = Instant::now();
+    let fetched = fetch(config, &id.identity);
+    progress.fetch_time = Some(started.elapsed());
+    let package = fetched?;
+    progress.package = Some(package.clone());
     let index = HostModuleIndex::load(
         &config
             .modules_root
@@ -871,6 +919,7 @@ mod tests {
                         provenance: None,
                         from_cache: false,
                         built_on_demand: false,
+                        build_wait: None,
                     },
                     dir,
                 }
@@ -883,6 +932,7 @@ mod tests {
                     host_paths: HostPaths {
                         os_release: vec![],
                         proc_root: Some(self.dir.path().join("proc")),
+                        machine_id: vec![],
                     },
                     source: ArtifactSource {
                         base_url: "http://127.0.0.1:9".to_owned(),
@@ -896,6 +946,7 @@ mod tests {
                     cache_dir: self.dir.path().join("cache"),
                     deadline: Duration::from_secs(1),
                     modules_root: self.dir.path().join("lib/modules"),
+                    boot_dir: self.dir.path().join("boot"),
                     sys_root: self.dir.path().join("sys"),
                     mode,
                     replace: false,

@@ -3,7 +3,8 @@
 //!
 //! In Kubernetes the loader sees the container's files, not the host's, so every path is configurable:
 //! the host's os-release is mounted (e.g. `/host/etc/os-release`), and the kernel release may be read from
-//! a host proc mount. The kernel is shared with the container, so `uname` is right in both cases.
+//! a host proc mount. The kernel is shared with the container, so `uname` is right in both cases. The
+//! machine-id (the node report's id, hashed) is looked for in the same host root as os-release.
 
 use std::path::{Path, PathBuf};
 
@@ -24,14 +25,62 @@ pub struct HostPaths {
     pub os_release: Vec<PathBuf>,
     /// A proc mount of the host to read `sys/kernel/osrelease` from; `None` = ask the kernel via uname.
     pub proc_root: Option<PathBuf>,
+    /// machine-id(5) candidates, first valid wins; empty = derived from the os-release candidates
+    /// ([`HostPaths::machine_id_candidates`]).
+    pub machine_id: Vec<PathBuf>,
 }
 
+/// The default places: `/etc/os-release` then `/usr/lib/os-release`, uname, and the machine-id
+/// in the same root.
 impl Default for HostPaths {
     fn default() -> Self {
         HostPaths {
             os_release: DEFAULT_OS_RELEASE_PATHS.iter().map(PathBuf::from).collect(),
             proc_root: None,
+            machine_id: Vec::new(),
         }
+    }
+}
+
+impl HostPaths {
+    /// Where the host's machine-id is looked for, in order: the configured files, or else for each
+    /// os-release candidate the `etc/machine-id` and `var/lib/dbus/machine-id` (its fallback,
+    /// machine-id(5)) of the same root: `/etc/os-release` gives `/etc/machine-id`, a mounted
+    /// `/host/etc/os-release` gives `/host/etc/machine-id`. An os-release outside an `etc/` or
+    /// `usr/lib/` directory gives the `machine-id` beside it.
+    pub fn machine_id_candidates(&self) -> Vec<PathBuf> {
+        if !self.machine_id.is_empty() {
+            return self.machine_id.clone();
+        }
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        for os_release in &self.os_release {
+            let root = if os_release.ends_with("etc/os-release") {
+                os_release.parent().and_then(Path::parent)
+            } else if os_release.ends_with("usr/lib/os-release") {
+                os_release
+                    .parent()
+                    .and_then(Path::parent)
+                    .and_then(Path::parent)
+            } else {
+                None
+            };
+            let found = match root {
+                Some(root) => vec![
+                    root.join("etc/machine-id"),
+                    root.join("var/lib/dbus/machine-id"),
+                ],
+                None => os_release
+                    .parent()
+                    .map(|dir| vec![dir.join("machine-id")])
+                    .unwrap_or_default(),
+            };
+            for path in found {
+                if !candidates.contains(&path) {
+                    candidates.push(path);
+                }
+            }
+        }
+        candidates
     }
 }
 
@@ -219,6 +268,7 @@ mod tests {
         let paths = HostPaths {
             os_release: vec![dir.path().join("missing"), os_path.clone()],
             proc_root: Some(proc_root),
+            machine_id: vec![],
         };
         let facts = HostFacts::probe(&paths).expect("probe");
         assert_eq!(facts.os_release_path, os_path);
@@ -234,6 +284,7 @@ mod tests {
                 PathBuf::from("/nonexistent/b"),
             ],
             proc_root: None,
+            machine_id: vec![],
         };
         let err = HostFacts::probe(&paths).expect_err("nothing to read");
         let text = err.to_string();
@@ -241,5 +292,39 @@ mod tests {
             text.contains("/nonexistent/a") && text.contains("/nonexistent/b"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn machine_id_is_looked_for_in_the_root_of_each_os_release() {
+        let paths = HostPaths::default();
+        assert_eq!(
+            paths.machine_id_candidates(),
+            ["/etc/machine-id", "/var/lib/dbus/machine-id"].map(PathBuf::from)
+        );
+        let paths = HostPaths {
+            os_release: [
+                "/host/etc/os-release",
+                "/host/usr/lib/os-release",
+                "/x/os-release",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
+            ..HostPaths::default()
+        };
+        assert_eq!(
+            paths.machine_id_candidates(),
+            [
+                "/host/etc/machine-id",
+                "/host/var/lib/dbus/machine-id",
+                "/x/machine-id"
+            ]
+            .map(PathBuf::from)
+        );
+        // Configured files replace the derived ones.
+        let paths = HostPaths {
+            machine_id: vec![PathBuf::from("/m")],
+            ..paths
+        };
+        assert_eq!(paths.machine_id_candidates(), vec![PathBuf::from("/m")]);
     }
 }

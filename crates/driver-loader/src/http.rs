@@ -212,12 +212,14 @@ impl HttpClient {
                 }
             }
         }
+        let reason = match self.settings.retry.attempts {
+            // A single attempt (e.g. the node report) gave up on nothing: its failure is the reason.
+            0 | 1 => last,
+            attempts => format!("gave up after {attempts} attempts: {last}"),
+        };
         Err(LoaderError::Fetch {
             url: url.to_owned(),
-            reason: format!(
-                "gave up after {} attempts: {last}",
-                self.settings.retry.attempts
-            ),
+            reason,
         })
     }
 
@@ -419,6 +421,58 @@ impl HttpClient {
         })?;
         match found {
             Fetched::Found(v) => Ok(v),
+            Fetched::NotFound => Err(LoaderError::Fetch {
+                url: url.to_owned(),
+                reason: "HTTP 404".to_owned(),
+            }),
+        }
+    }
+}
+
+impl HttpClient {
+    /// POSTs a JSON body whose answer carries nothing the caller needs (e.g. `204 No Content`):
+    /// any 2xx is success and its body is not read. Attempts, timeouts and the deadline are this
+    /// client's settings; other statuses are errors naming the status and the first bytes of the
+    /// answer (the request's token is never part of an error).
+    pub fn post_json_no_answer<B: Serialize>(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        body: &B,
+        deadline: &Deadline,
+    ) -> Result<u16> {
+        let found = self.with_retries(url, deadline, || {
+            let mut request = self
+                .agent
+                .post(url)
+                .config()
+                .timeout_global(Some(self.request_timeout(deadline)))
+                .build();
+            if let Some(token) = token {
+                request = request.header("Authorization", format!("Bearer {token}"));
+            }
+            let mut response = match request.send_json(body) {
+                Ok(r) => r,
+                Err(e) => return retype(Self::transport_error(e)),
+            };
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) {
+                return Attempt::Done(status);
+            }
+            if matches!(status, 408 | 425 | 429 | 500..=599) {
+                return Attempt::Retry(format!("HTTP {status}"), retry_after(&response));
+            }
+            // A short excerpt is enough to name the refusal (e.g. the API's error body).
+            let text = response
+                .body_mut()
+                .with_config()
+                .limit(4096)
+                .read_to_string()
+                .unwrap_or_default();
+            Attempt::Fatal(format!("HTTP {status}: {}", text.trim()))
+        })?;
+        match found {
+            Fetched::Found(status) => Ok(status),
             Fetched::NotFound => Err(LoaderError::Fetch {
                 url: url.to_owned(),
                 reason: "HTTP 404".to_owned(),

@@ -177,15 +177,27 @@ pub struct HostModuleIndex {
     /// name -> (relative path, dependency paths) from `modules.dep`.
     deps: HashMap<String, (PathBuf, Vec<PathBuf>)>,
     builtin: HashSet<String>,
-    sys_root: PathBuf,
+    /// Where the running kernel's live modules are listed; `None` for a kernel that is installed but
+    /// not running, where nothing is live yet.
+    sys_root: Option<PathBuf>,
 }
 
 impl HostModuleIndex {
     /// Reads `modules.dep` and `modules.builtin` when present (either may be missing, e.g. in an initramfs).
     pub fn load(modules_dir: &Path, sys_root: &Path) -> HostModuleIndex {
+        HostModuleIndex::read(modules_dir, Some(sys_root))
+    }
+
+    /// The index of a kernel installed but not running (a prefetch target): the running kernel's
+    /// live modules say nothing about it, so a dependency counts only when it is installed for it.
+    pub fn installed(modules_dir: &Path) -> HostModuleIndex {
+        HostModuleIndex::read(modules_dir, None)
+    }
+
+    fn read(modules_dir: &Path, sys_root: Option<&Path>) -> HostModuleIndex {
         let mut index = HostModuleIndex {
             dir: modules_dir.to_path_buf(),
-            sys_root: sys_root.to_path_buf(),
+            sys_root: sys_root.map(Path::to_path_buf),
             ..HostModuleIndex::default()
         };
         if let Ok(text) = std::fs::read_to_string(modules_dir.join("modules.dep")) {
@@ -294,7 +306,9 @@ fn find_module_files(dir: &Path, limit: usize) -> Vec<PathBuf> {
 
 impl HostModules for HostModuleIndex {
     fn is_loaded(&self, name: &str) -> bool {
-        self.sys_root.join("module").join(name).is_dir()
+        self.sys_root
+            .as_ref()
+            .is_some_and(|sys| sys.join("module").join(name).is_dir())
     }
 
     fn is_available(&self, name: &str) -> bool {
@@ -390,6 +404,19 @@ mod tests {
             vermagic,
             "6.1.0-47-amd64 SMP preempt mod_unload modversions "
         );
+    }
+
+    #[test]
+    fn an_installed_kernels_index_counts_nothing_as_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("modules.dep"), "kernel/lib/helper.ko:\n").expect("write");
+        std::fs::create_dir_all(dir.path().join("sys/module/virtio")).expect("mkdir");
+        let running = HostModuleIndex::load(dir.path(), &dir.path().join("sys"));
+        assert!(running.is_loaded("virtio"));
+        // Live in the running kernel says nothing about a kernel that is not booted.
+        let installed = HostModuleIndex::installed(dir.path());
+        assert!(!installed.is_loaded("virtio"));
+        assert!(installed.is_available("helper"));
     }
 
     #[test]

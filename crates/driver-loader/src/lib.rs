@@ -5,7 +5,10 @@
 //! and minisign signature, checks every module's `.modinfo` against the running kernel (and, where the kernel
 //! enforces module signatures, the module's own signature against the kernel's trusted keys), and then installs
 //! it with the system package manager and modprobes it (host mode) or loads it straight from a private
-//! extraction with `finit_module` (container mode). See the crate README for the CLI and exit codes.
+//! extraction with `finit_module` (container mode). After a run it reports to the build service what
+//! happened (`report`). `prefetch` does the fetching, verifying and checking ahead of time for kernels the
+//! host has installed but not booted (`pending`), so the reboot into one loads from the verified cache.
+//! See the crate README for the CLI and exit codes.
 
 pub mod compat;
 pub mod error;
@@ -18,7 +21,10 @@ pub mod kernel;
 pub mod modinfo;
 pub mod module_signature;
 pub mod module_trust;
+pub mod pending;
+pub mod prefetch;
+pub mod report;
 pub mod verify;
 
 pub use error::{FailureKind, LoaderError, Result};
-pub use flow::{LoaderConfig, Mode, ModuleAction, RunReport};
+pub use flow::{LoaderConfig, Mode, ModuleAction, RunProgress, RunReport};

@@ -5,19 +5,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use driver_loader::fetch::{ArtifactSource, BuildService, TrustPolicy};
-use driver_loader::flow::{self, LoaderConfig, Mode, ModuleAction};
+use driver_loader::flow::{self, LoaderConfig, Mode, ModuleAction, RunProgress};
 use driver_loader::host::{DEFAULT_OS_RELEASE_PATHS, HostPaths};
 use driver_loader::http::{HttpSettings, RetryPolicy};
 use driver_loader::install::SystemTools;
 use driver_loader::kernel::SysKernel;
 use driver_loader::modinfo::ModInfo;
 use driver_loader::module_signature::read_module_signature;
-use driver_loader::{FailureKind, LoaderError};
+use driver_loader::{FailureKind, LoaderError, prefetch, report};
 use integrity::{Keyring, ProvenancePolicy, PublicKey};
 use kernel_id::{DriverName, DriverVersion, ReleaseLayout, SourceCommit};
 
@@ -65,13 +65,33 @@ enum Command {
         /// A .ko, .ko.gz, .ko.xz or .ko.zst file.
         module: PathBuf,
     },
-    /// The whole flow: identify, fetch or build, verify, check, install and/or load.
+    /// The whole flow: identify, fetch or build, verify, check, install and/or load; then report the
+    /// run to the build service (see --no-report).
     #[command(visible_alias = "load")]
     Run {
         /// After a successful run, stay alive until SIGTERM/SIGINT (the DaemonSet's main container); the
         /// module stays loaded when the process ends.
         #[arg(long, env = "DRIVER_LOADER_KEEP_RUNNING")]
         keep_running: bool,
+        /// With --keep-running, once the driver is live (and ready), prefetch the packages of
+        /// kernels installed but not running, as `prefetch` does; its failures are logged and never
+        /// end the process (the DaemonSet, which has no second unit for it).
+        #[arg(
+            long,
+            env = "DRIVER_LOADER_PREFETCH_AFTER_RUN",
+            requires = "keep_running"
+        )]
+        prefetch: bool,
+    },
+    /// For kernels installed but not running (a modules tree under --modules-root with
+    /// vmlinuz-RELEASE in --boot-dir), or the one given with --kernel: fetch or get built, verify
+    /// and cache the package, and check its modules against that kernel; nothing is loaded. Prints
+    /// one line per kernel; exit 0 when every one was prefetched, else the first failure's code.
+    Prefetch {
+        /// Only this kernel release (installed under --modules-root); what a kernel package's
+        /// postinst hook passes.
+        #[arg(long, value_name = "RELEASE")]
+        kernel: Option<String>,
     },
     /// Readiness probe: exit 0 when the ready file exists and the driver's module is live, else 1.
     Ready,
@@ -288,6 +308,37 @@ struct Options {
         global = true
     )]
     modules_root: PathBuf,
+    /// The host's /boot: a kernel R with a modules tree and DIR/vmlinuz-R is installed (pending
+    /// when not running).
+    #[arg(
+        long,
+        env = "DRIVER_LOADER_BOOT_DIR",
+        value_name = "DIR",
+        default_value = "/boot",
+        global = true
+    )]
+    boot_dir: PathBuf,
+    /// machine-id file(s) the report's node id is hashed from, first valid wins (environment:
+    /// comma-separated); default: etc/machine-id, then var/lib/dbus/machine-id, in the root of
+    /// each --os-release file (/host/etc/os-release gives /host/etc/machine-id).
+    #[arg(
+        long = "machine-id-file",
+        env = "DRIVER_LOADER_MACHINE_ID_FILE",
+        value_name = "FILE",
+        value_delimiter = ',',
+        global = true
+    )]
+    machine_id_file: Vec<PathBuf>,
+    /// Do not report runs to the build service (POST /report; by default every run whose host was
+    /// identified is reported when a build service is configured). Environment:
+    /// DRIVER_LOADER_REPORT=false.
+    #[arg(
+        long = "no-report",
+        env = "DRIVER_LOADER_REPORT",
+        action = ArgAction::SetFalse,
+        global = true
+    )]
+    report: bool,
     /// host: install with dpkg/rpm then modprobe; container: load privately with finit_module.
     #[arg(
         long,
@@ -472,6 +523,7 @@ impl Options {
             host_paths: HostPaths {
                 os_release,
                 proc_root: self.proc_root.clone(),
+                machine_id: self.machine_id_file.clone(),
             },
             source: ArtifactSource {
                 base_url: self.artifact_base_url.clone(),
@@ -494,6 +546,7 @@ impl Options {
             cache_dir: self.cache_dir.clone(),
             deadline: Duration::from_secs(self.deadline_seconds.max(1)),
             modules_root: self.modules_root.clone(),
+            boot_dir: self.boot_dir.clone(),
             sys_root: self.sys_root.clone(),
             mode: match self.mode {
                 ModeArg::Host => Mode::Host,
@@ -632,13 +685,29 @@ fn remove_ready_file(path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// `run`: the flow, then its report (when the host was identified and reporting is on). The report
+/// is sent after the outcome is decided and cannot change it.
 fn run(options: &Options) -> Result<()> {
+    let started = Instant::now();
     remove_ready_file(options.ready_file.as_deref())?;
     let config = options.to_config()?;
+    let mut progress = RunProgress::default();
+    let result = run_flow(options, &config, &mut progress);
+    if options.report {
+        let code = match &result {
+            Ok(()) => 0,
+            Err(e) => exit_code_of(e),
+        };
+        report::report_run(&config, &progress, code, started.elapsed());
+    }
+    result
+}
+
+fn run_flow(options: &Options, config: &LoaderConfig, progress: &mut RunProgress) -> Result<()> {
     let kernel = SysKernel {
         sys_root: config.sys_root.clone(),
     };
-    let report = flow::run(&config, &kernel, &SystemTools)?;
+    let report = flow::run_tracked(config, &kernel, &SystemTools, progress)?;
     let mut summary = String::new();
     for (module, action) in &report.modules {
         let text = match action {
@@ -669,6 +738,34 @@ fn run(options: &Options) -> Result<()> {
             .with_context(|| format!("writing ready file {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `prefetch`: one line per kernel on stdout; the first failure decides the exit code.
+fn prefetch(options: &Options, kernel: Option<&str>) -> Result<()> {
+    let config = options.to_config()?;
+    let outcomes = prefetch::prefetch(&config, kernel)?;
+    let total = outcomes.len();
+    let mut failed = 0;
+    let mut first_failure = None;
+    {
+        let mut out = std::io::stdout().lock();
+        for outcome in &outcomes {
+            writeln!(out, "{outcome}")?;
+        }
+        out.flush()?;
+    }
+    for outcome in outcomes {
+        if let Err(e) = outcome.result {
+            failed += 1;
+            first_failure.get_or_insert((outcome.release, e));
+        }
+    }
+    match first_failure {
+        None => Ok(()),
+        Some((release, error)) => Err(anyhow::Error::new(error).context(format!(
+            "prefetch failed for {failed} of {total} kernel(s); the first, {release}"
+        ))),
+    }
 }
 
 /// Blocks until SIGTERM or SIGINT. As PID 1 in a container the default dispositions would ignore them,
@@ -731,13 +828,20 @@ fn main() -> ExitCode {
             ko_only,
         } => extract(package, to, *ko_only),
         Command::Inspect { module } => inspect(module),
-        Command::Run { keep_running } => run(&cli.options).and_then(|()| {
+        Command::Run {
+            keep_running,
+            prefetch: prefetch_after,
+        } => run(&cli.options).and_then(|()| {
             if *keep_running {
+                if *prefetch_after && let Err(e) = prefetch(&cli.options, None) {
+                    tracing::warn!(error = format!("{e:#}"), "prefetch after the run failed");
+                }
                 wait_for_termination()
             } else {
                 Ok(())
             }
         }),
+        Command::Prefetch { kernel } => prefetch(&cli.options, kernel.as_deref()),
         Command::Ready => ready(&cli.options),
         Command::Provenance {
             package,
@@ -882,5 +986,31 @@ mod tests {
             .is_err(),
             "a key option, even an empty one, excludes skipping"
         );
+    }
+
+    #[test]
+    fn reporting_is_on_by_default_and_off_with_the_flag() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["driver-loader"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).expect("parses").options.report
+        };
+        // The environment (DRIVER_LOADER_REPORT=false) is proven on the binary, in tests/prefetch.rs.
+        assert!(parse(&["run"]));
+        assert!(!parse(&["run", "--no-report"]));
+        assert!(!parse(&["--no-report", "prefetch"]));
+    }
+
+    #[test]
+    fn prefetch_takes_one_kernel_or_none() {
+        let cli = Cli::try_parse_from(["driver-loader", "prefetch", "--kernel", "6.1.0-50-amd64"])
+            .expect("parses");
+        assert!(
+            matches!(&cli.command, Command::Prefetch { kernel: Some(k) } if k == "6.1.0-50-amd64")
+        );
+        let cli =
+            Cli::try_parse_from(["driver-loader", "--boot-dir", "/b", "prefetch"]).expect("parses");
+        assert!(matches!(&cli.command, Command::Prefetch { kernel: None }));
+        assert_eq!(cli.options.boot_dir, PathBuf::from("/b"));
     }
 }

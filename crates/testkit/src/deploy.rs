@@ -63,7 +63,7 @@ pub struct HostPathMount {
 
 /// Exactly the host paths the loader reads or writes: os-release and the modules tree read-only, the
 /// package cache writable.
-pub const HOST_PATHS: [HostPathMount; 3] = [
+pub const HOST_PATHS: [HostPathMount; 5] = [
     HostPathMount {
         path: "/etc/os-release",
         kind: "File",
@@ -74,6 +74,20 @@ pub const HOST_PATHS: [HostPathMount; 3] = [
         path: "/lib/modules",
         kind: "Directory",
         mount_path: "/lib/modules",
+        read_only: true,
+    },
+    // The node id of the run report is hashed from it.
+    HostPathMount {
+        path: "/etc/machine-id",
+        kind: "File",
+        mount_path: "/host/etc/machine-id",
+        read_only: true,
+    },
+    // `vmlinuz-R` beside `/lib/modules/R` marks a kernel installed but not booted (prefetch).
+    HostPathMount {
+        path: "/boot",
+        kind: "Directory",
+        mount_path: "/host/boot",
         read_only: true,
     },
     HostPathMount {

@@ -251,14 +251,14 @@ const FAULTS: &[Fault] = &[
     },
     Fault {
         what: "a trust option on the command line",
-        needle: "args: [\"run\", \"--keep-running\"]",
-        replacement: "args: [\"run\", \"--keep-running\", \"--insecure-skip-signature\"]",
+        needle: "args: [\"run\", \"--keep-running\", \"--prefetch\"]",
+        replacement: "args: [\"run\", \"--keep-running\", \"--prefetch\", \"--insecure-skip-signature\"]",
         expect: "sets trust option --insecure-skip-signature",
     },
     Fault {
         what: "a ConfigMap value expanded into the command line",
-        needle: "args: [\"run\", \"--keep-running\"]",
-        replacement: "args: [\"run\", \"--keep-running\", \"$(DRIVER_LOADER_LOG_FORMAT)\"]",
+        needle: "args: [\"run\", \"--keep-running\", \"--prefetch\"]",
+        replacement: "args: [\"run\", \"--keep-running\", \"--prefetch\", \"$(DRIVER_LOADER_LOG_FORMAT)\"]",
         expect: "expands a variable",
     },
     Fault {
