@@ -99,6 +99,9 @@ struct DistroSpec {
     /// kernel-crawler / driverkit target: the exact name, or the prefix before `-<flavor>` or `<version>`.
     crawler_target: &'static str,
     target_style: TargetStyle,
+    /// Supported version -> `major.minor` of its GA kernel series, for distributions whose package
+    /// versions don't always name the release a kernel was built for (Ubuntu's GA kernels).
+    ga_kernel_series: &'static [(&'static str, &'static str)],
 }
 
 /// How a distribution's crawler target is spelled.
@@ -128,6 +131,14 @@ static DISTROS: &[DistroSpec] = &[
         ],
         crawler_target: "ubuntu",
         target_style: TargetStyle::Flavor,
+        // Ubuntu kernel lifecycle, ubuntu.com/kernel/lifecycle: the series each supported release
+        // shipped with (its GA kernel). Unsupported releases are left out on purpose.
+        ga_kernel_series: &[
+            ("22.04", "5.15"),
+            ("24.04", "6.8"),
+            ("25.10", "6.17"),
+            ("26.04", "7.0"),
+        ],
     },
     DistroSpec {
         id: "debian",
@@ -139,6 +150,7 @@ static DISTROS: &[DistroSpec] = &[
         codenames: &[("11", "bullseye"), ("12", "bookworm"), ("13", "trixie")],
         crawler_target: "debian",
         target_style: TargetStyle::Plain,
+        ga_kernel_series: &[],
     },
     DistroSpec {
         id: "fedora",
@@ -150,6 +162,7 @@ static DISTROS: &[DistroSpec] = &[
         codenames: &[],
         crawler_target: "fedora",
         target_style: TargetStyle::Plain,
+        ga_kernel_series: &[],
     },
     DistroSpec {
         id: "centos",
@@ -161,6 +174,7 @@ static DISTROS: &[DistroSpec] = &[
         codenames: &[],
         crawler_target: "centos",
         target_style: TargetStyle::Plain,
+        ga_kernel_series: &[],
     },
     DistroSpec {
         id: "amazonlinux",
@@ -172,6 +186,7 @@ static DISTROS: &[DistroSpec] = &[
         codenames: &[],
         crawler_target: "amazonlinux",
         target_style: TargetStyle::Versioned,
+        ga_kernel_series: &[],
     },
 ];
 
@@ -258,6 +273,17 @@ impl Distribution {
                 value: (*v).to_owned(),
             })
             .collect()
+    }
+
+    /// The one supported version whose GA kernel series is `series` (`5.15` -> Ubuntu 22.04).
+    /// `None` when no supported version, or more than one, ships that series.
+    pub(crate) fn version_of_ga_series(self, series: &str) -> Option<DistroVersion> {
+        let mut matching = self.0.ga_kernel_series.iter().filter(|(_, s)| *s == series);
+        let (version, _) = matching.next()?;
+        if matching.next().is_some() {
+            return None;
+        }
+        DistroVersion::supported(self, version).ok()
     }
 
     /// The kernel-crawler / driverkit target for a kernel of this distribution.
@@ -522,6 +548,28 @@ mod tests {
         assert!(Distribution::from_crawler_target("ol").is_none());
         assert_eq!(ubuntu_flavor("6.14.0-1021-gcp"), "gcp");
         assert_eq!(ubuntu_flavor("6.8.0-52-lowlatency-64k"), "lowlatency-64k");
+    }
+
+    #[test]
+    fn ga_series_name_supported_versions_once_each() {
+        for distribution in Distribution::all() {
+            for (version, series) in distribution.0.ga_kernel_series {
+                assert_eq!(
+                    distribution
+                        .version_of_ga_series(series)
+                        .map(|v| v.to_string())
+                        .as_deref(),
+                    Some(*version),
+                    "{distribution} {version} ({series}) must be supported and its series unique"
+                );
+            }
+        }
+        assert_eq!(
+            d("ubuntu").version_of_ga_series("5.15").unwrap().as_str(),
+            "22.04"
+        );
+        assert_eq!(d("ubuntu").version_of_ga_series("5.4"), None);
+        assert_eq!(d("debian").version_of_ga_series("6.1"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::driver::DriverVersion;
 use crate::error::{Field, IdError};
 use crate::identity::KernelIdentity;
 use crate::release::KernelRelease;
+use crate::version_order::kernel_release_cmp;
 
 /// One kernel in kernels.json.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -175,44 +176,12 @@ impl KernelsFile {
 }
 
 fn entry_order(a: &KernelsEntry, b: &KernelsEntry) -> Ordering {
-    natural_cmp(&a.target, &b.target)
-        .then_with(|| natural_cmp(&a.distroversion, &b.distroversion))
-        .then_with(|| natural_cmp(&a.kernelrelease, &b.kernelrelease))
-}
-
-/// Compares with digit runs as numbers, so `6.1.0-9` sorts before `6.1.0-10`; ties fall back to bytes.
-pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
-    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
-    loop {
-        match (x.first(), y.first()) {
-            (None, None) => return a.cmp(b),
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(cx), Some(cy)) if cx.is_ascii_digit() && cy.is_ascii_digit() => {
-                let nx = x.iter().take_while(|c| c.is_ascii_digit()).count();
-                let ny = y.iter().take_while(|c| c.is_ascii_digit()).count();
-                let (dx, dy) = (trim_zeros(&x[..nx]), trim_zeros(&y[..ny]));
-                let order = dx.len().cmp(&dy.len()).then_with(|| dx.cmp(dy));
-                if order != Ordering::Equal {
-                    return order;
-                }
-                x = &x[nx..];
-                y = &y[ny..];
-            }
-            (Some(cx), Some(cy)) => {
-                if cx != cy {
-                    return cx.cmp(cy);
-                }
-                x = &x[1..];
-                y = &y[1..];
-            }
-        }
-    }
-}
-
-fn trim_zeros(digits: &[u8]) -> &[u8] {
-    let zeros = digits.iter().take_while(|&&d| d == b'0').count();
-    &digits[zeros.min(digits.len().saturating_sub(1))..]
+    // Targets and distro versions are labels with numbers in them (`stream9` < `stream10`); the
+    // kernel release order gives them the same digit-aware order, and it only calls identical
+    // strings equal, which `insert_for`'s deduplication relies on.
+    kernel_release_cmp(&a.target, &b.target)
+        .then_with(|| kernel_release_cmp(&a.distroversion, &b.distroversion))
+        .then_with(|| kernel_release_cmp(&a.kernelrelease, &b.kernelrelease))
 }
 
 #[cfg(test)]

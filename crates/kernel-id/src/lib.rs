@@ -20,12 +20,14 @@ mod family;
 mod identity;
 pub mod kernels_json;
 mod layout;
+mod livepatch;
 mod macros;
 mod os_release;
 mod release;
+pub mod version_order;
 
 pub use arch::Arch;
-pub use crawler::{CrawlerKernel, deb_kernel_from_headers};
+pub use crawler::{CrawlerKernel, Underivable, deb_kernel_from_headers};
 pub use derive::derive_distro_version;
 pub use distro::{Distribution, DistroVersion, PackageFormat};
 pub use driver::{
@@ -36,5 +38,9 @@ pub use family::{DEFAULT_RPM_FLAVOR, KernelFamily};
 pub use identity::{IdentityInput, KernelIdentity};
 pub use kernels_json::{KernelsEntry, KernelsFile};
 pub use layout::{ReleaseLayout, percent_encode_segment};
+pub use livepatch::{AL2023_LIVEPATCH_PREFIX, al2023_livepatch_kernel, al2023_livepatch_package};
 pub use os_release::{MAX_OS_RELEASE_LEN, OsRelease};
 pub use release::{KernelRelease, MAX_RELEASE_LEN};
+pub use version_order::{
+    DebVersion, RpmEvr, VersionError, dpkg_cmp, kernel_release_cmp, rpmvercmp,
+};

@@ -6,8 +6,8 @@ use std::fmt;
 use std::io::Read;
 
 use kernel_id::{
-    Arch, Distribution, DriverVersion, KernelIdentity, KernelRelease, deb_kernel_from_headers,
-    derive_distro_version,
+    Arch, Distribution, DriverVersion, KernelIdentity, KernelRelease, Underivable,
+    deb_kernel_from_headers, derive_distro_version,
 };
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -229,16 +229,19 @@ fn resolve(
         }
         kernel_id::PackageFormat::Rpm => {
             let release = KernelRelease::parse(&entry.kernelrelease).ok()?;
-            let version = derive_distro_version(release.as_str(), Some(&entry.target));
+            let version = derive_distro_version(release.as_str(), Some(&entry.target))
+                .ok_or(Underivable::NoMarker);
             (release, version, headers)
         }
     };
-    let Some(distro_version) = distro_version else {
-        cx.report.unsupported(
-            &location,
-            "distro version can't be derived from the release",
-        );
-        return None;
+    // The reason says which rule failed (no marker at all, an Ubuntu non-GA series, ...), so the
+    // report counts each kind separately.
+    let distro_version = match distro_version {
+        Ok(version) => version,
+        Err(why) => {
+            cx.report.unsupported(&location, why);
+            return None;
+        }
     };
     if !distro_version.is_supported() {
         cx.report.unsupported(

@@ -23,7 +23,11 @@
 //!    `lts-<codename>`), whose node flavor is `generic`. No such package: skipped.
 //! 3. **Distro version.** Debian: the rightmost `~bpoNN`, `~debNN` or `+debNN` in the package version
 //!    (a `~` suffix is a rebuild for an older release), else `+debNN` / `.debNN.` in the ABI; Ubuntu:
-//!    `~YY.MM` in the own package's version (the upload the entry's `kernelversion` names); Fedora a
+//!    `~YY.MM` in the own package's version (the upload the entry's `kernelversion` names), else —
+//!    a kernel built in its own release — the release whose GA series (Ubuntu kernel lifecycle) is
+//!    the ABI's `major.minor`, provided the own package's source (`pool/<component>/<prefix>/<source>/`
+//!    in its URL) is built per release: `linux` or `linux-<name>` where no word of the name is a
+//!    version number, `oem`, `hwe`, `edge` or `lts` (those are skipped as non-GA series); Fedora a
 //!    `fcNN` field; CentOS an `elN` field with N >= 8 is Stream N (`el7` is not Stream, `el8_4` is a
 //!    CentOS Linux point release); Amazon Linux an `amznNNNN` field. None: skipped; a version outside
 //!    the support table: skipped.
@@ -50,6 +54,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("fedora", &["42", "43"]),
     ("centos", &["stream9", "stream10"]),
     ("amazonlinux", &["2023"]),
+];
+
+/// Each supported Ubuntu release's GA kernel series, from Ubuntu's kernel lifecycle
+/// (ubuntu.com/kernel/lifecycle), restated by hand like `SUPPORTED`.
+const UBUNTU_GA_SERIES: &[(&str, &str)] = &[
+    ("22.04", "5.15"),
+    ("24.04", "6.8"),
+    ("25.10", "6.17"),
+    ("26.04", "7.0"),
 ];
 
 /// Debian featuresets whose flavors share `linux-headers-<abi>-common-<featureset>` instead of
@@ -122,6 +135,12 @@ enum Skip {
     UnsupportedFamily,
     NoOwnHeaders,
     Underivable,
+    /// Ubuntu without `~YY.MM`, from an OEM, HWE, edge, LTS-enablement or versioned source.
+    UbuntuNonGa,
+    /// Ubuntu without `~YY.MM`, per-release source, but no supported release's GA series.
+    UbuntuNoGaSeries,
+    /// Ubuntu without `~YY.MM`, and no pool path names the source.
+    UbuntuSourceUnknown,
     Unsupported(String),
     /// A reason only the binary gives.
     Other(String),
@@ -161,6 +180,15 @@ impl fmt::Display for Outcome {
             }
             Outcome::Skipped(Skip::Underivable) => {
                 f.write_str("skipped: distro version not derivable")
+            }
+            Outcome::Skipped(Skip::UbuntuNonGa) => {
+                f.write_str("skipped: ubuntu non-GA series without ~YY.MM")
+            }
+            Outcome::Skipped(Skip::UbuntuNoGaSeries) => {
+                f.write_str("skipped: ubuntu series without ~YY.MM is no supported GA series")
+            }
+            Outcome::Skipped(Skip::UbuntuSourceUnknown) => {
+                f.write_str("skipped: ubuntu without ~YY.MM and no pool source")
             }
             Outcome::Skipped(Skip::Unsupported(v)) => write!(f, "skipped: {v} is not supported"),
             Outcome::Skipped(Skip::Other(why)) => write!(f, "skipped: {why}"),
@@ -221,6 +249,7 @@ fn abi_and_flavor(release: &str) -> Option<(String, String)> {
 
 /// The kernel's own header package.
 struct Own {
+    url: String,
     release: String,
     abi: String,
     flavor: String,
@@ -248,6 +277,7 @@ fn own_package(family: &str, kernelrelease: &str, debs: &[Deb]) -> Option<Own> {
                     }),
             };
             own.then(|| Own {
+                url: d.url.clone(),
                 release: release.to_owned(),
                 abi,
                 flavor,
@@ -297,6 +327,44 @@ fn ubuntu_series(package_version: &str) -> Option<String> {
     .then(|| series.to_owned())
 }
 
+/// An Ubuntu kernel without `~YY.MM`: the release whose GA series its ABI carries, if its source
+/// package (from the pool path of its own header package) is built per release.
+fn ubuntu_ga_version(own: &Own) -> Result<String, Skip> {
+    let path: Vec<&str> = own.url.split('/').collect();
+    // `.../pool/<component>/<prefix>/<source>/<file>`
+    let source = match path.len().checked_sub(5).map(|at| (path[at], path[at + 3])) {
+        Some(("pool", source)) => source,
+        _ => return Err(Skip::UbuntuSourceUnknown),
+    };
+    if source != "linux" {
+        let Some(name) = source.strip_prefix("linux-") else {
+            return Err(Skip::UbuntuNonGa);
+        };
+        let non_ga = name.split('-').any(|word| {
+            matches!(word, "oem" | "hwe" | "edge" | "lts")
+                || (word.contains('.') && word.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        });
+        if non_ga {
+            return Err(Skip::UbuntuNonGa);
+        }
+    }
+    let mut numbers = own.abi.split(['.', '-']);
+    let series = format!(
+        "{}.{}",
+        numbers.next().unwrap_or_default(),
+        numbers.next().unwrap_or_default()
+    );
+    let releases: Vec<&str> = UBUNTU_GA_SERIES
+        .iter()
+        .filter(|(_, ga)| *ga == series)
+        .map(|(release, _)| *release)
+        .collect();
+    match releases.as_slice() {
+        [release] => Ok((*release).to_owned()),
+        _ => Err(Skip::UbuntuNoGaSeries),
+    }
+}
+
 /// A whole dot-separated field `<prefix><digits>`: `el9` in `5.14.0-148.el9.x86_64`, not `el8_4`.
 fn rpm_tag(release: &str, prefix: &str) -> Option<String> {
     release.split('.').find_map(|field| {
@@ -324,9 +392,9 @@ fn reference(section: &str, entry: &Value) -> Outcome {
             let package_version = kernelrelease
                 .strip_suffix(&format!("-{}", own.flavor))
                 .expect("the own package matched version-flavor");
-            debian_version(package_version, &own.abi)
+            debian_version(package_version, &own.abi).ok_or(Skip::Underivable)
         } else {
-            ubuntu_series(&own.version)
+            ubuntu_series(&own.version).map_or_else(|| ubuntu_ga_version(&own), Ok)
         };
         let own_name = format!("linux-headers-{}", own.release);
         let major_minor = own
@@ -368,7 +436,8 @@ fn reference(section: &str, entry: &Value) -> Outcome {
                 .filter(|n| n.parse::<u32>().is_ok_and(|n| n >= 8))
                 .map(|n| format!("stream{n}")),
             _ => rpm_tag(kernelrelease, "amzn"),
-        };
+        }
+        .ok_or(Skip::Underivable);
         let devel = format!("kernel-devel-{kernelrelease}.rpm");
         let headers = urls
             .into_iter()
@@ -377,8 +446,9 @@ fn reference(section: &str, entry: &Value) -> Outcome {
         (kernelrelease.to_owned(), version, headers)
     };
 
-    let Some(version) = version else {
-        return Outcome::Skipped(Skip::Underivable);
+    let version = match version {
+        Ok(version) => version,
+        Err(skip) => return Outcome::Skipped(skip),
     };
     let supported = SUPPORTED
         .iter()
@@ -418,6 +488,12 @@ fn binary_skip(why: &str) -> Skip {
         Skip::NoOwnHeaders
     } else if why == "distro version can't be derived from the release" {
         Skip::Underivable
+    } else if why.starts_with("ubuntu non-GA series without ~YY.MM") {
+        Skip::UbuntuNonGa
+    } else if why.starts_with("ubuntu kernel without ~YY.MM whose series") {
+        Skip::UbuntuNoGaSeries
+    } else if why.starts_with("ubuntu kernel without ~YY.MM whose header URL") {
+        Skip::UbuntuSourceUnknown
     } else if let Some(version) = why.strip_suffix(" is not supported") {
         Skip::Unsupported(version.to_owned())
     } else {

@@ -349,6 +349,8 @@ const PERMISSION_BUDGETS: &[(&str, &[(&str, &str)])] = &[
         &[("contents", "read"), ("packages", "write")],
     ),
     ("ci.yml", &[("contents", "read")]),
+    // The repository watcher reads the checkout's kernels.json and talks to the service only.
+    ("watch.yml", &[("contents", "read")]),
 ];
 
 fn level_rank(level: &str) -> u8 {

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use kernel_id::{Arch, Distribution, DistroVersion, KernelRelease};
+use kernel_id::{Arch, Distribution, DistroVersion, KernelRelease, dpkg_cmp, kernel_release_cmp};
 
 use crate::cache_dir;
 use crate::lock::{CacheLock, scratch_path};
@@ -592,14 +592,15 @@ impl IsolatedApt {
             };
             rank(a)
                 .cmp(&rank(b))
-                .then_with(|| natural_cmp(a.release.as_str(), b.release.as_str()))
+                .then_with(|| kernel_release_cmp(a.release.as_str(), b.release.as_str()))
         });
         Ok(images)
     }
 }
 
-/// `Package:` -> `Version:` of every stanza in an uncompressed Packages index (the last stanza
-/// wins when a package appears twice, which apt lists do not do for one architecture).
+/// `Package:` -> `Version:` of every stanza in an uncompressed Packages index. A package listed
+/// twice (not usual in one suite's index for one architecture) keeps the version dpkg ranks
+/// newest, which is what apt would pick.
 fn read_package_versions(path: &Path) -> Result<BTreeMap<String, String>> {
     let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut packages = BTreeMap::new();
@@ -611,7 +612,13 @@ fn read_package_versions(path: &Path) -> Result<BTreeMap<String, String>> {
         } else if let Some(version) = line.strip_prefix("Version: ")
             && let Some(name) = package.take()
         {
-            packages.insert(name, version.trim().to_owned());
+            let version = version.trim();
+            let newer = packages
+                .get(&name)
+                .is_none_or(|known: &String| dpkg_cmp(version, known).is_gt());
+            if newer {
+                packages.insert(name, version.to_owned());
+            }
         } else if line.is_empty() {
             package = None;
         }
@@ -652,35 +659,6 @@ pub(crate) fn parse_image_package(package: &str, arch: Arch) -> Option<(String, 
         }
     }
     None
-}
-
-/// Compares strings with embedded numbers by value, so 6.1.0-9 sorts before 6.1.0-10.
-pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn chunks(s: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = s.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (left, right) = (chunks(a), chunks(b));
-    for (l, r) in left.iter().zip(right.iter()) {
-        let ordering = if l.0 && r.0 {
-            let (ln, rn) = (l.1.trim_start_matches('0'), r.1.trim_start_matches('0'));
-            ln.len().cmp(&rn.len()).then_with(|| ln.cmp(rn))
-        } else {
-            l.1.cmp(r.1)
-        };
-        if ordering.is_ne() {
-            return ordering;
-        }
-    }
-    left.len().cmp(&right.len())
 }
 
 /// Suites named in apt-get update's "does not have a Release file" errors.
@@ -782,14 +760,31 @@ mod tests {
     }
 
     #[test]
-    fn natural_order_compares_numbers_by_value() {
+    fn a_package_listed_twice_keeps_the_version_dpkg_ranks_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = dir.path().join("Packages");
+        fs::write(
+            &index,
+            "Package: linux-image-6.1.0-47-amd64\nVersion: 6.1.170-3\n\n\
+             Package: linux-image-6.1.0-47-amd64\nVersion: 6.1.170-3~bpo11+1\n\n\
+             Package: linux-kbuild-6.1\nVersion: 6.1.170-3\n\n\
+             Package: linux-kbuild-6.1\nVersion: 6.1.170-10\n",
+        )
+        .expect("write index");
+        let versions = read_package_versions(&index).expect("read index");
+        assert_eq!(versions["linux-image-6.1.0-47-amd64"], "6.1.170-3");
+        assert_eq!(versions["linux-kbuild-6.1"], "6.1.170-10");
+    }
+
+    #[test]
+    fn kernel_releases_sort_in_kernel_ids_order() {
         let mut releases = vec![
             "6.1.0-10-amd64",
             "6.1.0-9-amd64",
             "6.12.100+deb12-amd64",
             "6.12.43+deb12-amd64",
         ];
-        releases.sort_by(|a, b| natural_cmp(a, b));
+        releases.sort_by(|a, b| kernel_release_cmp(a, b));
         assert_eq!(
             releases,
             [

@@ -16,6 +16,9 @@
 //! [`driver_repo`] makes the sample driver a git repository with tagged versions, as the
 //! build-service reads driver sources.
 //!
+//! [`mirror`] serves package indexes on loopback (ETags, 304, a request log) for the repository
+//! watcher's tests, and writes apt suites for it.
+//!
 //! [`deploy`] reads the Kubernetes DaemonSet manifest strictly, checks what it asks for and spells its
 //! container for a real runtime; [`oci`] writes a `FROM scratch` image as an OCI archive without Docker.
 //!
@@ -57,6 +60,7 @@ pub mod driver_repo;
 pub mod initramfs;
 pub mod kernel;
 mod lock;
+pub mod mirror;
 pub mod modsign;
 pub mod musl;
 pub mod oci;

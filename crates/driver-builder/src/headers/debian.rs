@@ -14,6 +14,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use integrity::HeaderPackage;
+use kernel_id::dpkg_cmp;
 
 use crate::facts::{self, DpkgSnapshot};
 use crate::system::CommandLine;
@@ -55,7 +56,7 @@ fn apt_get_install(package: &str) -> CommandLine {
 }
 
 /// What dpkg wrote to its log since `since` bytes.
-fn dpkg_log_since(ctx: &HeaderContext<'_>, since: u64) -> String {
+pub(super) fn dpkg_log_since(ctx: &HeaderContext<'_>, since: u64) -> String {
     let path = ctx.system.host_path(Path::new(facts::DPKG_LOG));
     let mut text = String::new();
     if let Ok(mut file) = std::fs::File::open(path)
@@ -90,7 +91,7 @@ fn apt_installed_since(
 /// minutes of compression for a build root that is thrown away (far more under arm64 emulation).
 /// `update-initramfs` is diverted to `true` in the root before apt runs. Best effort: a root
 /// without a shell or dpkg-divert just builds the initramfs.
-fn skip_initramfs(ctx: &HeaderContext<'_>) {
+pub(super) fn skip_initramfs(ctx: &HeaderContext<'_>) {
     let divert = CommandLine::new(
         "/bin/sh",
         [
@@ -411,13 +412,14 @@ pub(crate) fn select_header_debs(
         Some((package.to_owned(), version.to_owned(), arch.to_owned()))
     };
     let arch_package = format!("linux-headers-{release}");
-    // The newest upload of the arch package decides the version everything else must have.
+    // The newest upload of the arch package (in dpkg's order, so `6.1.170-3` beats its backport
+    // `6.1.170-3~bpo11+1`) decides the version everything else must have.
     let version = decoded
         .iter()
         .filter_map(|(name, _)| parse(name))
         .filter(|(p, _, a)| *p == arch_package && a == debian_arch)
         .map(|(_, v, _)| v)
-        .max_by(|a, b| natural_cmp(a, b))?;
+        .max_by(|a, b| dpkg_cmp(a, b))?;
     let flavor_base = flavor.split('-').next().unwrap_or(&flavor);
     let mut wanted_shared = vec![
         format!("linux-headers-{abi}-common"),
@@ -458,39 +460,11 @@ pub(crate) fn select_header_debs(
     let kbuild = kbuilds
         .iter()
         .find(|(ver, _)| *ver == version)
-        .or_else(|| kbuilds.iter().max_by(|a, b| natural_cmp(&a.0, &b.0)));
+        .or_else(|| kbuilds.iter().max_by(|a, b| dpkg_cmp(&a.0, &b.0)));
     if let Some((_, raw)) = kbuild {
         picked.push((*raw).clone());
     }
     Some(picked)
-}
-
-/// Orders version strings with embedded numbers by value (`6.1.170-3` < `6.1.170-10`).
-fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let chunks = |s: &str| -> Vec<(bool, String)> {
-        let mut out: Vec<(bool, String)> = Vec::new();
-        for c in s.chars() {
-            let digit = c.is_ascii_digit();
-            match out.last_mut() {
-                Some((d, text)) if *d == digit => text.push(c),
-                _ => out.push((digit, c.to_string())),
-            }
-        }
-        out
-    };
-    let (ca, cb) = (chunks(a), chunks(b));
-    for ((da, ta), (db, tb)) in ca.iter().zip(cb.iter()) {
-        let ordering = if *da && *db {
-            let (na, nb) = (ta.trim_start_matches('0'), tb.trim_start_matches('0'));
-            na.len().cmp(&nb.len()).then_with(|| na.cmp(nb))
-        } else {
-            ta.cmp(tb)
-        };
-        if ordering.is_ne() {
-            return ordering;
-        }
-    }
-    ca.len().cmp(&cb.len())
 }
 
 impl HeaderSource for SnapshotSource {
@@ -660,6 +634,45 @@ mod tests {
             Some("linux-kbuild-6.1_6.1.192-2_amd64.deb")
         );
         assert_eq!(select_header_debs(&hrefs, "6.1.0-99-amd64", "amd64"), None);
-        assert!(natural_cmp("6.1.170-10", "6.1.170-3").is_gt());
+        assert!(dpkg_cmp("6.1.170-10", "6.1.170-3").is_gt());
+    }
+
+    #[test]
+    fn the_upload_wins_over_its_backport() {
+        assert!(dpkg_cmp("6.1.170-3", "6.1.170-3~bpo11+1").is_gt());
+        // One pool directory holding an upload and its backport build under the same ABI name
+        // (percent-encoded as snapshot listings do): the upload is the newest, with its own
+        // shared headers and kbuild.
+        let hrefs: Vec<String> = [
+            "linux-headers-6.1.0-47-amd64_6.1.170-3~bpo11%2B1_amd64.deb",
+            "linux-headers-6.1.0-47-amd64_6.1.170-3_amd64.deb",
+            "linux-headers-6.1.0-47-common_6.1.170-3~bpo11%2B1_all.deb",
+            "linux-headers-6.1.0-47-common_6.1.170-3_all.deb",
+            "linux-kbuild-6.1_6.1.170-3~bpo11%2B1_amd64.deb",
+            "linux-kbuild-6.1_6.1.170-3_amd64.deb",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            select_header_debs(&hrefs, "6.1.0-47-amd64", "amd64").expect("found"),
+            vec![
+                "linux-headers-6.1.0-47-amd64_6.1.170-3_amd64.deb",
+                "linux-headers-6.1.0-47-common_6.1.170-3_all.deb",
+                "linux-kbuild-6.1_6.1.170-3_amd64.deb",
+            ]
+        );
+        // Without the upload's kbuild, the newest one left is the backport's.
+        let without: Vec<String> = hrefs
+            .iter()
+            .filter(|h| *h != "linux-kbuild-6.1_6.1.170-3_amd64.deb")
+            .cloned()
+            .collect();
+        assert_eq!(
+            select_header_debs(&without, "6.1.0-47-amd64", "amd64")
+                .expect("found")
+                .last()
+                .map(String::as_str),
+            Some("linux-kbuild-6.1_6.1.170-3~bpo11%2B1_amd64.deb")
+        );
     }
 }

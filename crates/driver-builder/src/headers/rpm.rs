@@ -74,12 +74,11 @@ impl HeaderSource for DnfSource {
 /// Amazon Linux 2023 publishes fixes for older kernels as `kernel-livepatch-<version>-<release>`
 /// packages (reference §10): the name is the target `uname -r` without `.amzn2023.<arch>`,
 /// prefixed with `kernel-livepatch-`. `6.1.186-228.376.amzn2023.x86_64` ->
-/// `kernel-livepatch-6.1.186-228.376`. None when the release is not an AL2023 one.
+/// `kernel-livepatch-6.1.186-228.376`. None when the release is not an AL2023 one. The naming is
+/// kernel-id's, shared with matrix-gen and the repository watcher, which read livepatch
+/// repositories the other way round.
 pub fn livepatch_package_name(identity: &KernelIdentity) -> Option<String> {
-    let release = identity.kernel_release().as_str();
-    let suffix = format!(".amzn2023.{}", identity.arch().rpm_name());
-    let stem = release.strip_suffix(&suffix)?;
-    Some(format!("kernel-livepatch-{stem}"))
+    kernel_id::al2023_livepatch_package(identity.kernel_release(), identity.arch())
 }
 
 /// Installs the release's `kernel-livepatch` package from the livepatch repository, which
