@@ -13,6 +13,8 @@
 //! | `GET /builds` | 200 (scope `admin`) | [`BuildList`] |
 //! | `GET /healthz` | 200 or 503 | [`Health`] |
 //! | `POST /report` | request body (scope `report`), answered 204 | [`NodeReport`] |
+//! | `GET /fleet` | 200 (scope `read-status`; `text/html` for a browser) | [`FleetView`] |
+//! | `POST /watcher/run` | 200 (scope `admin`): one repository watcher pass | [`WatchPass`] |
 //! | every refusal and failure | 4xx, 5xx | [`ApiErrorBody`] |
 //!
 //! The wire format is the one the service sent when it built these bodies as JSON maps: objects have
@@ -496,6 +498,214 @@ pub struct NodeReport {
     pub timings: RunTimings,
 }
 
+impl NodeReport {
+    /// Every field name, in wire order: the only keys `POST /report` accepts.
+    pub const FIELDS: [&'static str; 12] = [
+        "architecture",
+        "artifact_origin",
+        "distribution",
+        "distro_version",
+        "driver_name",
+        "driver_version",
+        "exit_code",
+        "kernel_version",
+        "node_id",
+        "outcome",
+        "pending_kernels",
+        "timings",
+    ];
+}
+
+impl RunTimings {
+    /// Every field name, in wire order: the only keys `timings` accepts.
+    pub const FIELDS: [&'static str; 3] = ["build_wait_ms", "fetch_ms", "total_ms"];
+}
+
+/// Whether the artifact of one identity exists, as the fleet view shows it: from the latest build
+/// of the identity, else from the artifact store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactStatus {
+    /// Published: a node can download it now.
+    Published,
+    /// A build of it is in flight.
+    Building,
+    /// Its latest build failed or timed out, and nothing is published.
+    Failed,
+    /// Neither published nor built (or not looked up yet: the view bounds its artifact lookups).
+    None,
+}
+
+impl ArtifactStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Published => "published",
+            Self::Building => "building",
+            Self::Failed => "failed",
+            Self::None => "none",
+        }
+    }
+}
+
+/// One driver version on one kernel of a [`KernelView`]: its artifact and what the nodes running
+/// that kernel with that driver version last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DriverView {
+    /// Whether the artifact exists.
+    pub artifact: ArtifactStatus,
+    /// The latest build of this identity the service knows of, `null` when none.
+    pub build_id: Option<String>,
+    /// The `v`-prefixed driver version.
+    pub driver_version: String,
+    /// The longest first-boot wait among those nodes (ms), `null` when none waited.
+    pub first_boot_wait_ms_max: Option<u64>,
+    /// Nodes on this kernel and driver version that waited for an on-demand build.
+    pub first_boot_waits: u64,
+    /// Nodes whose latest run failed (no artifact, install or load failure).
+    pub nodes_failed: u64,
+    /// Nodes whose driver is live.
+    pub nodes_loaded: u64,
+    /// Nodes whose loader refused on purpose (verification, compatibility, signature).
+    pub nodes_refused: u64,
+}
+
+/// One kernel release of a [`FamilyView`]: running on nodes, installed on nodes to boot next, or
+/// built ahead for the family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KernelView {
+    /// Per driver version, newest first.
+    pub drivers: Vec<DriverView>,
+    /// The release (`uname -r`).
+    pub kernel_version: String,
+    /// Nodes that have it installed but do not run it.
+    pub nodes_pending: u64,
+    /// Nodes running it.
+    pub nodes_running: u64,
+    /// No node runs it and it is newer than every kernel of the family that does: what the family
+    /// boots next.
+    pub upcoming: bool,
+}
+
+/// One kernel family (distribution, distro version, architecture, series, flavor) the fleet runs
+/// or has installed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FamilyView {
+    /// Canonical architecture.
+    pub architecture: String,
+    /// Distribution id.
+    pub distribution: String,
+    /// Distribution version.
+    pub distro_version: String,
+    /// kernel-id's family key, `debian/12/x86_64/6.1/amd64`.
+    pub family: String,
+    /// The flavor, e.g. `amd64`, `cloud-amd64`, `generic`, `default`.
+    pub flavor: String,
+    /// Its kernels, newest first.
+    pub kernels: Vec<KernelView>,
+    /// Nodes running, or having installed, a kernel of the family.
+    pub nodes: u64,
+    /// The upstream `major.minor` series, e.g. `6.1`.
+    pub series: String,
+}
+
+/// `GET /fleet` (scope `read-status`): the fleet's latest reports aggregated per kernel family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FleetView {
+    /// Families, ordered by key.
+    pub families: Vec<FamilyView>,
+    /// Nodes whose current kernel and driver version needed an on-demand build (a first-boot wait).
+    pub first_boot_waits: u64,
+    /// When the view was computed (RFC 3339).
+    pub generated_at: String,
+    /// Nodes with a report within the retention.
+    pub nodes: u64,
+    /// Nodes whose latest run did not leave the driver live (refused or failed).
+    pub nodes_without_driver: u64,
+}
+
+/// Bytes one repository watcher pass downloaded, per kind of index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct WatchBytes {
+    /// apt `InRelease` files.
+    pub inrelease: u64,
+    /// apt `Packages.xz`/`.gz` files.
+    pub packages: u64,
+    /// rpm-md primary metadata.
+    pub primary: u64,
+    /// rpm-md `repomd.xml` files.
+    pub repomd: u64,
+}
+
+/// One kernel family in a repository watcher pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WatchFamily {
+    /// kernel-id's family key, `debian/12/x86_64/6.1/amd64`.
+    pub family: String,
+    /// Kernels of the family the distribution's indexes list (with or without headers).
+    pub kernels_found: u64,
+    /// The newest of them whose headers are published too, `null` when none.
+    pub newest: Option<String>,
+    /// The kernel prebuilt for the family, `null` when the fleet already runs the newest.
+    pub prebuild: Option<String>,
+}
+
+/// What became of one prebuild request of the repository watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrebuildOutcome {
+    /// A build was created.
+    Created,
+    /// A build of the identity was already in flight and was joined.
+    Joined,
+    /// The artifact is already published.
+    Published,
+    /// `POST /build` answered 202: a build was created or joined (`build-service watch` cannot
+    /// tell which; the service's own watcher can).
+    Accepted,
+    /// The request was refused or failed (see its `error`).
+    Refused,
+}
+
+/// One prebuild request of a repository watcher pass (principal `watcher`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WatchPrebuild {
+    /// The build created or joined, `null` otherwise.
+    pub build_id: Option<String>,
+    /// The published artifact, `null` unless it was already published.
+    pub download_url: Option<String>,
+    /// Why it was refused, `null` otherwise.
+    pub error: Option<String>,
+    /// kernel-id's family key.
+    pub family: String,
+    /// What became of it.
+    pub outcome: PrebuildOutcome,
+    /// The identity requested, as `POST /build` takes it.
+    pub request: BuildRequest,
+}
+
+/// `POST /watcher/run` (scope `admin`): one repository watcher pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WatchPass {
+    /// Bytes downloaded, per kind of index.
+    pub bytes: WatchBytes,
+    /// How long the pass took (ms).
+    pub duration_ms: u64,
+    /// Indexes that could not be read, each naming its URL and the rule it broke.
+    pub errors: Vec<String>,
+    /// Every family the fleet runs, ordered by key.
+    pub families: Vec<WatchFamily>,
+    /// apt suites and rpm-md repositories consulted.
+    pub indexes_checked: u64,
+    /// Of them, those whose package list had not changed (nothing but the small index read).
+    pub indexes_unchanged: u64,
+    /// From the first changed package list seen to the last prebuild requested (ms), `null` when
+    /// the pass saw no change or requested nothing.
+    pub new_index_to_prebuild_ms: Option<u64>,
+    /// The prebuild requests, one per family and driver version.
+    pub prebuilds: Vec<WatchPrebuild>,
+}
+
 /// The body of every refusal and failure: what went wrong, the request field at fault (when one
 /// is) and the rule it broke.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -663,5 +873,102 @@ mod tests {
         .unwrap();
         assert_eq!(without.distro_version, None);
         assert!(!text(&without).contains("distro_version"));
+    }
+
+    fn report() -> NodeReport {
+        NodeReport {
+            architecture: "x86_64".to_owned(),
+            artifact_origin: Some(ArtifactOrigin::Build),
+            distribution: "debian".to_owned(),
+            distro_version: "12".to_owned(),
+            driver_name: "example-driver".to_owned(),
+            driver_version: "v0.1.2".to_owned(),
+            exit_code: 0,
+            kernel_version: "6.1.0-47-amd64".to_owned(),
+            node_id: "ab".repeat(32),
+            outcome: RunOutcome::Loaded,
+            pending_kernels: vec!["6.1.0-48-amd64".to_owned()],
+            timings: RunTimings {
+                build_wait_ms: Some(1),
+                fetch_ms: 2,
+                total_ms: 3,
+            },
+        }
+    }
+
+    fn object_keys(value: &Value) -> Vec<&str> {
+        value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn report_fields_are_the_serialized_keys() {
+        let value = serde_json::to_value(report()).unwrap();
+        assert_eq!(object_keys(&value), NodeReport::FIELDS);
+        assert_eq!(object_keys(&value["timings"]), RunTimings::FIELDS);
+        assert_eq!(
+            serde_json::from_value::<NodeReport>(value).unwrap(),
+            report()
+        );
+    }
+
+    /// serde_json's map keeps keys sorted, so compare with the declaration order through the text.
+    #[test]
+    fn fleet_view_keys_are_declared_alphabetically() {
+        let driver = DriverView {
+            artifact: ArtifactStatus::None,
+            build_id: None,
+            driver_version: "v0.1.2".to_owned(),
+            first_boot_wait_ms_max: None,
+            first_boot_waits: 0,
+            nodes_failed: 0,
+            nodes_loaded: 1,
+            nodes_refused: 0,
+        };
+        let view = FleetView {
+            families: vec![FamilyView {
+                architecture: "x86_64".to_owned(),
+                distribution: "debian".to_owned(),
+                distro_version: "12".to_owned(),
+                family: "debian/12/x86_64/6.1/amd64".to_owned(),
+                flavor: "amd64".to_owned(),
+                kernels: vec![KernelView {
+                    drivers: vec![driver],
+                    kernel_version: "6.1.0-47-amd64".to_owned(),
+                    nodes_pending: 0,
+                    nodes_running: 1,
+                    upcoming: false,
+                }],
+                nodes: 1,
+                series: "6.1".to_owned(),
+            }],
+            first_boot_waits: 0,
+            generated_at: "2026-01-02T03:04:05Z".to_owned(),
+            nodes: 1,
+            nodes_without_driver: 0,
+        };
+        let written = text(&view);
+        let sorted = serde_json::to_value(&view).unwrap().to_string();
+        assert_eq!(
+            written, sorted,
+            "struct fields must be declared in key order"
+        );
+        assert!(
+            written.contains(r#""artifact":"none","build_id":null"#),
+            "{written}"
+        );
+        assert_eq!(serde_json::from_str::<FleetView>(&written).unwrap(), view);
+        for status in [
+            ArtifactStatus::Published,
+            ArtifactStatus::Building,
+            ArtifactStatus::Failed,
+            ArtifactStatus::None,
+        ] {
+            assert_eq!(text(&status), format!("\"{}\"", status.as_str()));
+        }
     }
 }

@@ -40,6 +40,9 @@ pub enum Scope {
     ReadStatus,
     /// `GET /builds`: every build and who asked for it. Implies no other scope.
     Admin,
+    /// `POST /report`: a node's report of its loader's run, kept in the fleet inventory. Creates no
+    /// build; nodes hold it beside `request-build`.
+    Report,
 }
 
 impl Scope {
@@ -49,6 +52,7 @@ impl Scope {
             Self::RequestBuild => "request-build",
             Self::ReadStatus => "read-status",
             Self::Admin => "admin",
+            Self::Report => "report",
         }
     }
 }
@@ -76,7 +80,28 @@ impl fmt::Debug for Principal {
     }
 }
 
+/// Principals the service itself acts as; a principals file may not use their names, so the audit
+/// trail never confuses them with a caller.
+pub const BUILT_IN_PRINCIPALS: &[&str] = &[WATCHER_PRINCIPAL];
+
+/// The repository watcher's principal (`watcher.rs`): its prebuild requests are audited under it.
+pub const WATCHER_PRINCIPAL: &str = "watcher";
+
 impl Principal {
+    /// A principal the service acts as itself (see [`BUILT_IN_PRINCIPALS`]). It has no token: no
+    /// request authenticates as it, since only a principals file's entries are ever matched.
+    pub fn built_in(name: &'static str, scopes: &[Scope]) -> Self {
+        Self {
+            name: name.to_owned(),
+            token_sha256: [0; 32],
+            scopes: scopes.iter().copied().collect(),
+            max_in_flight: None,
+            distributions: None,
+            architectures: None,
+            driver_versions: None,
+        }
+    }
+
     /// Its name (audit records and logs carry it).
     pub fn name(&self) -> &str {
         &self.name
@@ -94,41 +119,48 @@ impl Principal {
 
     /// Refuses an identity outside what this principal may request, naming the field.
     pub fn permits(&self, identity: &KernelIdentity) -> Result<(), (&'static str, String)> {
-        fn check<T: PartialEq>(
-            allowed: Option<&Vec<T>>,
-            value: &T,
-            field: &'static str,
-            shown: &str,
-            principal: &str,
-        ) -> Result<(), (&'static str, String)> {
-            match allowed {
-                Some(list) if !list.contains(value) => Err((
-                    field,
-                    format!("principal '{principal}' may not request {field} {shown}"),
-                )),
-                _ => Ok(()),
-            }
-        }
+        self.within_limits(identity, "request")
+    }
+
+    /// Refuses a node report about an identity outside what this principal may request: the same
+    /// limits as for builds, so a principal confined to some distributions, architectures or driver
+    /// versions cannot fill the fleet inventory with nodes it could never have asked builds for.
+    pub fn permits_report(&self, identity: &KernelIdentity) -> Result<(), (&'static str, String)> {
+        self.within_limits(identity, "report")
+    }
+
+    fn within_limits(
+        &self,
+        identity: &KernelIdentity,
+        verb: &str,
+    ) -> Result<(), (&'static str, String)> {
+        let check = |allowed: Option<bool>, field: &'static str, shown: &str| match allowed {
+            Some(false) => Err((
+                field,
+                format!("principal '{}' may not {verb} {field} {shown}", self.name),
+            )),
+            _ => Ok(()),
+        };
         check(
-            self.distributions.as_ref(),
-            &identity.distribution(),
+            self.distributions
+                .as_ref()
+                .map(|list| list.contains(&identity.distribution())),
             "distribution",
             identity.distribution().as_str(),
-            &self.name,
         )?;
         check(
-            self.architectures.as_ref(),
-            &identity.arch(),
+            self.architectures
+                .as_ref()
+                .map(|list| list.contains(&identity.arch())),
             "architecture",
             identity.arch().as_str(),
-            &self.name,
         )?;
         check(
-            self.driver_versions.as_ref(),
-            identity.driver_version(),
+            self.driver_versions
+                .as_ref()
+                .map(|list| list.contains(identity.driver_version())),
             "driver_version",
             identity.driver_version().as_str(),
-            &self.name,
         )
     }
 }
@@ -233,6 +265,12 @@ impl Principals {
                 return Err(invalid(
                     "name",
                     "must be 1-64 characters of letters, digits, '.', '_', '-', '@'".into(),
+                ));
+            }
+            if BUILT_IN_PRINCIPALS.contains(&entry.name.as_str()) {
+                return Err(invalid(
+                    "name",
+                    "is the name of a principal built into the service".into(),
                 ));
             }
             if list.iter().any(|known| known.name == entry.name) {
@@ -362,9 +400,10 @@ pub struct Caller {
     pub client: IpAddr,
 }
 
-/// Scopes an anonymous caller holds where anonymous calls are allowed: it may ask for builds and
-/// follow them, never administer.
-const ANONYMOUS_SCOPES: [Scope; 2] = [Scope::RequestBuild, Scope::ReadStatus];
+/// Scopes an anonymous caller holds where anonymous calls are allowed: it may ask for builds, follow
+/// them and report its runs (a report creates no build, and whoever may create build demand
+/// anonymously may say what it runs), never administer.
+const ANONYMOUS_SCOPES: [Scope; 3] = [Scope::RequestBuild, Scope::ReadStatus, Scope::Report];
 
 impl Caller {
     /// The name recorded for this caller: the principal's, else `anonymous@<address>`.
@@ -834,6 +873,47 @@ mod tests {
         assert_eq!(field, "architecture");
         let ops = principals.authenticate(TOKEN_B).unwrap();
         assert!(ops.permits(&identity("fedora", "aarch64")).is_ok());
+        // Reports are held to the same limits, and the refusal says what was refused.
+        let (field, rule) = fleet
+            .permits_report(&identity("fedora", "x86_64"))
+            .unwrap_err();
+        assert_eq!(field, "distribution");
+        assert!(rule.contains("may not report"), "{rule}");
+        assert!(fleet.permits_report(&identity("debian", "x86_64")).is_ok());
+    }
+
+    #[test]
+    fn built_in_principal_names_are_reserved() {
+        let error = Principals::parse(&format!(
+            "[[principal]]\nname = \"watcher\"\ntoken_sha256 = \"{}\"\nscopes = [\"admin\"]\n",
+            token_digest_hex(TOKEN_A)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("name") && error.contains("built into the service"),
+            "{error}"
+        );
+        let watcher = Principal::built_in(WATCHER_PRINCIPAL, &[Scope::RequestBuild]);
+        assert!(watcher.has(Scope::RequestBuild) && !watcher.has(Scope::Admin));
+        assert_eq!(watcher.name(), "watcher");
+    }
+
+    #[test]
+    fn the_report_scope_is_spelled_report_in_principals_files() {
+        let principals = Principals::parse(&format!(
+            "[[principal]]\nname = \"nodes\"\ntoken_sha256 = \"{}\"\nscopes = [\"request-build\", \"report\"]\n",
+            token_digest_hex(TOKEN_A)
+        ))
+        .unwrap();
+        let nodes = principals.authenticate(TOKEN_A).unwrap();
+        assert!(nodes.has(Scope::Report) && !nodes.has(Scope::ReadStatus));
+        assert_eq!(Scope::Report.as_str(), "report");
+        let anonymous = Caller {
+            principal: None,
+            client: IpAddr::from([127, 0, 0, 1]),
+        };
+        assert!(anonymous.has(Scope::Report) && !anonymous.has(Scope::Admin));
     }
 
     #[test]

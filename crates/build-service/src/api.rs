@@ -2,7 +2,8 @@
 //! backend: size, JSON syntax, exact schema (known fields, string types, no duplicate keys), then
 //! kernel-id's validation of every value. The handlers only translate: the operations themselves
 //! (lookup, dedup, reservation, audit, waiting) are the [`Coordinator`]'s, whose results and errors
-//! are mapped here to status codes and `build_api` bodies.
+//! are mapped here to status codes and `build_api` bodies. The fleet inventory's routes (`POST
+//! /report`, `GET /fleet`) are translated the same way in [`crate::fleet_api`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,7 +49,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
+    pub(crate) fn new(
         status: StatusCode,
         error: impl Into<String>,
         field: Option<&str>,
@@ -63,7 +64,7 @@ impl ApiError {
         }
     }
 
-    fn invalid(field: &str, rule: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, rule: impl Into<String>) -> Self {
         let rule = rule.into();
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -92,7 +93,7 @@ impl ApiError {
     }
 
     /// The HTTP form of a coordinator's error.
-    fn coordinator(error: CoordinatorError) -> Self {
+    pub(crate) fn coordinator(error: CoordinatorError) -> Self {
         match error {
             CoordinatorError::Unavailable(message) => Self::internal(message),
             CoordinatorError::Backend(error) => Self::backend(&error),
@@ -168,6 +169,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The request field at fault, if one is.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
 }
 
 /// The JSON error body used by every refusal.
@@ -219,6 +225,10 @@ pub const ROUTES: &[RouteInfo] = &[
         path: "/builds",
     },
     RouteInfo {
+        method: "POST",
+        path: "/watcher/run",
+    },
+    RouteInfo {
         method: "GET",
         path: "/healthz",
     },
@@ -234,18 +244,19 @@ pub const ROUTES: &[RouteInfo] = &[
         method: "GET",
         path: crate::module_signing::CERT_ROUTE,
     },
+    RouteInfo {
+        method: "POST",
+        path: "/report",
+    },
+    RouteInfo {
+        method: "GET",
+        path: "/fleet",
+    },
 ];
 
 /// The routes that need an identified caller, each behind the scope it requires; the caller
 /// ([`crate::access::authenticate`]) is identified by a layer the service puts around all of them.
 pub fn limited_routes(state: Arc<Coordinator>) -> Router {
-    fn scoped(router: Router, scope: Scope) -> Router {
-        router.route_layer(axum::middleware::from_fn(
-            move |request: Request, next: axum::middleware::Next| {
-                access::require_scope(scope, request, next)
-            },
-        ))
-    }
     scoped(
         Router::new()
             .route("/build", post(build))
@@ -261,8 +272,18 @@ pub fn limited_routes(state: Arc<Coordinator>) -> Router {
     .merge(scoped(
         Router::new()
             .route("/builds", get(list_builds))
-            .with_state(state),
+            .with_state(Arc::clone(&state)),
         Scope::Admin,
+    ))
+    .merge(crate::fleet_api::routes(state))
+}
+
+/// `router` behind `scope` (a 403 for callers without it).
+pub(crate) fn scoped(router: Router, scope: Scope) -> Router {
+    router.route_layer(axum::middleware::from_fn(
+        move |request: Request, next: axum::middleware::Next| {
+            access::require_scope(scope, request, next)
+        },
     ))
 }
 
@@ -365,6 +386,12 @@ async fn build(
 
 /// Validates a `POST /build` request completely, without any IO beyond reading its body.
 pub async fn validate(request: Request) -> Result<KernelIdentity, ApiError> {
+    parse_identity(&read_json_body(request).await?)
+}
+
+/// The body of a JSON request, refused when it is declared as anything but JSON or is larger
+/// than [`MAX_BODY`].
+pub(crate) async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
     if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
         let is_json = content_type
             .to_str()
@@ -396,38 +423,19 @@ pub async fn validate(request: Request) -> Result<KernelIdentity, ApiError> {
     if declared.is_some_and(|length| length > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let body: Bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
+    axum::body::to_bytes(request.into_body(), MAX_BODY)
         .await
-        .map_err(|_| too_large())?;
-    parse_identity(&body)
+        .map_err(|_| too_large())
 }
 
 /// The exact schema check, then kernel-id's validation.
 pub fn parse_identity(body: &[u8]) -> Result<KernelIdentity, ApiError> {
-    let object: StrictObject = serde_json::from_slice(body).map_err(|error| {
-        let status = if error.is_data() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        let rule = if error.is_data() {
-            "must be a JSON object without duplicate keys"
-        } else {
-            "must be valid JSON"
-        };
-        ApiError::new(status, format!("body: {error}"), Some("body"), rule)
-    })?;
+    let object = parse_object(body)?;
     const FIELDS: [&str; 5] = BuildRequest::FIELDS;
     let mut strings: HashMap<&str, String> = HashMap::new();
-    for (key, value) in object.0 {
+    for (key, value) in object {
         let Some(field) = FIELDS.iter().copied().find(|field| *field == key) else {
-            let shown: String = key.chars().take(64).collect();
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("unknown field '{}'", shown.escape_debug()),
-                Some(&shown),
-                format!("unknown field; expected one of {}", FIELDS.join(", ")),
-            ));
+            return Err(unknown_field(&key, &FIELDS));
         };
         match value {
             Value::String(text) => {
@@ -435,17 +443,9 @@ pub fn parse_identity(body: &[u8]) -> Result<KernelIdentity, ApiError> {
             }
             Value::Null if field == "distro_version" => {}
             other => {
-                let kind = match other {
-                    Value::Null => "null",
-                    Value::Bool(_) => "a boolean",
-                    Value::Number(_) => "a number",
-                    Value::Array(_) => "an array",
-                    Value::Object(_) => "an object",
-                    Value::String(_) => "a string",
-                };
                 return Err(ApiError::invalid(
                     field,
-                    format!("must be a string (found {kind})"),
+                    format!("must be a string (found {})", json_kind(&other)),
                 ));
             }
         }
@@ -462,6 +462,48 @@ pub fn parse_identity(body: &[u8]) -> Result<KernelIdentity, ApiError> {
     };
     KernelIdentity::from_input(&input)
         .map_err(|error| ApiError::invalid(error.field().as_str(), error.rule()))
+}
+
+/// A body that must be one JSON object, as its key/value pairs: 400 when it is not JSON, 422
+/// when it is not an object, repeats a key or has more than 32 keys.
+pub(crate) fn parse_object(body: &[u8]) -> Result<Vec<(String, Value)>, ApiError> {
+    let object: StrictObject = serde_json::from_slice(body).map_err(|error| {
+        let status = if error.is_data() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let rule = if error.is_data() {
+            "must be a JSON object without duplicate keys"
+        } else {
+            "must be valid JSON"
+        };
+        ApiError::new(status, format!("body: {error}"), Some("body"), rule)
+    })?;
+    Ok(object.0)
+}
+
+/// What kind of JSON value `value` is, for refusals.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+        Value::String(_) => "a string",
+    }
+}
+
+/// The refusal of a key outside `fields`, naming it (cut to 64 characters).
+pub(crate) fn unknown_field(key: &str, fields: &[&str]) -> ApiError {
+    let shown: String = key.chars().take(64).collect();
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("unknown field '{}'", shown.escape_debug()),
+        Some(&shown),
+        format!("unknown field; expected one of {}", fields.join(", ")),
+    )
 }
 
 /// A JSON object kept as its key/value pairs, refusing duplicate keys (which parsers disagree on,
@@ -651,7 +693,7 @@ async fn builds_listing(
 
 /// `ms` since the epoch as RFC 3339 (UTC), clamped to the years RFC 3339 can write (a deadline
 /// beyond them, from a huge build timeout, reads as the last representable moment).
-fn timestamp(ms: i64) -> String {
+pub(crate) fn timestamp(ms: i64) -> String {
     const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
     let nanos = i128::from(ms.clamp(0, LAST_MS)) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
@@ -709,8 +751,19 @@ async fn healthz(State(coordinator): State<Arc<Coordinator>>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics_text() -> Response {
-    let text = telemetry::prometheus().render();
+async fn metrics_text(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    let mut text = telemetry::prometheus().render();
+    // The fleet's gauges are computed from the database at each scrape (`inventory.rs`); a failed
+    // read leaves them out rather than failing the whole scrape.
+    match coordinator.fleet_metrics().await {
+        Ok(fleet) => {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&fleet);
+        }
+        Err(error) => tracing::warn!(%error, "could not compute the fleet gauges"),
+    }
     let mut response = Body::from(text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -86,6 +86,8 @@ pub struct ServiceConfig {
     /// The certificate (DER) of the key modules are signed with, served at
     /// `GET /module-signing-cert.der` for operators to enrol; `None`: 404.
     pub module_signing_cert: Option<Vec<u8>>,
+    /// The repository watcher (`watcher.rs`); `None`: off.
+    pub watch: Option<crate::watcher::WatchSettings>,
 }
 
 impl std::fmt::Debug for ServiceConfig {
@@ -153,6 +155,7 @@ impl ServiceConfig {
             backend,
             extra_routes: None,
             module_signing_cert: None,
+            watch: None,
         }
     }
 }
@@ -226,6 +229,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API.
     Serve(Box<ServeArgs>),
+    /// One repository watcher pass against a running service: families from its `GET /fleet`,
+    /// prebuilds by `POST /build` with a token; prints the pass's summary (JSON).
+    Watch(Box<crate::watcher::cli::WatchCliArgs>),
     /// Print the SHA-256 of the token on standard input, as a principals file stores it.
     HashToken,
     /// Print a new random token on standard output (give it to the caller, keep it nowhere else)
@@ -234,8 +240,8 @@ pub enum Command {
         /// The principal's name.
         #[arg(long)]
         name: String,
-        /// Scopes to grant (request-build, read-status, admin).
-        #[arg(long = "scope", required = true, value_parser = ["request-build", "read-status", "admin"])]
+        /// Scopes to grant (request-build, read-status, admin, report).
+        #[arg(long = "scope", required = true, value_parser = ["request-build", "read-status", "admin", "report"])]
         scopes: Vec<String>,
     },
     /// Make a signing key pair: the secret key at `--out` (mode 0600, never over an existing
@@ -381,7 +387,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BUILD_SERVICE_HEALTH_PROBE_INTERVAL", value_parser = parse_duration, default_value = "15s")]
     pub health_probe_interval: Duration,
     /// Finished builds (database rows, local build directories and logs) and request audit rows
-    /// older than this are pruned; published artifacts never are.
+    /// older than this are pruned, and so are the reports of nodes silent for longer (and
+    /// first-boot waits older than it); published artifacts never are.
     #[arg(long, env = "BUILD_SERVICE_RETENTION", value_parser = parse_duration, default_value = "30d")]
     pub retention: Duration,
     /// Local backend: builds at once.
@@ -436,8 +443,8 @@ pub struct ServeArgs {
     /// it every caller is anonymous, which is allowed only on a loopback --listen address.
     #[arg(long, env = "BUILD_SERVICE_PRINCIPALS_FILE")]
     pub principals_file: Option<PathBuf>,
-    /// Serve callers without a token as anonymous (request-build and read-status, limited by
-    /// address), even on a non-loopback address.
+    /// Serve callers without a token as anonymous (request-build, read-status and report, limited
+    /// by address), even on a non-loopback address.
     #[arg(long, env = "BUILD_SERVICE_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
     /// Proxy networks (CIDR, comma-separated or repeated) whose X-Forwarded-For names the client.
@@ -466,6 +473,9 @@ pub struct ServeArgs {
     /// GitHub backend options.
     #[command(flatten)]
     pub github: GithubArgs,
+    /// Repository watcher options (off unless a source is given).
+    #[command(flatten)]
+    pub watch: crate::watcher::WatchArgs,
 }
 
 /// Options of the GitHub backend.
@@ -677,6 +687,9 @@ impl ServeArgs {
             }
         };
         let mut config = ServiceConfig::new(database_url, driver, backend);
+        config.watch = self
+            .watch
+            .to_settings(self.state_dir.join(crate::watcher::STATE_FILE))?;
         config.module_signing_cert =
             module_signing.map(|signing| signing.certificate_der().to_vec());
         config.layout = layout;

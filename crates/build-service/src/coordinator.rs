@@ -167,6 +167,8 @@ pub struct Coordinator {
     resolver: SourceResolver,
     /// What a refusal for an unreadable repository tells the caller to wait.
     source_retry_after: Duration,
+    /// The fleet view's remembered artifact lookups (`inventory.rs`).
+    artifact_lookups: crate::inventory::ArtifactLookups,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -227,7 +229,31 @@ impl Coordinator {
             shutting_down,
             resolver,
             source_retry_after: settings.source.refresh_interval.max(Duration::from_secs(5)),
+            artifact_lookups: crate::inventory::ArtifactLookups::default(),
         })
+    }
+
+    // The fleet inventory's operations (`inventory.rs`) extend the coordinator from their own
+    // module, through these.
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The backend.
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The driver this service builds.
+    pub fn driver(&self) -> &DriverName {
+        &self.driver
+    }
+
+    /// The fleet view's remembered artifact lookups.
+    pub(crate) fn artifact_lookups(&self) -> &crate::inventory::ArtifactLookups {
+        &self.artifact_lookups
     }
 
     /// The resolver of driver versions (its repository's URI, for logs and tests).

@@ -18,14 +18,23 @@
 //! - [`access`]: bearer tokens and per-caller rate limits; [`telemetry`]: metrics and logs;
 //! - [`module_signing`]: the key and certificate every module is signed with (Secure Boot), checked
 //!   at startup; the certificate is served at `GET /module-signing-cert.der`.
+//! - [`watcher`]: the repository watcher — the distributions' package indexes read for newer kernels of
+//!   the families in use, prebuilt through the coordinator as the built-in principal `watcher`
+//!   (`POST /watcher/run`; `build-service watch` runs the same pass from outside).
+//! - [`inventory`]: the fleet inventory — each node's latest report (`POST /report`), aggregated per
+//!   kernel family for `GET /fleet` ([`fleet_api`], the page by [`fleet_page`]), the
+//!   `kdriver_fleet_*` gauges and the families in use.
 
 pub mod access;
 pub mod api;
 pub mod backend;
 pub mod config;
 pub mod coordinator;
+pub mod fleet_api;
+pub mod fleet_page;
 pub mod github;
 pub mod health;
+pub mod inventory;
 pub mod local;
 pub mod module_signing;
 pub mod retry;
@@ -36,6 +45,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tracker;
 pub mod waiter;
+pub mod watcher;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,6 +87,8 @@ struct Prepared {
     coordinator: Arc<Coordinator>,
     stopping: tokio::sync::watch::Sender<bool>,
     health_probe: health::Probe,
+    /// The repository watcher, when a source to watch is configured.
+    watcher: Option<Arc<watcher::ServiceWatcher>>,
     /// Where to LISTEN for other replicas' build changes (PostgreSQL only).
     listen_url: Option<String>,
 }
@@ -168,11 +180,17 @@ impl Prepared {
             access::AccessPolicy::new(config.access)
                 .with_client_cap(config.max_requests_per_client),
         );
+        let watcher = config
+            .watch
+            .map(|settings| watcher::ServiceWatcher::new(settings, Arc::clone(&coordinator)))
+            .transpose()?
+            .map(Arc::new);
         let router = router(
             Arc::clone(&coordinator),
             Arc::clone(&access),
             backend_routes,
             config.module_signing_cert,
+            watcher.clone(),
         );
         tracing::info!(%address, backend = backend.name(), replica = %owner, "build-service ready");
         Ok(Self {
@@ -181,6 +199,7 @@ impl Prepared {
             coordinator,
             stopping,
             health_probe,
+            watcher,
             listen_url,
         })
     }
@@ -198,6 +217,9 @@ impl Prepared {
             let notifier = Arc::clone(self.coordinator.notifier());
             tokio::spawn(waiter::listen_postgres(notifier, url))
         });
+        let watching = self
+            .watcher
+            .map(|watcher| tokio::spawn(watcher.run_every(self.stopping.subscribe())));
         let stopping = self.stopping;
         let served = axum::serve(
             listener,
@@ -213,6 +235,9 @@ impl Prepared {
         trackers.shutdown().await;
         reloader.abort();
         prober.abort();
+        if let Some(watching) = watching {
+            watching.abort();
+        }
         if let Some(listener_task) = listener_task {
             listener_task.abort();
         }
@@ -249,12 +274,16 @@ fn router(
     access: Arc<access::AccessPolicy>,
     backend_routes: Option<Router>,
     module_signing_cert: Option<Vec<u8>>,
+    watcher: Option<Arc<watcher::ServiceWatcher>>,
 ) -> Router {
     // Authentication wraps the scope checks, and the rate limit runs inside authentication: only
     // a known caller (or an allowed anonymous one, by address) gets a bucket.
-    let limited = api::limited_routes(Arc::clone(&state)).route_layer(
-        axum::middleware::from_fn_with_state(access, access::authenticate),
-    );
+    let limited = api::limited_routes(Arc::clone(&state))
+        .merge(watcher::routes(watcher))
+        .route_layer(axum::middleware::from_fn_with_state(
+            access,
+            access::authenticate,
+        ));
     let mut router = limited
         .merge(api::open_routes(state))
         .merge(api::module_signing_routes(module_signing_cert));

@@ -18,6 +18,10 @@ async fn main() -> anyhow::Result<()> {
                 build_service::bind(listen).with_context(|| format!("binding {listen}"))?;
             build_service::run(config, listener, shutdown_signal()).await
         }
+        Command::Watch(args) => {
+            build_service::telemetry::init_tracing(build_service::telemetry::LogFormat::Text);
+            build_service::watcher::cli::run(*args).await
+        }
         Command::HashToken => {
             let mut token = String::new();
             std::io::stdin()

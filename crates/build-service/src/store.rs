@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use kernel_id::{DriverName, IdentityInput, KernelIdentity, SourceCommit};
+use build_api::{ArtifactOrigin, RunOutcome, RunTimings};
+use kernel_id::{DriverName, IdentityInput, KernelIdentity, KernelRelease, SourceCommit};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
@@ -54,6 +55,9 @@ pub enum StoreError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A node report row holds a value this version does not understand.
+    #[error("corrupt node report: {0}")]
+    CorruptReport(String),
 }
 
 /// The life cycle of a build as stored. `Dispatching` is persisted *before* the backend is called, so
@@ -393,7 +397,7 @@ impl Store {
             DbKind::Sqlite => include_str!("../migrations/sqlite/0001_builds.sql"),
             DbKind::Postgres => include_str!("../migrations/postgres/0001_builds.sql"),
         };
-        let scripts: [(i64, &str, &'static str); 4] = [
+        let scripts: [(i64, &str, &'static str); 5] = [
             (1, "builds", first),
             (
                 2,
@@ -409,6 +413,11 @@ impl Store {
                 4,
                 "source_commit",
                 include_str!("../migrations/shared/0004_source_commit.sql"),
+            ),
+            (
+                5,
+                "node_reports",
+                include_str!("../migrations/shared/0005_node_reports.sql"),
             ),
         ];
         let migrator = Migrator::with_migrations(
@@ -965,6 +974,238 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Keeps `report` as its node's latest (replacing the previous one; `first_seen` stays),
+    /// received now by the database's clock. The first-boot wait is the report's own when it
+    /// waited; otherwise the previous one is kept while the node runs the same identity (a restart
+    /// served from its cache does not hide that the kernel needed an on-demand build), and dropped
+    /// when the identity changed.
+    pub async fn upsert_report(&self, report: &NewNodeReport) -> Result<(), StoreError> {
+        let input = report.identity.to_input();
+        let pending: Vec<&str> = report
+            .pending_kernels
+            .iter()
+            .map(KernelRelease::as_str)
+            .collect();
+        // A JSON array of validated releases; serialising strings cannot fail.
+        let pending = serde_json::to_string(&pending).unwrap_or_else(|_| "[]".to_owned());
+        let same_identity = "node_reports.distribution = excluded.distribution \
+             AND node_reports.distro_version = excluded.distro_version \
+             AND node_reports.architecture = excluded.architecture \
+             AND node_reports.kernel_version = excluded.kernel_version \
+             AND node_reports.driver_version = excluded.driver_version";
+        // Only the clock's SQL and fixed column names are formatted in; every value is bound.
+        let sql = format!(
+            "INSERT INTO node_reports (node_id, principal, client, distribution, distro_version, architecture, \
+             kernel_version, driver_name, driver_version, outcome, exit_code, artifact_origin, build_wait_ms, \
+             fetch_ms, total_ms, pending_kernels, first_boot_wait_ms, first_boot_wait_at, first_seen, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $13, \
+             CASE WHEN $17 = 1 THEN {now} ELSE NULL END, {now}, {now}) \
+             ON CONFLICT (node_id) DO UPDATE SET principal = excluded.principal, client = excluded.client, \
+             distribution = excluded.distribution, distro_version = excluded.distro_version, \
+             architecture = excluded.architecture, kernel_version = excluded.kernel_version, \
+             driver_name = excluded.driver_name, driver_version = excluded.driver_version, \
+             outcome = excluded.outcome, exit_code = excluded.exit_code, \
+             artifact_origin = excluded.artifact_origin, build_wait_ms = excluded.build_wait_ms, \
+             fetch_ms = excluded.fetch_ms, total_ms = excluded.total_ms, \
+             pending_kernels = excluded.pending_kernels, \
+             first_boot_wait_ms = CASE WHEN excluded.first_boot_wait_ms IS NOT NULL THEN excluded.first_boot_wait_ms \
+               WHEN {same_identity} THEN node_reports.first_boot_wait_ms ELSE NULL END, \
+             first_boot_wait_at = CASE WHEN excluded.first_boot_wait_ms IS NOT NULL THEN excluded.first_boot_wait_at \
+               WHEN {same_identity} THEN node_reports.first_boot_wait_at ELSE NULL END, \
+             received_at = excluded.received_at",
+            now = self.kind.now_sql(),
+        );
+        let millis = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&report.node_id)
+            .bind(&report.principal)
+            .bind(&report.client)
+            .bind(&input.distribution)
+            .bind(input.distro_version.as_deref().unwrap_or_default())
+            .bind(&input.architecture)
+            .bind(&input.kernel_version)
+            .bind(report.driver.as_str())
+            .bind(&input.driver_version)
+            .bind(report.outcome.as_str())
+            .bind(i64::from(report.exit_code))
+            .bind(
+                report
+                    .artifact_origin
+                    .map(|origin| origin.as_str().to_owned()),
+            )
+            .bind(report.timings.build_wait_ms.map(millis))
+            .bind(millis(report.timings.fetch_ms))
+            .bind(millis(report.timings.total_ms))
+            .bind(pending)
+            .bind(i64::from(report.timings.build_wait_ms.is_some()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The nodes' latest reports, grouped by what the fleet view and the gauges tell apart
+    /// (identity, outcome, pending kernels), with the node count and first-boot waits of each
+    /// group: a fleet of thousands of nodes on a few kernels is a few rows.
+    pub async fn report_groups(&self) -> Result<Vec<ReportGroup>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT distribution, distro_version, architecture, kernel_version, driver_version, outcome, \
+             pending_kernels, COUNT(*) AS nodes, \
+             SUM(CASE WHEN first_boot_wait_ms IS NOT NULL THEN 1 ELSE 0 END) AS waits, \
+             MAX(first_boot_wait_ms) AS wait_max \
+             FROM node_reports \
+             GROUP BY distribution, distro_version, architecture, kernel_version, driver_version, outcome, \
+             pending_kernels",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_group).collect()
+    }
+
+    /// The latest build of each identity among the `limit` newest builds (the fleet view's
+    /// artifact status), newest first. Rows kernel-id refuses are left out and logged: one damaged
+    /// row must not hide the fleet.
+    pub async fn latest_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, StoreError> {
+        // Only column names are formatted in; the limit is bound.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM builds WHERE build_id IN (SELECT build_id FROM builds ORDER BY created_at DESC \
+             LIMIT $1) ORDER BY created_at DESC, build_id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut latest = Vec::new();
+        for row in &rows {
+            match decode(row) {
+                Ok(record) => {
+                    if seen.insert(record.active_key()) {
+                        latest.push(record);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "a build row is left out of the fleet view"),
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Retention of the fleet inventory: deletes the reports of nodes silent for longer than
+    /// `retention` and forgets first-boot waits older than it, both by the database's clock.
+    /// Returns (reports deleted, waits forgotten).
+    pub async fn prune_reports(&self, retention: Duration) -> Result<(u64, u64), StoreError> {
+        let now = self.kind.now_sql();
+        let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM node_reports WHERE received_at < {now} - $1"
+        )))
+        .bind(lease_ms(retention))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let forgotten = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE node_reports SET first_boot_wait_ms = NULL, first_boot_wait_at = NULL \
+             WHERE first_boot_wait_at < {now} - $1"
+        )))
+        .bind(lease_ms(retention))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((deleted, forgotten))
+    }
+
+    /// Moves a node's report (and its first-boot wait) `by` into the past, as if it had been
+    /// received that long ago.
+    #[cfg(test)]
+    pub(crate) async fn age_report_for_test(&self, node_id: &str, by: Duration) {
+        sqlx::query(
+            "UPDATE node_reports SET received_at = received_at - $1, first_seen = first_seen - $1, \
+             first_boot_wait_at = first_boot_wait_at - $1 WHERE node_id = $2",
+        )
+        .bind(lease_ms(by))
+        .bind(node_id)
+        .execute(&self.pool)
+        .await
+        .expect("update");
+    }
+}
+
+/// A node's report to keep as its latest, validated (see [`crate::inventory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNodeReport {
+    /// The node's stable id (64 lowercase hex digits).
+    pub node_id: String,
+    /// The running kernel and the driver version, canonical.
+    pub identity: KernelIdentity,
+    /// The driver.
+    pub driver: DriverName,
+    /// How the run ended.
+    pub outcome: RunOutcome,
+    /// The loader's exit code.
+    pub exit_code: u8,
+    /// Where the package came from.
+    pub artifact_origin: Option<ArtifactOrigin>,
+    /// How long it took.
+    pub timings: RunTimings,
+    /// Installed kernels it does not run, sorted and distinct.
+    pub pending_kernels: Vec<KernelRelease>,
+    /// Who reported it (principal name or `anonymous@<address>`).
+    pub principal: String,
+    /// The client address.
+    pub client: String,
+}
+
+/// Nodes whose latest reports agree on identity, outcome and pending kernels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportGroup {
+    /// The running kernel and driver version.
+    pub identity: KernelIdentity,
+    /// How their latest runs ended.
+    pub outcome: RunOutcome,
+    /// Kernels they have installed but do not run.
+    pub pending_kernels: Vec<KernelRelease>,
+    /// How many nodes.
+    pub nodes: u64,
+    /// How many of them have a first-boot wait on record.
+    pub first_boot_waits: u64,
+    /// The longest of those waits (ms).
+    pub first_boot_wait_ms_max: Option<u64>,
+}
+
+fn decode_group(row: &AnyRow) -> Result<ReportGroup, StoreError> {
+    let corrupt = |problem: String| StoreError::CorruptReport(problem);
+    let identity = KernelIdentity::from_input(&IdentityInput {
+        kernel_version: row.try_get("kernel_version")?,
+        architecture: row.try_get("architecture")?,
+        distribution: row.try_get("distribution")?,
+        distro_version: Some(row.try_get("distro_version")?),
+        driver_version: row.try_get("driver_version")?,
+    })
+    .map_err(|error| corrupt(format!("stored identity is invalid: {error}")))?;
+    let raw_outcome: String = row.try_get("outcome")?;
+    let outcome = [RunOutcome::Loaded, RunOutcome::Refused, RunOutcome::Failed]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == raw_outcome)
+        .ok_or_else(|| corrupt(format!("unknown outcome '{raw_outcome}'")))?;
+    let raw_pending: String = row.try_get("pending_kernels")?;
+    let pending_kernels = serde_json::from_str::<Vec<String>>(&raw_pending)
+        .map_err(|error| {
+            corrupt(format!(
+                "pending_kernels is not a JSON array of strings: {error}"
+            ))
+        })?
+        .iter()
+        .map(|release| KernelRelease::parse(release))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| corrupt(format!("stored pending kernel is invalid: {error}")))?;
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    Ok(ReportGroup {
+        identity,
+        outcome,
+        pending_kernels,
+        nodes: count(row.try_get("nodes")?),
+        first_boot_waits: count(row.try_get("waits")?),
+        first_boot_wait_ms_max: row.try_get::<Option<i64>, _>("wait_max")?.map(count),
+    })
 }
 
 fn decode(row: &AnyRow) -> Result<BuildRecord, StoreError> {
@@ -1147,5 +1388,128 @@ mod tests {
             .expect("update");
         let record = store.get(&new.build_id).await.expect("get").expect("row");
         assert_eq!(record.source_commit, None);
+    }
+
+    fn node_report(node: char, release: &str, wait: Option<u64>) -> NewNodeReport {
+        NewNodeReport {
+            node_id: node.to_string().repeat(64),
+            identity: KernelIdentity::from_input(&IdentityInput {
+                kernel_version: release.to_owned(),
+                architecture: "x86_64".to_owned(),
+                distribution: "debian".to_owned(),
+                distro_version: Some("12".to_owned()),
+                driver_version: "v0.1.2".to_owned(),
+            })
+            .expect("identity"),
+            driver: DriverName::parse("example-driver").expect("driver"),
+            outcome: RunOutcome::Loaded,
+            exit_code: 0,
+            artifact_origin: Some(if wait.is_some() {
+                ArtifactOrigin::Build
+            } else {
+                ArtifactOrigin::Cache
+            }),
+            timings: RunTimings {
+                build_wait_ms: wait,
+                fetch_ms: wait.unwrap_or(0) + 10,
+                total_ms: wait.unwrap_or(0) + 20,
+            },
+            pending_kernels: vec![KernelRelease::parse("6.1.0-48-amd64").expect("release")],
+            principal: "nodes".to_owned(),
+            client: "127.0.0.1".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_keeps_one_report_and_its_wait_while_it_runs_the_same_kernel() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir).await;
+        store
+            .upsert_report(&node_report('a', "6.1.0-47-amd64", Some(90_000)))
+            .await
+            .expect("first");
+        // A restart served from the cache: the first-boot wait stays on record.
+        store
+            .upsert_report(&node_report('a', "6.1.0-47-amd64", None))
+            .await
+            .expect("restart");
+        store
+            .upsert_report(&node_report('b', "6.1.0-47-amd64", None))
+            .await
+            .expect("other node");
+        let groups = store.report_groups().await.expect("groups");
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        assert_eq!(groups[0].nodes, 2);
+        assert_eq!(groups[0].first_boot_waits, 1);
+        assert_eq!(groups[0].first_boot_wait_ms_max, Some(90_000));
+        assert_eq!(groups[0].pending_kernels.len(), 1);
+        // A new kernel replaces the report and drops the old kernel's wait.
+        store
+            .upsert_report(&node_report('a', "6.1.0-48-amd64", None))
+            .await
+            .expect("new kernel");
+        let groups = store.report_groups().await.expect("groups");
+        assert_eq!(groups.iter().map(|g| g.nodes).sum::<u64>(), 2);
+        assert!(groups.iter().all(|g| g.first_boot_waits == 0), "{groups:?}");
+    }
+
+    #[tokio::test]
+    async fn retention_forgets_silent_nodes_and_old_waits() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir).await;
+        let day = Duration::from_secs(24 * 3600);
+        store
+            .upsert_report(&node_report('a', "6.1.0-47-amd64", Some(5_000)))
+            .await
+            .expect("a");
+        store
+            .upsert_report(&node_report('b', "6.1.0-47-amd64", Some(7_000)))
+            .await
+            .expect("b");
+        store.age_report_for_test(&"a".repeat(64), 40 * day).await;
+        // b waited 40 days ago but reported again today from its cache.
+        store.age_report_for_test(&"b".repeat(64), 40 * day).await;
+        store
+            .upsert_report(&node_report('b', "6.1.0-47-amd64", None))
+            .await
+            .expect("b again");
+        assert_eq!(store.prune_reports(30 * day).await.expect("prune"), (1, 1));
+        let groups = store.report_groups().await.expect("groups");
+        assert_eq!(groups.len(), 1);
+        assert_eq!((groups[0].nodes, groups[0].first_boot_waits), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn latest_builds_are_one_per_identity_newest_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir).await;
+        let first = NewBuild::for_test("00000000-0000-4000-8000-000000000010");
+        store
+            .reserve(&first, InFlightCaps::default())
+            .await
+            .expect("reserve");
+        assert!(
+            store
+                .finish(
+                    &first.build_id,
+                    "me",
+                    BuildState::Error,
+                    None,
+                    Some("no"),
+                    first.now
+                )
+                .await
+                .expect("finish")
+        );
+        let mut second = NewBuild::for_test("00000000-0000-4000-8000-000000000011");
+        second.now += 1;
+        store
+            .reserve(&second, InFlightCaps::default())
+            .await
+            .expect("reserve");
+        let latest = store.latest_builds(100).await.expect("latest");
+        let ids: Vec<&str> = latest.iter().map(|b| b.build_id.as_str()).collect();
+        assert_eq!(ids, [second.build_id.as_str()]);
+        assert_eq!(store.latest_builds(1).await.expect("latest").len(), 1);
     }
 }

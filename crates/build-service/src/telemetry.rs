@@ -33,6 +33,9 @@ pub const LONG_POLLS_WAITING: &str = "long_polls_waiting";
 pub const LONG_POLLS_OVER_LIMIT: &str = "long_polls_over_limit_total";
 /// Probes of the backend's health (the cached answer of `/healthz`), by `result`.
 pub const HEALTH_PROBES: &str = "backend_health_probes_total";
+/// Node reports (`POST /report`), by `outcome` (`accepted`, `invalid`, `forbidden`, `error`). The
+/// fleet's own gauges (`kdriver_fleet_*`) are computed at scrape time by `inventory.rs`.
+pub const REPORTS: &str = "node_reports_total";
 
 /// Builds take minutes: buckets from 1 s to 1 h.
 const DURATION_BUCKETS: &[f64] = &[
@@ -87,6 +90,7 @@ fn describe() {
         "Long polls answered at once because the limit of concurrent long polls was reached"
     );
     metrics::describe_counter!(HEALTH_PROBES, "Backend health probes by result");
+    metrics::describe_counter!(REPORTS, "Node reports (POST /report) by outcome");
 }
 
 /// Log output format.

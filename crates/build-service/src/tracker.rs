@@ -197,8 +197,8 @@ impl Trackers {
     }
 
     /// Retention: removes what the backend keeps of builds that ended more than the retention ago
-    /// (local build directories and logs), then their rows and audit rows. In-flight builds and
-    /// published artifacts are never touched. Failures are logged; the next round tries again.
+    /// (local build directories and logs), then their rows and audit rows, and the reports of nodes
+    /// silent for longer than it. In-flight builds and published artifacts are never touched. Failures are logged; the next round tries again.
     pub async fn prune(&self) {
         let retention = self.inner.settings.retention;
         let cutoff = SystemTime::now()
@@ -230,6 +230,20 @@ impl Trackers {
                 );
             }
             Err(error) => tracing::warn!(%error, "retention could not prune the database"),
+        }
+        // The fleet inventory: nodes silent for longer than the retention, and first-boot waits
+        // older than it (a node reporting every day keeps its row, not a wait of months ago).
+        match self.inner.store.prune_reports(retention).await {
+            Ok((0, 0)) => {}
+            Ok((reports, waits)) => {
+                metrics::counter!(telemetry::PRUNED, "what" => "node_reports").increment(reports);
+                tracing::info!(
+                    reports,
+                    waits,
+                    "retention removed silent nodes' reports and old first-boot waits"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "retention could not prune the node reports"),
         }
     }
 

@@ -21,9 +21,12 @@ mod common;
 use std::collections::BTreeSet;
 
 use build_api::{
-    ApiErrorBody, BackendHealth, BuildAccepted, BuildDone, BuildList, BuildListing, BuildRequest,
-    BuildState, BuildStatus, Check, Health, HealthState, RequestOutcome, Requester,
+    ApiErrorBody, ArtifactOrigin, ArtifactStatus, BackendHealth, BuildAccepted, BuildDone,
+    BuildList, BuildListing, BuildRequest, BuildState, BuildStatus, Check, DriverView, FamilyView,
+    FleetView, Health, HealthState, KernelView, NodeReport, RequestOutcome, Requester, RunOutcome,
+    RunTimings,
 };
+use build_api::{PrebuildOutcome, WatchBytes, WatchFamily, WatchPass, WatchPrebuild};
 use common::{Env, Mode, TestExecutor, bookworm, client, post_build, wait_until_ended};
 use kernel_id::{Arch, Distribution};
 use serde::Serialize;
@@ -144,6 +147,25 @@ fn violations(document: &Value, schema: &Value, value: &Value, at: &str) -> Vec<
                     .is_some_and(|number| number < argument.as_f64().unwrap())
                 {
                     found.push(format!("{at}: {value} is below {argument}"));
+                }
+            }
+            "minLength" | "maxLength" => {
+                let bound = argument.as_u64().unwrap();
+                if let Some(text) = value.as_str() {
+                    let length = text.chars().count() as u64;
+                    if (keyword == "minLength" && length < bound)
+                        || (keyword == "maxLength" && length > bound)
+                    {
+                        found.push(format!("{at}: {text:?} breaks {keyword} {bound}"));
+                    }
+                }
+            }
+            "maxItems" => {
+                if value
+                    .as_array()
+                    .is_some_and(|items| items.len() as u64 > argument.as_u64().unwrap())
+                {
+                    found.push(format!("{at}: more than {argument} items"));
                 }
             }
             "format" => {
@@ -293,6 +315,104 @@ fn status(set: bool) -> BuildStatus {
     }
 }
 
+fn report(set: bool) -> NodeReport {
+    NodeReport {
+        architecture: "x86_64".to_owned(),
+        artifact_origin: set.then_some(ArtifactOrigin::Build),
+        distribution: "debian".to_owned(),
+        distro_version: "12".to_owned(),
+        driver_name: "example-driver".to_owned(),
+        driver_version: "v0.1.2".to_owned(),
+        exit_code: if set { 0 } else { 1 },
+        kernel_version: "6.1.0-47-amd64".to_owned(),
+        node_id: "0a".repeat(32),
+        outcome: if set {
+            RunOutcome::Loaded
+        } else {
+            RunOutcome::Failed
+        },
+        pending_kernels: if set {
+            vec!["6.1.0-48-amd64".to_owned()]
+        } else {
+            Vec::new()
+        },
+        timings: timings(set),
+    }
+}
+
+fn timings(set: bool) -> RunTimings {
+    RunTimings {
+        build_wait_ms: set.then_some(90_000),
+        fetch_ms: 95_000,
+        total_ms: 96_000,
+    }
+}
+
+fn driver_view(set: bool, artifact: ArtifactStatus) -> DriverView {
+    DriverView {
+        artifact,
+        build_id: set.then(|| BUILD_ID.to_owned()),
+        driver_version: "v0.1.2".to_owned(),
+        first_boot_wait_ms_max: set.then_some(90_000),
+        first_boot_waits: u64::from(set),
+        nodes_failed: 0,
+        nodes_loaded: 3,
+        nodes_refused: 1,
+    }
+}
+
+fn kernel_view(set: bool) -> KernelView {
+    KernelView {
+        drivers: if set {
+            [
+                ArtifactStatus::Published,
+                ArtifactStatus::Building,
+                ArtifactStatus::Failed,
+                ArtifactStatus::None,
+            ]
+            .map(|status| driver_view(true, status))
+            .to_vec()
+        } else {
+            Vec::new()
+        },
+        kernel_version: "6.1.0-48-amd64".to_owned(),
+        nodes_pending: 2,
+        nodes_running: 0,
+        upcoming: set,
+    }
+}
+
+fn family_view(set: bool) -> FamilyView {
+    FamilyView {
+        architecture: "x86_64".to_owned(),
+        distribution: "debian".to_owned(),
+        distro_version: "12".to_owned(),
+        family: "debian/12/x86_64/6.1/amd64".to_owned(),
+        flavor: "amd64".to_owned(),
+        kernels: if set {
+            vec![kernel_view(true)]
+        } else {
+            Vec::new()
+        },
+        nodes: 2,
+        series: "6.1".to_owned(),
+    }
+}
+
+fn fleet_view(set: bool) -> FleetView {
+    FleetView {
+        families: if set {
+            vec![family_view(true)]
+        } else {
+            Vec::new()
+        },
+        first_boot_waits: 1,
+        generated_at: AT.to_owned(),
+        nodes: 2,
+        nodes_without_driver: 0,
+    }
+}
+
 /// One entry per schema component: the type it documents.
 fn every_type() -> Vec<Examples> {
     let failed = Check::Failed("connection refused".to_owned());
@@ -329,6 +449,39 @@ fn every_type() -> Vec<Examples> {
         },
     };
     vec![
+        examples(
+            "NodeReport",
+            &[
+                report(true),
+                NodeReport {
+                    artifact_origin: Some(ArtifactOrigin::Cache),
+                    timings: RunTimings {
+                        build_wait_ms: None,
+                        ..timings(true)
+                    },
+                    ..report(true)
+                },
+                NodeReport {
+                    artifact_origin: Some(ArtifactOrigin::Store),
+                    ..report(false)
+                },
+                NodeReport {
+                    exit_code: 6,
+                    outcome: RunOutcome::Refused,
+                    ..report(false)
+                },
+            ],
+            &report(false),
+        ),
+        examples("RunTimings", &[timings(true)], &timings(false)),
+        examples(
+            "DriverView",
+            &[driver_view(true, ArtifactStatus::Published)],
+            &driver_view(false, ArtifactStatus::None),
+        ),
+        examples("KernelView", &[kernel_view(true)], &kernel_view(false)),
+        examples("FamilyView", &[family_view(true)], &family_view(false)),
+        examples("FleetView", &[fleet_view(true)], &fleet_view(false)),
         examples(
             "Requester",
             &RequestOutcome::ALL.map(requester),
@@ -370,6 +523,46 @@ fn every_type() -> Vec<Examples> {
             },
         ),
         examples("Check", &[Check::Ok, failed], &Check::Ok),
+        examples("WatchBytes", &[watch_bytes()], &WatchBytes::default()),
+        examples("WatchFamily", &[watch_family(true)], &watch_family(false)),
+        examples(
+            "WatchPrebuild",
+            &[
+                PrebuildOutcome::Created,
+                PrebuildOutcome::Joined,
+                PrebuildOutcome::Published,
+                PrebuildOutcome::Accepted,
+                PrebuildOutcome::Refused,
+            ]
+            .map(|outcome| watch_prebuild(outcome, true)),
+            &watch_prebuild(PrebuildOutcome::Created, false),
+        ),
+        examples(
+            "WatchPass",
+            &[WatchPass {
+                bytes: watch_bytes(),
+                duration_ms: 1_312,
+                errors: vec![
+                    "http://deb.debian.org/debian/dists/bookworm-backports/InRelease: not found (404)"
+                        .to_owned(),
+                ],
+                families: vec![watch_family(true), watch_family(false)],
+                indexes_checked: 4,
+                indexes_unchanged: 3,
+                new_index_to_prebuild_ms: Some(40),
+                prebuilds: vec![watch_prebuild(PrebuildOutcome::Created, true)],
+            }],
+            &WatchPass {
+                bytes: WatchBytes::default(),
+                duration_ms: 0,
+                errors: Vec::new(),
+                families: Vec::new(),
+                indexes_checked: 0,
+                indexes_unchanged: 0,
+                new_index_to_prebuild_ms: None,
+                prebuilds: Vec::new(),
+            },
+        ),
         examples(
             "Error",
             &[ApiErrorBody {
@@ -384,6 +577,35 @@ fn every_type() -> Vec<Examples> {
             },
         ),
     ]
+}
+
+fn watch_bytes() -> WatchBytes {
+    WatchBytes {
+        inrelease: 300_680,
+        packages: 9_483_360,
+        primary: 12_586,
+        repomd: 3_004,
+    }
+}
+
+fn watch_family(set: bool) -> WatchFamily {
+    WatchFamily {
+        family: "debian/12/x86_64/6.1/amd64".to_owned(),
+        kernels_found: 12,
+        newest: set.then(|| "6.1.0-57-amd64".to_owned()),
+        prebuild: set.then(|| "6.1.0-57-amd64".to_owned()),
+    }
+}
+
+fn watch_prebuild(outcome: PrebuildOutcome, set: bool) -> WatchPrebuild {
+    WatchPrebuild {
+        build_id: set.then(|| BUILD_ID.to_owned()),
+        download_url: set.then(|| URL.to_owned()),
+        error: set.then(|| "too many builds in flight".to_owned()),
+        family: "debian/12/x86_64/6.1/amd64".to_owned(),
+        outcome,
+        request: request(Some("12")),
+    }
 }
 
 #[test]
@@ -443,6 +665,9 @@ fn expected_component(path: &str, method: &str, code: &str) -> &'static str {
         ("/status/{build_id}", "get", "200") => "Status",
         ("/healthz", "get", "200" | "503") => "Health",
         ("/builds", "get", "200") => "BuildList",
+        ("/report", "post", "request") => "NodeReport",
+        ("/fleet", "get", "200") => "FleetView",
+        ("/watcher/run", "post", "200") => "WatchPass",
         (_, _, code) if code.starts_with('4') || code.starts_with('5') => "Error",
         _ => panic!("{method} {path} {code}: a JSON body with no build-api type"),
     }
@@ -496,6 +721,17 @@ fn every_route_names_the_component_of_the_type_the_service_uses() {
         "post /build 429",
         "get /status/{build_id} 401",
         "get /status/{build_id} 403",
+        "post /report request",
+        "post /report 401",
+        "post /report 403",
+        "post /report 422",
+        "get /fleet 200",
+        "get /fleet 401",
+        "get /fleet 403",
+        "post /watcher/run 200",
+        "post /watcher/run 401",
+        "post /watcher/run 403",
+        "post /watcher/run 404",
     ] {
         assert!(seen.contains(body), "{body} is not documented: {seen:?}");
     }
@@ -637,6 +873,63 @@ async fn the_service_answers_as_documented() {
     let health: Value = response.json().await.unwrap();
     assert_documented(&document, "/healthz", "get", code, &health);
 
+    // The fleet inventory: a report kept (204, documented without a body), a refused one, and the
+    // view it shows, as JSON and as the page.
+    let node_report = serde_json::to_value(report(true)).unwrap();
+    let response = client
+        .post(format!("{base}/report"))
+        .json(&node_report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    assert!(document["paths"]["/report"]["post"]["responses"]["204"].is_object());
+    assert!(response.bytes().await.unwrap().is_empty());
+    let mut bad = node_report.clone();
+    bad["exit_code"] = json!(7);
+    let response = client
+        .post(format!("{base}/report"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    let refusal: Value = response.json().await.unwrap();
+    assert_eq!(
+        (code, refusal["field"].as_str()),
+        (422, Some("outcome")),
+        "{refusal}"
+    );
+    assert_documented(&document, "/report", "post", code, &refusal);
+    let response = client.get(format!("{base}/fleet")).send().await.unwrap();
+    let code = response.status().as_u16();
+    let view: Value = response.json().await.unwrap();
+    assert_eq!(view["nodes"], 1, "{view}");
+    assert_documented(&document, "/fleet", "get", code, &view);
+    let response = client
+        .get(format!("{base}/fleet?format=html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(
+        document["paths"]["/fleet"]["get"]["responses"]["200"]["content"]["text/html"].is_object()
+    );
+    let response = client
+        .get(format!("{base}/fleet?format=xml"))
+        .send()
+        .await
+        .unwrap();
+    let code = response.status().as_u16();
+    let refusal: Value = response.json().await.unwrap();
+    assert_eq!(code, 422);
+    assert_documented(&document, "/fleet", "get", code, &refusal);
+
     // No module-signing certificate configured: a documented 404.
     let response = client
         .get(format!("{base}/module-signing-cert.der"))
@@ -774,6 +1067,25 @@ async fn governed_answers_are_documented() {
         let (code, answer) = send(request).await;
         assert_eq!(code, expected, "{answer}");
         assert_documented(&document, "/builds", "get", code, &answer);
+    }
+    let node_report = serde_json::to_value(report(true)).unwrap();
+    for (token, expected) in [(None, 401), (Some(ops), 403), (Some(fleet), 403)] {
+        let mut request = client.post(format!("{base}/report")).json(&node_report);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (code, answer) = send(request).await;
+        assert_eq!(code, expected, "{answer}");
+        assert_documented(&document, "/report", "post", code, &answer);
+    }
+    for (token, expected) in [(None, 401), (Some(ops), 403)] {
+        let mut request = client.get(format!("{base}/fleet"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (code, answer) = send(request).await;
+        assert_eq!(code, expected, "{answer}");
+        assert_documented(&document, "/fleet", "get", code, &answer);
     }
     executor.release();
     service.stop().await.unwrap();
