@@ -144,7 +144,8 @@ pub fn make_cache_disk(path: &Path, size_mib: u32) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(u64::from(size_mib) * 1024 * 1024)?;
     drop(file);
     let status = std::process::Command::new("mkfs.ext4")
@@ -152,7 +153,11 @@ pub fn make_cache_disk(path: &Path, size_mib: u32) -> Result<()> {
         .arg(path)
         .status()
         .context("running mkfs.ext4 (e2fsprogs)")?;
-    anyhow::ensure!(status.success(), "mkfs.ext4 {} failed: {status}", path.display());
+    anyhow::ensure!(
+        status.success(),
+        "mkfs.ext4 {} failed: {status}",
+        path.display()
+    );
     Ok(())
 }
 
@@ -212,10 +217,18 @@ pub fn prepare_with_options(
         .machine_id
         .clone()
         .unwrap_or_else(|| default_machine_id(&spec.name));
-    image.file("/etc/machine-id", format!("{machine_id}\n").as_bytes(), 0o444)?;
+    image.file(
+        "/etc/machine-id",
+        format!("{machine_id}\n").as_bytes(),
+        0o444,
+    )?;
     for installed in &options.installed_kernels {
         let release = installed.release().as_str();
-        image.file_from_host(&format!("/boot/vmlinuz-{release}"), installed.vmlinuz(), 0o644)?;
+        image.file_from_host(
+            &format!("/boot/vmlinuz-{release}"),
+            installed.vmlinuz(),
+            0o644,
+        )?;
         for index in ["modules.order", "modules.builtin", "modules.dep"] {
             let host = installed.modules_dir().join(index);
             if host.exists() {
@@ -253,11 +266,13 @@ pub fn prepare_with_options(
             .collect::<String>(),
     );
     let loader_command = format!("{loader_base} run");
-    let mut init = StandardInit::new().modules(modules).network(if options.offline {
-        Network::None
-    } else {
-        Network::Static
-    });
+    let mut init = StandardInit::new()
+        .modules(modules)
+        .network(if options.offline {
+            Network::None
+        } else {
+            Network::Static
+        });
     if options.cache_disk.is_some() {
         init = init.command(format!(
             "mkdir -p {NODE_CACHE_DIR} && mount -t ext4 /dev/vda {NODE_CACHE_DIR} \

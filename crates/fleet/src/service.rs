@@ -109,6 +109,39 @@ pub struct Service {
     /// The driver repository as provenance names it (`file://<path>`).
     source_repository: String,
     agent: ureq::Agent,
+    /// Bearer token of the run's `fleet-admin` principal (scope `admin`); nodes stay anonymous.
+    admin_token: AdminToken,
+}
+
+/// A bearer token whose `Debug` does not show it.
+#[derive(Clone)]
+struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Writes the run's principals file: one `fleet-admin` principal holding only `admin`, for the
+/// harness's admin calls (`POST /watcher/run`); every node calls anonymously (`--allow-anonymous`
+/// keeps that on with principals configured), as on a loopback service without principals.
+fn write_admin_principal(dir: &Path) -> Result<(PathBuf, String)> {
+    let token = format!(
+        "fleet-admin-{}",
+        integrity::sha256_bytes(format!("{:?}{}", Instant::now(), std::process::id()).as_bytes())
+            .to_hex()
+    );
+    let digest = integrity::sha256_bytes(token.as_bytes()).to_hex();
+    let path = dir.join("principals.toml");
+    fs::write(
+        &path,
+        format!(
+            "[[principal]]\nname = \"fleet-admin\"\ntoken_sha256 = \"{digest}\"\nscopes = [\"admin\"]\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, token))
 }
 
 impl Service {
@@ -138,6 +171,7 @@ impl Service {
         fs::create_dir_all(&state_dir)?;
         let log_file = dir.join("service.log");
         let root_cache = testkit::cache_dir().join("build-root");
+        let (principals, admin_token) = write_admin_principal(dir)?;
         // The driver's source is a git repository whose tag is the fleet's driver version.
         let repo = testkit::SampleDriverRepo::refresh(
             &dir.join("driver-repo"),
@@ -176,6 +210,9 @@ impl Service {
                 .arg(&key.secret_key)
                 .args(options.service_args())
                 .args(["--builder-id", BUILDER_ID])
+                .arg("--principals-file")
+                .arg(&principals)
+                .arg("--allow-anonymous")
                 .args(["--poll-interval", "250ms", "--build-timeout", "20m"])
                 .args(["--max-concurrent-builds", "2", "--max-wait", "30s"])
                 .args(["--log-format", "json"])
@@ -198,6 +235,7 @@ impl Service {
                 key: key.clone(),
                 source_repository: format!("file://{}", repo.path().display()),
                 agent,
+                admin_token: AdminToken(admin_token.clone()),
             };
             match service.wait_healthy(Duration::from_secs(60)) {
                 Ok(()) => return Ok(service),
@@ -328,6 +366,28 @@ impl Service {
 
     pub fn log_file(&self) -> &Path {
         &self.log_file
+    }
+
+    /// `POST /watcher/run`: one pass of the service's repository watcher now (it reads real
+    /// mirrors, so it gets minutes rather than the harness's usual 30 s), and its summary.
+    pub fn run_watcher(&self) -> Result<build_api::WatchPass> {
+        let url = format!("{}/watcher/run", self.url());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(600)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", self.admin_token.0))
+            .send_empty()
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let body = response.body_mut().read_to_string()?;
+        if !status.is_success() {
+            bail!("POST {url}: {status}: {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("POST {url}: {status}: {body}"))
     }
 
     /// The HTTP requests the service has answered so far, as (method, path) in order, read from

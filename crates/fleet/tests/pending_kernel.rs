@@ -72,14 +72,15 @@ fn a_prefetched_kernel_boots_offline_with_its_driver_live() {
             &after_reboot,
         )
         .expect("prepare the node on the installed kernel");
-    let second = fleet.run_node(&second).expect("boot the node on the new kernel");
+    let second = fleet
+        .run_node(&second)
+        .expect("boot the node on the new kernel");
     let context = fleet.failure_context(&second.describe());
     assert!(second.loaded(), "{context}\n{}", second.console);
     assert!(
-        second
-            .driver_line
-            .as_deref()
-            .is_some_and(|line| line.contains(&format!("built_for={INSTALLED} running={INSTALLED}"))),
+        second.driver_line.as_deref().is_some_and(
+            |line| line.contains(&format!("built_for={INSTALLED} running={INSTALLED}"))
+        ),
         "{context}"
     );
     assert!(
@@ -89,10 +90,7 @@ fn a_prefetched_kernel_boots_offline_with_its_driver_live() {
         "the rebooted node loads from its verified cache: {context}\n{}",
         second.console
     );
-    assert!(
-        !second.console.contains("requesting a build"),
-        "{context}"
-    );
+    assert!(!second.console.contains("requesting a build"), "{context}");
     let served_after = fleet.service.requests_served().expect("service log");
     assert_eq!(
         served_after.len(),
@@ -107,10 +105,7 @@ fn a_prefetched_kernel_boots_offline_with_its_driver_live() {
          {:.1}s; reboot into {INSTALLED}, offline: driver live after {:.1}s, first-boot wait 0 s \
          (no build, no network) (logs {})",
         first_run.as_secs_f64(),
-        second
-            .time_to_driver_live
-            .unwrap_or_default()
-            .as_secs_f64(),
+        second.time_to_driver_live.unwrap_or_default().as_secs_f64(),
         fleet.dir().display()
     );
     fleet.tidy();
