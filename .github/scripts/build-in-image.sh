@@ -17,7 +17,7 @@
 # (`docker buildx imagetools inspect`) before the build, and the build runs FROM <image>@<digest>,
 # so the root the provenance names is exactly the one the build used.
 #
-# Environment: RUST_TARGET, IMAGE_OWNER, IMAGE, KERNEL_RELEASE, ARCH, DISTRIBUTION, DISTRO_VERSION,
+# Environment: IMAGE_OWNER, IMAGE, KERNEL_RELEASE, ARCH, DISTRIBUTION, DISTRO_VERSION,
 # DRIVER_NAME, DRIVER_VERSION, DRIVER_SOURCE, PACKAGE_FILE_NAME, DIGEST_FILE_NAME, OUT_DIR (all but
 # the first and the last validated by kernel-id in the validate job; IMAGE is the validate job's
 # ghcr.io/<owner>/<distribution>:<distro version>), SOURCE_COMMIT (the commit checked out as
@@ -37,8 +37,6 @@ utc_now() {
     date -u +%Y-%m-%dT%H:%M:%SZ
 }
 
-builder="target/${RUST_TARGET}/release/driver-builder"
-[[ -x "${builder}" ]] || fail "${builder} was not built"
 [[ "${SOURCE_COMMIT:-}" =~ ^([0-9a-f]{40}|[0-9a-f]{64})$ ]] || fail "SOURCE_COMMIT is not a full commit id"
 base="ghcr.io/${IMAGE_OWNER}/${DISTRIBUTION}:${DISTRO_VERSION}"
 [[ "${IMAGE:-}" == "${base}" ]] || fail "IMAGE '${IMAGE:-}' is not docker/Dockerfile.build's base ${base}"
@@ -97,7 +95,6 @@ docker build \
     --build-arg "DRIVER_SOURCE=${DRIVER_SOURCE}" \
     --build-arg "SOURCE_COMMIT=${SOURCE_COMMIT}" \
     --build-arg "SOURCE_REPOSITORY=https://github.com/${GITHUB_REPOSITORY}" \
-    --build-arg "BUILDER=${builder}" \
     "${secrets[@]}" \
     --output "type=local,dest=${OUT_DIR}" \
     .

@@ -309,6 +309,288 @@ fn driver_build_builds_exactly_the_requested_commit() {
     );
 }
 
+/// The words of a shell block, split on everything but the characters of a command name.
+fn shell_words(run: &str) -> Vec<&str> {
+    run.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .filter(|word| !word.is_empty())
+        .collect()
+}
+
+/// Issue #16: the dispatched build compiles no Rust. The builder is the one the base image carries
+/// and every other tool is a downloaded, digest-checked release asset.
+#[test]
+fn driver_build_compiles_no_rust() {
+    let workflow = load("driver-build.yml");
+    let mut offenders = Vec::new();
+    for (job_name, job) in workflow["jobs"].as_mapping().unwrap() {
+        let job_name = job_name.as_str().unwrap();
+        for (n, step) in job["steps"].as_sequence().into_iter().flatten().enumerate() {
+            if let Some(uses) = step["uses"].as_str() {
+                let action = uses.split('@').next().unwrap().to_ascii_lowercase();
+                if action.starts_with("dtolnay/rust-toolchain")
+                    || action.starts_with("actions-rs/")
+                    || action.starts_with("swatinem/rust-cache")
+                    || action.contains("setup-rust")
+                    || action.contains("rust-toolchain")
+                {
+                    offenders.push(format!("{job_name} step {}: uses {uses}", n + 1));
+                }
+            }
+            if let Some(run) = step["run"].as_str() {
+                for word in shell_words(run) {
+                    if ["cargo", "rustc", "rustup", "cross"].contains(&word) {
+                        offenders.push(format!("{job_name} step {}: runs {word}", n + 1));
+                    }
+                }
+            }
+        }
+    }
+    let text = std::fs::read_to_string(workflows_dir().join("driver-build.yml")).unwrap();
+    for word in ["CARGO_", "RUSTFLAGS"] {
+        if text.contains(word) {
+            offenders.push(format!("mentions {word}"));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "driver-build.yml compiles Rust: {offenders:#?}"
+    );
+
+    // The build runs the base image's own driver-builder: Dockerfile.build copies in no binary,
+    // and every base image bakes one in.
+    let build = std::fs::read_to_string(workspace().join("docker/Dockerfile.build")).unwrap();
+    assert!(
+        !build.contains("ARG BUILDER"),
+        "Dockerfile.build takes no BUILDER"
+    );
+    assert!(
+        !build
+            .lines()
+            .any(|line| line.starts_with("COPY") && line.contains("driver-builder")),
+        "Dockerfile.build copies in no driver-builder"
+    );
+    for distribution in Distribution::all() {
+        let path = workspace().join(format!("docker/Dockerfile.base.{}", distribution.as_str()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("COPY ${DRIVER_BUILDER} /usr/local/bin/driver-builder"),
+            "{} bakes in driver-builder",
+            path.display()
+        );
+    }
+    // base-images.yml hands each image the tools job's binary for its architecture, checked.
+    let base = load("base-images.yml");
+    let push = base["jobs"]["build"]["steps"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|step| {
+            step["run"]
+                .as_str()
+                .filter(|run| run.contains("docker build"))
+        })
+        .expect("the base image build");
+    let check = push
+        .find("sha256sum --check --strict")
+        .expect("checks the binary");
+    let arg = push.find("DRIVER_BUILDER=").expect("passes the binary");
+    assert!(check < arg, "{push}");
+    assert!(
+        push.contains("org.opencontainers.image.revision="),
+        "{push}"
+    );
+}
+
+/// A step that downloads something in driver-build.yml: its digest pin and its destination.
+struct Fetch {
+    job: String,
+    index: usize,
+    tool: String,
+    run: String,
+}
+
+fn driver_build_fetches(workflow: &Value) -> Vec<Fetch> {
+    let mut fetches = Vec::new();
+    for (job_name, job) in workflow["jobs"].as_mapping().unwrap() {
+        for (index, step) in job["steps"].as_sequence().into_iter().flatten().enumerate() {
+            let Some(run) = step["run"].as_str() else {
+                continue;
+            };
+            let words = shell_words(run);
+            let downloads = run.contains("release download")
+                || words.iter().any(|w| ["curl", "wget", "oras"].contains(w));
+            if !downloads {
+                continue;
+            }
+            let place = format!("{} step {}", job_name.as_str().unwrap(), index + 1);
+            let pin = step["env"]["ASSET_SHA256"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{place}: downloads without a pinned ASSET_SHA256"));
+            // Pinned: a literal digest or repository variables named for a digest, never a value
+            // computed during the run (a step output, a downloaded .sha256 file).
+            let literal = pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit());
+            let variables: Vec<&str> = pin
+                .split("vars.")
+                .skip(1)
+                .map(|rest| {
+                    rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .next()
+                        .unwrap()
+                })
+                .collect();
+            assert!(
+                literal
+                    || (!variables.is_empty()
+                        && variables.iter().all(|v| v.ends_with("_SHA256"))
+                        && !pin.contains("steps.")
+                        && !pin.contains("inputs.")),
+                "{place}: ASSET_SHA256 '{pin}' is not a pinned digest"
+            );
+            let download = run.find("release download").expect("downloads with gh");
+            let check = run
+                .find("\"$ASSET_SHA256\"")
+                .and_then(|pinned| {
+                    run[pinned..]
+                        .find("sha256sum --check --strict")
+                        .map(|c| pinned + c)
+                })
+                .unwrap_or_else(|| {
+                    panic!("{place}: never checks the download against ASSET_SHA256")
+                });
+            let executable = run
+                .find("install -m 0755")
+                .unwrap_or_else(|| panic!("{place}: never installs the tool"));
+            assert!(
+                download < check && check < executable && !run.contains("chmod"),
+                "{place}: the tool must be checked before it is made executable:\n{run}"
+            );
+            fetches.push(Fetch {
+                job: job_name.as_str().unwrap().to_owned(),
+                index,
+                tool: step["env"]["TOOL"].as_str().expect("TOOL").to_owned(),
+                run: run.to_owned(),
+            });
+        }
+    }
+    fetches
+}
+
+#[test]
+fn driver_build_runs_only_digest_checked_downloads() {
+    let workflow = load("driver-build.yml");
+    let fetches = driver_build_fetches(&workflow);
+    let tools: BTreeSet<(&str, &str)> = fetches
+        .iter()
+        .map(|f| (f.job.as_str(), f.tool.as_str()))
+        .collect();
+    assert!(tools.contains(&("validate", "${{ runner.temp }}/tools/driver-builder")));
+    assert!(tools.contains(&(
+        "build",
+        "target/${{ needs.validate.outputs.rust_target }}/release/driver-builder"
+    )));
+    assert!(tools.contains(&("kernels-pr", "${{ runner.temp }}/tools/matrix-gen")));
+    // Every step handed a tool runs after the step that fetched and checked it; the build job's
+    // scripts (build-in-image.sh, sign-and-attest.sh) find theirs at target/<rust target>/release.
+    for (job_name, job) in workflow["jobs"].as_mapping().unwrap() {
+        let job_name = job_name.as_str().unwrap();
+        for (index, step) in job["steps"].as_sequence().into_iter().flatten().enumerate() {
+            let uses_tool = step["env"]
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .filter(|(key, _)| key.as_str() != Some("TOOL"))
+                .filter_map(|(_, value)| value.as_str())
+                .any(|value| value.ends_with("/driver-builder") || value.ends_with("/matrix-gen"))
+                || (job_name == "build"
+                    && step["run"]
+                        .as_str()
+                        .is_some_and(|run| run.contains(".github/scripts/")));
+            if uses_tool {
+                assert!(
+                    fetches.iter().any(|f| f.job == job_name && f.index < index),
+                    "{job_name} step {}: runs a tool no earlier step fetched",
+                    index + 1
+                );
+            }
+        }
+    }
+
+    // The fetch script itself, run against a stand-in for `gh release download`.
+    let run = &fetches[0].run;
+    assert!(fetches.iter().all(|f| &f.run == run), "one fetch script");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let gh = bin.join("gh");
+    std::fs::write(
+        &gh,
+        "#!/bin/sh\n\
+         echo \"$*\" >>\"$GH_LOG\"\n\
+         while [ $# -gt 0 ]; do case \"$1\" in --pattern) p=$2; shift;; --dir) d=$2; shift;; esac; shift; done\n\
+         printf 'the real tool\\n' >\"$d/$p\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&gh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = dir.path().join("fetch.sh");
+    std::fs::write(&script, run).unwrap();
+    // sha256 of "the real tool\n"
+    let good = Command::new("sh")
+        .arg("-c")
+        .arg("printf 'the real tool\\n' | sha256sum | cut -d' ' -f1")
+        .output()
+        .unwrap();
+    let good = String::from_utf8(good.stdout).unwrap().trim().to_owned();
+    let fetch = |release: &str, pin: &str, tool: &Path| {
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("bash")
+            .args(["--noprofile", "--norc", "-eo", "pipefail"])
+            .arg(&script)
+            .env("PATH", path)
+            .env("GH_LOG", dir.path().join("gh.log"))
+            .env("GITHUB_REPOSITORY", "example/example-driver")
+            .env("TOOLS_RELEASE", release)
+            .env("ASSET", "driver-builder-x86_64-unknown-linux-musl")
+            .env("ASSET_SHA256", pin)
+            .env("TOOL", tool)
+            .output()
+            .unwrap()
+    };
+    let tool = dir
+        .path()
+        .join("target/x86_64-unknown-linux-musl/release/driver-builder");
+    let ok = fetch("tools-0123456789ab", &good, &tool);
+    assert!(ok.status.success(), "{}", log(&ok));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&tool).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(std::fs::read_to_string(&tool).unwrap(), "the real tool\n");
+
+    let wrong = "0".repeat(64);
+    for (release, pin) in [
+        ("tools-0123456789ab", wrong.as_str()),
+        ("tools-0123456789ab", ""),
+        ("tools-0123456789ab", "ABC"),
+        ("", good.as_str()),
+        ("tools-latest; curl x", good.as_str()),
+    ] {
+        let tool = dir.path().join("refused/driver-builder");
+        let out = fetch(release, pin, &tool);
+        assert!(!out.status.success(), "{release} {pin}: {}", log(&out));
+        assert!(!tool.exists(), "{release} {pin}: nothing is installed");
+    }
+    let calls = std::fs::read_to_string(dir.path().join("gh.log")).unwrap();
+    assert_eq!(
+        calls.lines().count(),
+        2,
+        "gh downloads only when the release and pin are well-formed: {calls}"
+    );
+    assert!(calls.contains("release download tools-0123456789ab --repo example/example-driver --pattern driver-builder-x86_64-unknown-linux-musl"), "{calls}");
+}
+
 /// The most each workflow's jobs may ask for; the top level must be explicit too.
 /// `id-token` and `attestations` are for driver-build.yml's optional GitHub attestation job alone
 /// (see `github_attestation_is_optional_and_alone_in_holding_its_permissions`).
@@ -345,8 +627,9 @@ const PERMISSION_BUDGETS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        // contents: write for the tools job alone, which publishes the tools-<commit> release.
         "base-images.yml",
-        &[("contents", "read"), ("packages", "write")],
+        &[("contents", "write"), ("packages", "write")],
     ),
     ("ci.yml", &[("contents", "read")]),
     // The repository watcher reads the checkout's kernels.json and talks to the service only.
