@@ -11,6 +11,8 @@
 //!    same package of the sample driver served from host loopback, twice each, timed with the kernel's own
 //!    log clock (a marker written to /dev/kmsg, then the driver's "loaded" line).
 //!
+//! `KDRIVER_BENCH_LOADER=<path>` measures that static loader binary instead of building the working tree's.
+//!
 //! Needs: dpkg-deb, python3 (serves the artifact directory on loopback), qemu-system-x86_64,
 //! mmdebstrap (first run only, to build the sample driver in a bookworm root).
 
@@ -39,7 +41,12 @@ const MUSL: &str = "x86_64-unknown-linux-musl";
 pub fn run() -> Result<()> {
     let deb = testkit::download_deb(&format!("linux-image-{RELEASE}"), None)
         .context("downloading linux-image")?;
-    let loader = testkit::musl_binary("driver-loader", "driver-loader", MUSL)?;
+    // A prebuilt loader (e.g. the previous revision's) can be measured against the same floors, so a
+    // before/after comparison needs no checkout juggling.
+    let loader = match std::env::var_os("KDRIVER_BENCH_LOADER") {
+        Some(path) => PathBuf::from(path),
+        None => testkit::musl_binary("driver-loader", "driver-loader", MUSL)?,
+    };
     let work = std::env::temp_dir().join(format!("bench-loader-{}", std::process::id()));
     fs::create_dir_all(&work)?;
     let result = measure(&deb, &loader, &work);
@@ -212,6 +219,11 @@ fn sample_package(driver: &DriverName, identity: &KernelIdentity) -> Result<Path
     if package.exists() {
         return Ok(package);
     }
+    // The loader tests keep their sample packages in per-key subdirectories; any of them is the same
+    // driver for the same kernel, which is all a timing comparison needs, and spares a build.
+    if let Some(cached) = newest_keyed_sample(&dir, &identity.package_file_name(driver)) {
+        return Ok(cached);
+    }
     fs::create_dir_all(&dir)?;
     let builder = testkit::musl_binary("driver-builder", "driver-builder", MUSL)?;
     let cache = testkit::cache_dir().join("build-root");
@@ -241,6 +253,20 @@ fn sample_package(driver: &DriverName, identity: &KernelIdentity) -> Result<Path
     fs::rename(out.join(identity.package_file_name(driver)), &package)?;
     let _ = fs::remove_dir_all(&out);
     Ok(package)
+}
+
+/// The most recently built `file_name` in a subdirectory of `dir`, if any.
+fn newest_keyed_sample(dir: &Path, file_name: &str) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path().join(file_name))
+        .filter_map(|path| {
+            let modified = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+            Some((modified, path))
+        })
+        .max()
+        .map(|(_, path)| path)
 }
 
 fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
@@ -312,10 +338,36 @@ fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
         .stderr(Stdio::null())
         .spawn()
         .context("python3 -m http.server")?;
-    let result = boot_and_time(loader, &public, port, &relative, &identity, &driver, work);
+    // python's server pays one-time costs (imports, mime tables) on its first request; without this
+    // warm-up whichever contender asks first is charged for them.
+    let result = warm_up(port, &format!("/releases/download/{relative}"))
+        .and_then(|()| boot_and_time(loader, &public, port, &relative, &identity, &driver, work));
     let _ = server.kill();
     let _ = server.wait();
     result
+}
+
+/// Fetches `path` from the loopback server once (retrying while it starts), discarding the body.
+fn warm_up(port: u16, path: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut stream) => {
+                write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer)?;
+                if !answer.starts_with(b"HTTP/1.0 200") {
+                    bail!("warm-up request for {path} did not answer 200");
+                }
+                return Ok(());
+            }
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).context("the loopback server did not start"),
+        }
+    }
 }
 
 fn boot_and_time(
@@ -345,7 +397,7 @@ fn boot_and_time(
             .command(format!(
                 "driver-loader --driver-version {VERSION} --artifact-base-url http://10.0.2.2:{port}/releases/download \
                  --public-key-file /etc/bench.pub --expected-source-repository {BENCH_REPOSITORY} \
-                 --allowed-builder {BENCH_BUILDER} --cache-dir /tmp/cache-{round} --mode container run >/dev/null 2>&1 \
+                 --allowed-builder {BENCH_BUILDER} --cache-dir /tmp/cache-{round} --mode container run >/dev/null 2>/tmp/loader-{round}.log \
                  || echo BENCH-LOADER-FAILED"
             ))
             .command("rmmod example_driver")
@@ -357,6 +409,9 @@ fn boot_and_time(
             .command("rmmod example_driver");
     }
     init = init.command("dmesg | grep -E 'BENCH|example_driver: loaded' | sed 's/^/KLOG /'");
+    // The loader's own timestamped log of its first run: where its time goes, step by step.
+    init = init.command("sed 's/^/LLOG /' /tmp/loader-1.log /tmp/loader-2.log");
+    init = init.command("dmesg | sed 's/^/DLOG /'");
     image.init(&init.render())?;
     let initrd = work.join("bench-initrd.gz");
     image.write(&initrd)?;
@@ -374,6 +429,15 @@ fn boot_and_time(
         || console.contains("BENCH-BASELINE-FAILED")
     {
         bail!("bench VM run failed; console:\n{console}");
+    }
+    eprintln!("driver-loader log of runs 1 and 2 in the VM:");
+    for line in console.lines().filter_map(|l| l.strip_prefix("LLOG ")) {
+        eprintln!("  {line}");
+    }
+    if std::env::var_os("KDRIVER_BENCH_DMESG").is_some() {
+        for line in console.lines().filter_map(|l| l.strip_prefix("DLOG ")) {
+            eprintln!("  dmesg {line}");
+        }
     }
     // KLOG [   12.345678] BENCH loader-1 start / KLOG [   12.567890] example_driver: loaded ...
     let events: Vec<(f64, String)> = console

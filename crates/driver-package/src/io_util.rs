@@ -2,21 +2,25 @@
 //! end-of-archive detection), exact-length members that turn a short file into `UnexpectedEof`, and
 //! peeking at magic bytes without buffering a stream.
 
-use std::cell::Cell;
 use std::io::{self, Read};
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A shared byte counter; readers and the extraction policy hold clones.
+/// A shared byte counter; readers and the extraction policy hold clones. Atomic because the .deb reader
+/// decodes on its own thread (see `deb_read`), so the package bytes are counted there while the policy
+/// reads the count on the extracting thread.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Counter(Rc<Cell<u64>>);
+pub(crate) struct Counter(Arc<AtomicU64>);
 
 impl Counter {
     pub(crate) fn get(&self) -> u64 {
-        self.0.get()
+        // Relaxed: the count only feeds the expansion-ratio check, which orders nothing else.
+        self.0.load(Ordering::Relaxed)
     }
 
     fn add(&self, n: usize) {
-        self.0.set(self.0.get().saturating_add(n as u64));
+        // fetch_add wraps instead of panicking; a u64 of bytes read never gets there.
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
