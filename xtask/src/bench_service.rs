@@ -7,6 +7,12 @@
 //!    the service's request path is measured.
 //! 3. GitHub API calls per 1,000 hit requests: the service with the GitHub backend against the
 //!    github-sim simulator, counted by the simulator.
+//! 4. When `wrk` is installed (Debian package `wrk`): the release-built `build-service` binary, local
+//!    backend with the artifact published, loaded by wrk (one thread, 64 connections) on the hit path
+//!    and on its floor measured in the same run: an unrouted `GET` the router answers 404 (the same
+//!    server, middleware and request log, no handler work) and `GET /healthz` (which pings the store).
+//!    The in-process client above shares the service's runtime and cores; wrk is an external load
+//!    generator in C, so its numbers are the service's, not the client's.
 //!
 //! Needs in xtask's manifest: build-api, build-service, github-sim, kernel-id, tokio, reqwest,
 //! serde (derive), serde_json, tempfile.
@@ -335,6 +341,15 @@ async fn bench() -> Result<()> {
         value: format!("{calls} calls, {quota} quota units"),
     });
 
+    // 4. The real binary under wrk.
+    match which("wrk") {
+        Some(wrk) => rows.extend(wrk_rows(&wrk, &driver).await?),
+        None => rows.push(Row {
+            measurement: "wrk against the build-service binary".to_owned(),
+            value: "not measured: wrk is not installed (Debian package `wrk`)".to_owned(),
+        }),
+    }
+
     let width = rows
         .iter()
         .map(|row| row.measurement.len())
@@ -352,6 +367,191 @@ async fn bench() -> Result<()> {
         miss.build_ids
     );
     Ok(())
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+const WRK_CONNECTIONS: usize = 64;
+const WRK_SECONDS: u64 = 5;
+
+/// Prints one line wrk's `done` hook fills in; the POST body is set only for the hit path.
+fn wrk_script(body: Option<&str>) -> String {
+    let mut script = String::new();
+    if let Some(body) = body {
+        script.push_str("wrk.method = \"POST\"\n");
+        script.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
+        script.push_str(&format!("wrk.body = [[{body}]]\n"));
+    }
+    script.push_str(
+        "done = function(summary, latency, requests)\n\
+         \x20 io.write(string.format(\"WRK %d %d %d %d %d\\n\", summary.requests, summary.duration,\n\
+         \x20   latency:percentile(50), latency:percentile(99), summary.errors.connect + summary.errors.read\n\
+         \x20   + summary.errors.write + summary.errors.timeout))\n\
+         end\n",
+    );
+    script
+}
+
+struct WrkResult {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn run_wrk(wrk: &std::path::Path, script: &std::path::Path, url: &str) -> Result<WrkResult> {
+    let output = tokio::process::Command::new(wrk)
+        .args([
+            "-t1",
+            &format!("-c{WRK_CONNECTIONS}"),
+            &format!("-d{WRK_SECONDS}s"),
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()
+        .await
+        .context("running wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "wrk {url} failed: {stdout}");
+    let fields: Vec<u64> = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("WRK "))
+        .with_context(|| format!("wrk {url} printed no result: {stdout}"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading wrk's result: {stdout}"))?;
+    let [requests, duration_us, p50_us, p99_us, errors] = fields[..] else {
+        bail!("wrk printed an unexpected result: {stdout}");
+    };
+    ensure!(errors == 0, "wrk {url}: {errors} socket errors");
+    Ok(WrkResult {
+        requests_per_second: requests as f64 / (duration_us as f64 / 1e6),
+        p50_ms: p50_us as f64 / 1000.0,
+        p99_ms: p99_us as f64 / 1000.0,
+    })
+}
+
+/// The release binary, local backend, artifact published; wrk on the hit path and on the floor.
+async fn wrk_rows(wrk: &std::path::Path, driver: &DriverName) -> Result<Vec<Row>> {
+    let root = crate::workspace_root();
+    let status =
+        tokio::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "build-service",
+                "--bin",
+                "build-service",
+            ])
+            .status()
+            .await
+            .context("running cargo build --release -p build-service")?;
+    ensure!(
+        status.success(),
+        "cargo build --release -p build-service failed ({status})"
+    );
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target_dir.join("release/build-service");
+
+    let state = tempfile::tempdir()?;
+    let repo =
+        testkit::SampleDriverRepo::create_tagged(&state.path().join("driver-repo"), &["v0.1.2"])?;
+    let hit = request("v0.1.2");
+    let hit_identity = identity(&hit)?;
+    let release = state
+        .path()
+        .join("state/artifacts")
+        .join(ReleaseLayout::PerArtifact.release_tag(driver, &hit_identity));
+    std::fs::create_dir_all(&release)?;
+    std::fs::write(
+        release.join(hit_identity.package_file_name(driver)),
+        b"package",
+    )?;
+    // A free loopback port: bind, note it, release it for the service.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(state.path().join("service.log"))?;
+    let mut child = tokio::process::Command::new(&binary)
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
+        .arg("--driver-repo")
+        .arg(repo.path())
+        // The load comes from one loopback address.
+        .args(["--max-requests-per-client", "100000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let client = http_client()?;
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(answer) = client.get(format!("{base}/healthz")).send().await
+            && answer.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(ready, "build-service did not become healthy; see its log");
+    let answer = client
+        .post(format!("{base}/build"))
+        .json(&hit)
+        .send()
+        .await?;
+    ensure!(
+        answer.status().as_u16() == 200,
+        "the hit answered {}",
+        answer.status()
+    );
+
+    let hit_script = state.path().join("hit.lua");
+    std::fs::write(&hit_script, wrk_script(Some(&serde_json::to_string(&hit)?)))?;
+    let get_script = state.path().join("get.lua");
+    std::fs::write(&get_script, wrk_script(None))?;
+    let floor = run_wrk(wrk, &get_script, &format!("{base}/bench-floor-unrouted")).await?;
+    let healthz = run_wrk(wrk, &get_script, &format!("{base}/healthz")).await?;
+    let hits = run_wrk(wrk, &hit_script, &format!("{base}/build")).await?;
+    child.kill().await?;
+
+    let row = |what: &str, result: &WrkResult| Row {
+        measurement: format!("  {what}"),
+        value: format!(
+            "{:.0} requests/s ({:.2}x floor), p50 {:.2} ms, p99 {:.2} ms",
+            result.requests_per_second,
+            result.requests_per_second / floor.requests_per_second,
+            result.p50_ms,
+            result.p99_ms
+        ),
+    };
+    Ok(vec![
+        Row {
+            measurement: format!(
+                "wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s, release build-service binary, local backend"
+            ),
+            value: String::new(),
+        },
+        row("floor: unrouted GET answered 404", &floor),
+        row("GET /healthz (store ping)", &healthz),
+        row("POST /build hit (artifact published)", &hits),
+    ])
 }
 
 async fn github_hits(client: &reqwest::Client) -> Result<(u64, u64)> {

@@ -163,8 +163,10 @@ pub fn shard(jobs: Vec<Job>, options: &PlanOptions) -> Result<Vec<Shard>, PlanEr
     let mut current: Vec<Job> = Vec::new();
     let mut bytes = ENVELOPE;
     for job in jobs {
-        let size = serde_json::to_string(&job)
-            .map(|s| s.len() + 1)
+        // Counted, not collected: only one shard's JSON is ever printed.
+        let mut counter = ByteCounter(0);
+        let size = serde_json::to_writer(&mut counter, &job)
+            .map(|()| counter.0 + 1)
             .unwrap_or(usize::MAX);
         if size + ENVELOPE > max_bytes {
             return Err(PlanError::JobTooLarge(job.package));
@@ -188,6 +190,19 @@ pub fn shard(jobs: Vec<Job>, options: &PlanOptions) -> Result<Vec<Shard>, PlanEr
         });
     }
     Ok(shards)
+}
+
+/// A writer that only counts what it is given.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `$GITHUB_OUTPUT` lines describing the plan: job count and the shard indexes to fan out over.
