@@ -153,6 +153,13 @@ pub enum BuildRootError {
         path: PathBuf,
     },
 
+    /// An overlay root could not be mounted; the executor unpacks the base image instead.
+    #[error("overlay root unavailable: {reason}")]
+    OverlayUnavailable {
+        /// What failed, e.g. the mount's own error.
+        reason: String,
+    },
+
     /// An empty argv was given.
     #[error("the command to run in the root is empty")]
     EmptyCommand,

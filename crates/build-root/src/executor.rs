@@ -3,15 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use integrity::RootImage;
 use kernel_id::{Arch, DriverName, KernelIdentity, SourceCommit};
 
 use crate::error::{BuildRootError, Result};
+use crate::headers::{HEADER_CACHE_DIR, HeaderCache, Stored};
+use crate::layers::Lease;
+use crate::lists::{self, ListsStore};
 use crate::process::{self, Cancel};
 use crate::root::{BaseImage, Mirrors, RootCache, RootKey};
-use crate::work::WorkRoot;
+use crate::work::{RootLayering, WorkRoot};
 
 /// Where the builder binary is installed inside every root.
 pub const BUILDER_PATH: &str = "/usr/local/bin/driver-builder";
@@ -91,9 +94,10 @@ pub struct BuildJob<'a> {
 /// Settings of the local executor.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
-    /// Holds `roots/` (base images), `apt-archives/` (downloaded packages) and, by default, `work/`.
+    /// Holds `roots/` (base images, their unpacked lower directories, apt list snapshots and the
+    /// header package cache), `apt-archives/` (downloaded packages) and, by default, `work/`.
     pub cache_dir: PathBuf,
-    /// Where build roots are unpacked; on the same file system as the cache so packages hard-link.
+    /// Where build roots (overlay upper directories, or unpacked roots) go.
     pub work_dir: PathBuf,
     /// Package mirrors.
     pub mirrors: Mirrors,
@@ -107,11 +111,51 @@ pub struct ExecutorConfig {
     pub max_root_age: Option<Duration>,
     /// Signs every built module with this key (see [`ModuleSigningInput`]); `None`: unsigned.
     pub module_signing: Option<ModuleSigningInput>,
+    /// How build roots are made: an overlay over the shared unpacked image (falling back to
+    /// unpacking when it cannot be mounted), or always unpacked.
+    pub root_mode: RootMode,
+    /// Extra overlayfs mount options for overlay roots, each a plain `name` or `name=value`
+    /// (e.g. `volatile`, which skips syncing a disk-backed upper directory that is thrown away
+    /// anyway). Options the kernel refuses make builds fall back to unpacking, saying why.
+    pub overlay_options: Vec<String>,
+    /// The apt package lists a build starts with are refreshed (once, shared by later builds) when
+    /// older than this; see [`crate::lists`].
+    pub apt_lists_max_age: Duration,
+}
+
+/// How the executor makes build roots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RootMode {
+    /// A fresh upper directory over the base image unpacked once into a shared read-only lower
+    /// directory (milliseconds per build); when the overlay cannot be mounted the build unpacks
+    /// the image instead and its log says why.
+    #[default]
+    Overlay,
+    /// Unpack the base image into every build's work directory (seconds per build): for hosts
+    /// where overlayfs is known not to work. `KDRIVER_ROOT_MODE=unpack` selects it by default.
+    Unpack,
+}
+
+impl RootMode {
+    /// [`RootMode::parse`] of `$KDRIVER_ROOT_MODE`.
+    pub fn from_env() -> Self {
+        Self::parse(std::env::var("KDRIVER_ROOT_MODE").ok().as_deref())
+    }
+
+    /// `unpack` is [`RootMode::Unpack`]; anything else, or nothing, [`RootMode::Overlay`], whose
+    /// own fallback covers hosts without overlayfs.
+    pub fn parse(value: Option<&str>) -> Self {
+        match value.map(str::trim) {
+            Some("unpack") => Self::Unpack,
+            _ => Self::Overlay,
+        }
+    }
 }
 
 impl ExecutorConfig {
     /// Defaults around a cache directory: Debian's CDN, 30 min builds, 20 min root creation, images
-    /// remade weekly (like the GHCR base images). Work roots go to tmpfs when the host has one
+    /// remade weekly (like the GHCR base images), apt lists refreshed when older than six hours,
+    /// overlay roots unless `$KDRIVER_ROOT_MODE` is `unpack`. Work roots go to tmpfs when the host has one
     /// (`$KDRIVER_WORK_DIR` overrides): deleting a 35,000-file root from a disk mounted with
     /// `discard` took 60-90 s per build, from RAM it is instant.
     pub fn new(cache_dir: PathBuf) -> Self {
@@ -124,6 +168,9 @@ impl ExecutorConfig {
             root_creation_timeout: Duration::from_secs(20 * 60),
             max_root_age: Some(Duration::from_secs(7 * 24 * 3600)),
             module_signing: None,
+            root_mode: RootMode::from_env(),
+            overlay_options: Vec::new(),
+            apt_lists_max_age: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -152,8 +199,11 @@ fn default_work_dir(cache_dir: &Path) -> PathBuf {
 pub struct BuildReport {
     /// Time mmdebstrap took, when this build had to make the base image.
     pub root_created_in: Option<Duration>,
-    /// Unpacking the base image and preparing the root.
+    /// Setting the root up: mounting the overlay (or unpacking the base image), refreshing the apt
+    /// lists when due, and copying the builder and the source in.
     pub unpack: Duration,
+    /// How the root was laid over its base image.
+    pub layering: RootLayering,
     /// The build command.
     pub run: Duration,
     /// Copying `/build/out` back.
@@ -195,12 +245,200 @@ impl LocalExecutor {
         &self.roots
     }
 
-    /// Makes (or reuses) the base image for `key` and unpacks a fresh root from it.
+    /// The host's header package cache.
+    pub fn header_cache(&self) -> HeaderCache {
+        HeaderCache::new(self.roots.dir())
+    }
+
+    /// The apt list snapshots of one base image.
+    pub fn lists_store(&self, base: &BaseImage) -> ListsStore {
+        ListsStore::new(self.roots.dir(), &base.key, &base.image.sha256)
+    }
+
+    /// Makes (or reuses) the base image for `key` and a fresh root over it, with the newest shared
+    /// apt lists and `.deb` files shared through `apt-archives/<root>`; for tests and tools that
+    /// drive a root themselves.
     pub fn fresh_root(&self, key: &RootKey) -> Result<(BaseImage, WorkRoot)> {
-        let base = self.roots.ensure(key)?;
         let apt_cache = self.config.cache_dir.join("apt-archives").join(key.slug());
-        let work = WorkRoot::unpack(&base, &self.config.work_dir, &apt_cache)?;
-        Ok((base, work))
+        let made = self.make_root(key, Some(&apt_cache))?;
+        if let Some(reason) = &made.fell_back {
+            tracing::warn!(root = %key.slug(), %reason, "unpacked the base image instead of an overlay");
+        }
+        Ok((made.base, made.work))
+    }
+
+    /// Makes sure `key`'s base image, its lower directory and fresh apt lists exist, refreshing
+    /// the lists when they are older than [`ExecutorConfig::apt_lists_max_age`]; what a build of
+    /// the suite would otherwise do first. Output goes to `log`.
+    pub fn prepare_suite(&self, key: &RootKey, log: &Path) -> Result<()> {
+        let made = self.make_root(key, None)?;
+        self.log_root(&made, log)?;
+        self.refresh_lists_if_due(&made, None, log, &Cancel::new())?;
+        made.work.remove()
+    }
+
+    /// A fresh root for `key` as configured: an overlay when it can be mounted, else unpacked.
+    fn make_root(&self, key: &RootKey, apt_cache: Option<&Path>) -> Result<MadeRoot> {
+        let reason = match self.config.root_mode {
+            RootMode::Unpack => {
+                "overlay roots are off (ExecutorConfig::root_mode, KDRIVER_ROOT_MODE=unpack)"
+                    .to_owned()
+            }
+            RootMode::Overlay => match self.overlay_root(key, apt_cache) {
+                Ok(made) => return Ok(made),
+                Err(BuildRootError::OverlayUnavailable { reason }) => reason,
+                Err(error) => return Err(error),
+            },
+        };
+        let base = self.roots.ensure(key)?;
+        let work = WorkRoot::unpack(&base, &self.config.work_dir, apt_cache)?;
+        let store = self.lists_store(&base);
+        let lists = store.newest()?;
+        let lists_refreshed = lists.as_ref().map(|snapshot| snapshot.refreshed);
+        if let Some(snapshot) = &lists {
+            lists::copy_lists(snapshot.lease.path(), work.root_path())?;
+        }
+        Ok(MadeRoot {
+            base,
+            work,
+            store,
+            lists_refreshed,
+            fell_back: Some(reason),
+        })
+    }
+
+    fn overlay_root(&self, key: &RootKey, apt_cache: Option<&Path>) -> Result<MadeRoot> {
+        let (base, lower) = self.roots.lease_lower(key).map_err(|error| match error {
+            // The image itself is fine; only its lower directory could not be made.
+            BuildRootError::Io { context, source } => BuildRootError::OverlayUnavailable {
+                reason: format!("{context}: {source}"),
+            },
+            other => other,
+        })?;
+        lists::prune_other_images(self.roots.dir(), key, &base.image.sha256);
+        let store = self.lists_store(&base);
+        let lists = store.newest()?;
+        let lists_refreshed = lists.as_ref().map(|snapshot| snapshot.refreshed);
+        let mut lowers: Vec<Lease> = lists.into_iter().map(|snapshot| snapshot.lease).collect();
+        lowers.push(lower);
+        let work = WorkRoot::overlay(
+            &base,
+            lowers,
+            &self.config.work_dir,
+            apt_cache,
+            &self.config.overlay_options,
+        )?;
+        Ok(MadeRoot {
+            base,
+            work,
+            store,
+            lists_refreshed,
+            fell_back: None,
+        })
+    }
+
+    /// One log line saying how the root was made and, for a fallback, why.
+    fn log_root(&self, made: &MadeRoot, log: &Path) -> Result<()> {
+        let lists = match made.lists_refreshed {
+            Some(at) => format!(
+                "apt lists refreshed {} ago",
+                describe_age(SystemTime::now().duration_since(at).unwrap_or_default())
+            ),
+            None => "the image's own apt lists".to_owned(),
+        };
+        let line = match &made.fell_back {
+            None => format!("root: overlay over the shared base image, {lists}"),
+            Some(reason) => {
+                format!("root: unpacked the base image instead of an overlay ({reason}), {lists}")
+            }
+        };
+        process::log_line(log, &line)
+    }
+
+    /// Refreshes the root's apt lists when they are due (see [`crate::lists`]) and shares the
+    /// result with later builds. Runs before anything of the driver is in the root. A failed
+    /// refresh is logged and the build goes on with the lists it has.
+    fn refresh_lists_if_due(
+        &self,
+        made: &MadeRoot,
+        release: Option<&str>,
+        log: &Path,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        let age = made
+            .lists_refreshed
+            .map(|at| SystemTime::now().duration_since(at).unwrap_or_default());
+        let reason = match age {
+            None => "never refreshed for this image".to_owned(),
+            Some(age) if age >= self.config.apt_lists_max_age => {
+                format!("{} old", describe_age(age))
+            }
+            Some(age)
+                if age >= lists::MISS_REFRESH_AFTER
+                    && release.is_some_and(|release| {
+                        !lists::lists_name_package(
+                            made.work.root_path(),
+                            &format!("linux-headers-{release}"),
+                        )
+                    }) =>
+            {
+                format!(
+                    "{} old and without linux-headers-{}",
+                    describe_age(age),
+                    release.unwrap_or_default()
+                )
+            }
+            Some(_) => return Ok(()),
+        };
+        if made.store.refresh_failed_recently() {
+            return process::log_line(
+                log,
+                &format!(
+                    "apt lists due for a refresh ({reason}); the last attempt failed less than {} ago",
+                    describe_age(lists::MISS_REFRESH_AFTER)
+                ),
+            );
+        }
+        let Some(guard) = made.store.try_refresh()? else {
+            return process::log_line(
+                log,
+                &format!(
+                    "apt lists due for a refresh ({reason}); another build is refreshing them"
+                ),
+            );
+        };
+        process::log_line(log, &format!("refreshing the apt lists ({reason})"))?;
+        let started = SystemTime::now();
+        let refresh = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            "apt-get -q update --error-on=any && apt-cache gencaches".to_owned(),
+        ];
+        match made
+            .work
+            .run_cancellable(&refresh, log, self.config.build_timeout, cancel)
+        {
+            Ok(_) => {
+                let snapshot = made.store.store(made.work.root_path(), started, &guard)?;
+                process::log_line(
+                    log,
+                    &format!(
+                        "apt lists shared with later builds as {}",
+                        snapshot.display()
+                    ),
+                )
+            }
+            Err(error @ BuildRootError::Cancelled { .. }) => Err(error),
+            Err(error) => {
+                made.store.note_failed_refresh();
+                process::log_line(
+                    log,
+                    &format!(
+                        "apt lists refresh failed ({error}); building with the lists the root has"
+                    ),
+                )
+            }
+        }
     }
 
     /// Builds `job.driver` for `job.identity` at `job.source` with the configured
@@ -229,6 +467,7 @@ impl LocalExecutor {
             });
         }
         let mut argv = builder_argv(job.identity, job.driver, job.source);
+        argv.extend(header_cache_argv());
         if let Some(signing) = &self.config.module_signing {
             argv.extend(module_signing_argv(signing.hash));
         }
@@ -300,15 +539,43 @@ impl LocalExecutor {
         let started = Instant::now();
         // Making a base image is not cancelled (other builds of the root wait for it); the build
         // stops right after it instead, and the fresh root is removed on return.
-        let (base, work) = self.fresh_root(&key)?;
+        let made = self.make_root(&key, None)?;
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
-        if let Some(created_in) = base.created_in {
+        if let Some(created_in) = made.base.created_in {
             process::log_line(
                 log,
                 &format!("made the base image in {:.1} s", created_in.as_secs_f64()),
             )?;
+        }
+        self.log_root(&made, log)?;
+        self.refresh_lists_if_due(&made, Some(identity.kernel_release().as_str()), log, cancel)?;
+        let MadeRoot { base, mut work, .. } = made;
+        // Not seeded (the header cache serves repeated kernels without copying the whole archive
+        // cache into every root), but downloads are still kept there.
+        work.harvest_downloads_into(&self.config.cache_dir.join("apt-archives").join(key.slug()))?;
+        let header_cache = self.header_cache();
+        let cached = header_cache.lookup(identity)?;
+        match &cached {
+            Some(dir) => {
+                work.bind_read_only(dir, HEADER_CACHE_DIR)?;
+                process::log_line(
+                    log,
+                    &format!("header cache: {} at {HEADER_CACHE_DIR}", dir.display()),
+                )?;
+            }
+            None => {
+                // An empty directory: the builder finds no manifest and downloads.
+                work.create_dir(HEADER_CACHE_DIR)?;
+                process::log_line(
+                    log,
+                    &format!(
+                        "header cache: nothing yet for {}",
+                        identity.kernel_release()
+                    ),
+                )?;
+            }
         }
         if let Some(builder) = self.config.builder_binaries.get(&identity.arch()) {
             work.copy_file_in(builder, BUILDER_PATH, 0o755)?;
@@ -329,16 +596,25 @@ impl LocalExecutor {
         let unpack = started
             .elapsed()
             .saturating_sub(base.created_in.unwrap_or_default());
-        process::log_line(log, &format!("root ready in {:.1} s", unpack.as_secs_f64()))?;
+        process::log_line(log, &format!("root ready in {:.3} s", unpack.as_secs_f64()))?;
 
         let run = work.run_cancellable(argv, log, self.config.build_timeout, cancel)?;
 
         let collecting = Instant::now();
         let mut outputs = work.copy_out(OUT_DIR, out_dir)?;
         outputs.push(write_root_image(out_dir, &base.image)?);
+        self.cache_headers(
+            identity,
+            &header_cache,
+            cached.is_some(),
+            &work,
+            out_dir,
+            log,
+        )?;
         let collect = collecting.elapsed();
 
         let removing = Instant::now();
+        let layering = work.layering();
         work.remove()?;
         let cleanup = removing.elapsed();
         process::log_line(
@@ -358,7 +634,81 @@ impl LocalExecutor {
             cleanup,
             outputs,
             root_image: base.image,
+            layering,
         })
+    }
+
+    /// After a successful build, keeps the header packages it downloaded in the header cache
+    /// (see [`crate::headers`]); a build whose facts are missing or unreadable, or whose packages
+    /// did not come from apt's archive, leaves the cache as it is.
+    fn cache_headers(
+        &self,
+        identity: &KernelIdentity,
+        cache: &HeaderCache,
+        was_cached: bool,
+        work: &WorkRoot,
+        out_dir: &Path,
+        log: &Path,
+    ) -> Result<()> {
+        let facts_path = out_dir.join(integrity::BUILD_FACTS_FILE);
+        let Ok(text) = std::fs::read_to_string(&facts_path) else {
+            return Ok(());
+        };
+        let facts: integrity::BuildFacts = match serde_json::from_str(&text) {
+            Ok(facts) => facts,
+            Err(error) => {
+                return process::log_line(
+                    log,
+                    &format!(
+                        "header cache: {} unreadable ({error})",
+                        facts_path.display()
+                    ),
+                );
+            }
+        };
+        let line = match cache.store(identity, &facts.headers, work.root_path()) {
+            Ok(Stored::New(dir)) => format!(
+                "header cache: kept {} packages in {}",
+                facts.headers.len(),
+                dir.display()
+            ),
+            Ok(Stored::Unchanged(_)) => "header cache: already holds these packages".to_owned(),
+            Ok(Stored::Repaired { dir, reason }) => {
+                format!("header cache: replaced {} ({reason})", dir.display())
+            }
+            // The usual case for a cached kernel: nothing was downloaded, so nothing is new.
+            Ok(Stored::Skipped(_)) if was_cached => {
+                "header cache: nothing downloaded, nothing to keep".to_owned()
+            }
+            Ok(Stored::Skipped(reason)) => format!("header cache: not kept ({reason})"),
+            // The build succeeded; a cache that cannot be written costs the next build a download.
+            Err(error) => format!("header cache: not kept ({error})"),
+        };
+        process::log_line(log, &line)
+    }
+}
+
+/// A root made for a build, with what is needed to refresh its apt lists.
+struct MadeRoot {
+    base: BaseImage,
+    work: WorkRoot,
+    store: ListsStore,
+    lists_refreshed: Option<SystemTime>,
+    /// Why the root was unpacked rather than an overlay.
+    fell_back: Option<String>,
+}
+
+/// `45 s`, `12 min`, `3.5 h`, `2.0 days`.
+fn describe_age(age: Duration) -> String {
+    let secs = age.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.0} s")
+    } else if secs < 3600.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else if secs < 86_400.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} days", secs / 86_400.0)
     }
 }
 
@@ -414,6 +764,12 @@ pub fn builder_argv(
     .into_iter()
     .map(str::to_owned)
     .collect()
+}
+
+/// The builder's option naming the header cache the executor mounts into every root
+/// ([`HEADER_CACHE_DIR`]; an empty directory when the kernel has nothing cached yet).
+pub fn header_cache_argv() -> Vec<String> {
+    vec!["--header-cache".to_owned(), HEADER_CACHE_DIR.to_owned()]
 }
 
 /// The builder's module-signing options for the key and certificate the executor copies into the

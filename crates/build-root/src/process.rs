@@ -59,7 +59,23 @@ pub const CANCEL_LATENCY: Duration = Duration::from_millis(200);
 
 /// The prefix that puts a command in private mount and pid namespaces tied to the unshare process.
 pub(crate) fn isolated(program: &str) -> Command {
-    let mut command = Command::new("unshare");
+    isolated_in(None, program)
+}
+
+/// [`isolated`], with the private mount namespace copied from `mount_namespace` (a
+/// `/proc/<pid>/ns/mnt` link; `nsenter` enters it and execs `unshare`, keeping the process) rather
+/// than from the caller's.
+pub(crate) fn isolated_in(mount_namespace: Option<&Path>, program: &str) -> Command {
+    let mut command = match mount_namespace {
+        Some(namespace) => {
+            let mut command = Command::new("nsenter");
+            let mut option = std::ffi::OsString::from("--mount=");
+            option.push(namespace);
+            command.arg(option).args(["--", "unshare"]);
+            command
+        }
+        None => Command::new("unshare"),
+    };
     command.args([
         "--mount",
         "--propagation",

@@ -1,19 +1,26 @@
 //! Prebuilt base images: one mmdebstrap tarball per (distribution, distro version, arch), with the
 //! toolchain preinstalled, made once and reused by every build until it is older than the configured
-//! age (the local twin of the weekly GHCR base images).
+//! age (`max_root_age`, a week by default: the local twin of the weekly GHCR base images, so the
+//! toolchain and the image's own package lists stay current); the next build after that remakes it.
 //!
 //! The tarball name carries a fingerprint of everything that went into it (suite, sources, packages),
 //! so editing the toolchain list or a mirror makes a new image instead of silently reusing the old one.
 //! Creation is serialised per root with an exclusive file lock, and the tarball is written under a
 //! temporary name and renamed into place, so concurrent builds and test processes never see a half
-//! written image.
+//! written image. A remade image replaces the old tarball (a build still unpacking it keeps its open
+//! file).
 //!
 //! Each image's SHA-256 (what a build's provenance names as its root) is computed once, when the
 //! tarball is made, and kept beside it as `<tarball>.sha256` (`sha256sum` format); it is recomputed
 //! only when that file is missing, unreadable or older than the tarball.
+//!
+//! For overlay roots each image is unpacked once into `lower/<root>-<image SHA-256>`
+//! ([`RootCache::lease_lower`]), under the same lock and by the same atomic rename; builds lease it
+//! while they run, and the lower directories of a root's replaced images are removed by the first
+//! lease after no build holds them ([`crate::layers`]).
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{BuildRootError, Result};
 use crate::host::HostFacts;
+use crate::layers::{self, Lease};
 use crate::process::{self, Ended};
 use crate::toolchain::ToolchainList;
 
@@ -297,6 +305,9 @@ pub fn image_digest(tarball: &Path) -> Result<String> {
     Ok(digest.to_hex())
 }
 
+/// Where, under the roots directory, the unpacked base images (overlay lower directories) live.
+pub const LOWER_DIR: &str = "lower";
+
 /// The cache of base images under `<cache dir>/roots`.
 #[derive(Debug, Clone)]
 pub struct RootCache {
@@ -335,27 +346,56 @@ impl RootCache {
 
     /// Returns the image for `key`, making it first if it is missing or too old.
     pub fn ensure(&self, key: &RootKey) -> Result<BaseImage> {
+        let _lock = self.lock(key)?;
+        self.ensure_locked(key)
+    }
+
+    /// Returns the image for `key` (made first if missing or too old) with a lease on its
+    /// unpacked, read-only lower directory `lower/<root>-<image SHA-256>` (unpacked once, under a
+    /// temporary name renamed into place). Lowers of this root's older images are removed here
+    /// once no build holds a lease on them. One locked step, so the tarball a lower is unpacked
+    /// from cannot be replaced in between.
+    pub fn lease_lower(&self, key: &RootKey) -> Result<(BaseImage, Lease)> {
+        let _lock = self.lock(key)?;
+        let base = self.ensure_locked(key)?;
+        let lowers = self.dir.join(LOWER_DIR);
+        std::fs::create_dir_all(&lowers)
+            .map_err(BuildRootError::io(format!("creating {}", lowers.display())))?;
+        let name = format!("{}-{}", key.slug(), base.image.sha256);
+        let lower = lowers.join(&name);
+        if !lower.is_dir() {
+            let log = lowers.join(format!("{name}.log"));
+            let _ = std::fs::remove_file(&log);
+            layers::create_atomically(&lower, |partial| {
+                layers::unpack_tarball(&base.tarball, partial, &log, &key.slug())
+            })?;
+            let _ = std::fs::remove_file(&log);
+            tracing::info!(lower = %lower.display(), "unpacked the base image as a shared lower directory");
+        }
+        let lease = layers::lease(&lower)?;
+        let prefix = format!("{}-", key.slug());
+        layers::prune(
+            &lowers,
+            |name| {
+                // `<slug>-<64 hex>`, optionally followed by a trash suffix: never another root's.
+                name.strip_prefix(&prefix)
+                    .and_then(|rest| rest.get(..64))
+                    .is_some_and(|digest| digest.chars().all(|c| c.is_ascii_hexdigit()))
+            },
+            &[&lower],
+        );
+        Ok((base, lease))
+    }
+
+    /// The lock serialising image creation, lower unpacking and pruning for one root.
+    fn lock(&self, key: &RootKey) -> Result<File> {
+        layers::lock_exclusive(&self.dir.join(format!("{}.lock", key.slug())))
+    }
+
+    fn ensure_locked(&self, key: &RootKey) -> Result<BaseImage> {
         let spec = self.spec(key)?;
         HostFacts::probe(key.arch()).check(key)?;
-        std::fs::create_dir_all(&self.dir).map_err(BuildRootError::io(format!(
-            "creating {}",
-            self.dir.display()
-        )))?;
         let tarball = self.dir.join(spec.tarball_name());
-        let lock_path = self.dir.join(format!("{}.lock", key.slug()));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(BuildRootError::io(format!(
-                "opening {}",
-                lock_path.display()
-            )))?;
-        lock.lock().map_err(BuildRootError::io(format!(
-            "locking {}",
-            lock_path.display()
-        )))?;
         if self.is_fresh(&tarball) {
             let image = RootImage {
                 uri: spec.image_uri(),
@@ -377,7 +417,6 @@ impl RootCache {
             sha256: image_digest(&tarball)?,
         };
         self.prune_other_images(key, &tarball);
-        drop(lock);
         Ok(BaseImage {
             key: key.clone(),
             tarball,

@@ -1,24 +1,42 @@
-//! A fresh root for one build: the base image unpacked into a new work directory, commands run in it
-//! with chroot, and the directory always removed afterwards (explicitly, or by `Drop` on any early
-//! return, error or timeout).
+//! A fresh root for one build: a writable layer over the shared base image, commands run in it
+//! with chroot, and the work directory always removed afterwards (explicitly, or by `Drop` on any
+//! early return, error or timeout).
+//!
+//! Normally the root is an overlay ([`WorkRoot::overlay`]): the unpacked base image (and the apt
+//! list snapshot over it) are read-only lower directories shared by every build, and everything
+//! this build writes lands in its own upper directory in the work directory (on tmpfs when
+//! available), so starting a root costs a mount and discarding it is removing the upper directory.
+//! The overlay is mounted inside a private mount namespace held by a small *holder* process
+//! (`unshare --mount` running `sh`, waiting on a pipe from this process): the host never sees the
+//! mount, and it goes away when the holder ends — when the root is removed, or when this process
+//! dies and the pipe closes. Commands enter the holder's namespace (`nsenter --mount`) and then
+//! their own private mount and pid namespaces as before; this process reaches the merged tree
+//! through the holder's root (`/proc/<holder>/root/<work dir>/root`), so files copied in and
+//! outputs copied out pass through the overlay and nothing can reach a lower directory. Where the
+//! mount fails (a lower directory on a file system overlayfs refuses, a container without the
+//! capability) the error says why and the executor unpacks the base image instead
+//! ([`WorkRoot::unpack`], the pre-overlay behaviour).
 //!
 //! /dev and /sys are bind-mounted and a new /proc is mounted inside a private mount namespace per
 //! command (see `process`), so the host never sees those mounts and removing the work directory can
-//! never descend into the host's /dev. Downloaded `.deb` files are shared between builds through a
-//! per-root archive cache: it is hard-linked into the root before a build and new files are linked back
-//! after each command, instead of bind-mounting it, because apt takes a non-waiting lock on
-//! `/var/cache/apt/archives` and two concurrent builds sharing one directory would fail on it. apt
-//! checks every cached file's hash before use, so a build that tampers with its links only causes a
-//! re-download.
+//! never descend into the host's /dev. Read-only bind mounts the executor asks for (the header
+//! cache) are made the same way. Downloaded `.deb` files may be shared between roots through a
+//! per-root archive cache ([`WorkRoot`]'s `apt_cache`): hard-linked into the root before the first
+//! command (into the upper directory before the overlay is mounted, so the links stay links) and new
+//! files linked back after each command, instead of bind-mounting it, because apt takes a
+//! non-waiting lock on `/var/cache/apt/archives` and two concurrent builds sharing one directory
+//! would fail on it. apt checks every cached file's hash before use, so a build that tampers with
+//! its links only causes a re-download.
 
 use std::fs::File;
-use std::io::ErrorKind;
+use std::io::{BufRead, BufReader, ErrorKind};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{BuildRootError, Result};
+use crate::layers::{self, Lease};
 use crate::process::{self, Ended};
 use crate::root::BaseImage;
 
@@ -47,44 +65,287 @@ const ROOT_ENV: [(&str, &str); 5] = [
     ("TMPDIR", "/tmp"),
 ];
 
-/// Mounts /dev, /proc and /sys into the root and replaces itself with chroot. It runs inside the
-/// private namespaces, so the mounts disappear with the command; arguments arrive as positional
-/// parameters and are never interpolated into the script.
+/// Makes the read-only bind mounts, mounts /dev, /proc and /sys into the root and replaces itself
+/// with chroot. It runs inside the private namespaces, so the mounts disappear with the command;
+/// arguments arrive as positional parameters (root, number of binds, source/target pairs, argv)
+/// and are never interpolated into the script.
 const CHROOT_SCRIPT: &str = r#"set -eu
 root=$1
-shift
+binds=$2
+shift 2
+while [ "$binds" -gt 0 ]; do
+    mount --bind "$1" "$root$2"
+    mount -o remount,bind,ro "$root$2"
+    shift 2
+    binds=$((binds - 1))
+done
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 exec chroot "$root" "$@"
 "#;
 
-/// An unpacked root; removed when dropped.
+/// Mounts the overlay in the holder's new mount namespace, says so, and keeps the namespace alive
+/// until its standard input closes (the root is removed, or its owner died).
+const HOLDER_SCRIPT: &str = r#"set -eu
+mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3$5" "$4"
+echo mounted
+read -r _ || :
+"#;
+
+/// How a root is laid over its base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootLayering {
+    /// A fresh upper directory over the shared read-only lower directories.
+    Overlay,
+    /// The base image unpacked into the work directory.
+    Unpacked,
+}
+
+/// The process holding an overlay root's private mount namespace.
+#[derive(Debug)]
+struct Holder {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Holder {
+    /// Mounts the overlay of `lowers` (topmost first) with `upper` and `work` at `mount_point`
+    /// in a new mount namespace; the reason when it cannot.
+    fn start(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mount_point: &Path,
+        options: &[String],
+        log: &Path,
+    ) -> std::result::Result<Self, String> {
+        if let Some(bad) = options.iter().find(|option| {
+            option.is_empty()
+                || !option
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_=.-".contains(c))
+        }) {
+            return Err(format!(
+                "overlay mount option {bad:?} is not a plain option ([A-Za-z0-9_=.-])"
+            ));
+        }
+        let extra: String = options.iter().map(|option| format!(",{option}")).collect();
+        // Mount options are comma-separated and lower directories colon-separated; a path with
+        // either (or a backslash, overlayfs's escape) would be misread, so it is not attempted.
+        let mut paths: Vec<&Path> = lowers.to_vec();
+        paths.extend([upper, work]);
+        if let Some(bad) = paths.iter().find(|p| {
+            p.to_str()
+                .is_none_or(|s| s.contains([',', ':', '\\']) || s.chars().any(char::is_whitespace))
+        }) {
+            return Err(format!(
+                "{} contains a character overlayfs mount options cannot carry (',', ':', '\\', whitespace or non-UTF-8)",
+                bad.display()
+            ));
+        }
+        let lowerdir = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let stderr = process::open_log(log).map_err(|e| e.to_string())?;
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(HOLDER_SCRIPT)
+            .arg("build-root-overlay")
+            .arg(&lowerdir)
+            .arg(upper)
+            .arg(work)
+            .arg(mount_point)
+            .arg(&extra)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|error| format!("starting unshare: {error}"))?;
+        let mut line = String::new();
+        let ready = child
+            .stdout
+            .take()
+            .map(|stdout| BufReader::new(stdout).read_line(&mut line));
+        let stdin = child.stdin.take();
+        let holder = Holder { child, stdin };
+        if matches!(ready, Some(Ok(_))) && line.trim() == "mounted" {
+            return Ok(holder);
+        }
+        drop(holder);
+        let detail = std::fs::read_to_string(log).unwrap_or_default();
+        Err(format!(
+            "mounting the overlay failed: {}",
+            detail
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("the holder exited without a reason")
+        ))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends the namespace: closing the pipe makes the holder exit; it is killed if it does not
+    /// within five seconds. Waiting for it makes sure the mount is gone before the upper directory
+    /// is removed.
+    fn stop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fresh root; removed when dropped.
 #[derive(Debug)]
 pub struct WorkRoot {
     slug: String,
     work_dir: PathBuf,
+    /// The root as this process reaches it: `<work dir>/root`, or for an overlay the same path
+    /// through the holder's mount namespace.
     root: PathBuf,
-    apt_cache: PathBuf,
+    /// The root's path inside the namespaces commands run in: `<work dir>/root`.
+    mount_point: PathBuf,
+    layering: RootLayering,
+    holder: Option<Holder>,
+    /// For an overlay, the upper directory: this root's own files (new downloads are found here).
+    upper: Option<PathBuf>,
+    /// Read-only bind mounts made for every command: (host directory, path in the root).
+    binds: Vec<(PathBuf, String)>,
+    apt_cache: Option<PathBuf>,
     removed: bool,
+    /// The shared directories the overlay is made of, leased for the root's lifetime.
+    _leases: Vec<Lease>,
     /// Held for the root's lifetime; a free lock marks a work directory whose owner died (SIGKILL
-    /// skips `Drop`), which the next unpack in any process removes.
+    /// skips `Drop`), which the next root in any process removes.
     _owner_lock: File,
 }
 
 impl WorkRoot {
-    /// Unpacks `base` into a new directory under `work_parent` and prepares it for builds. The
-    /// shared `.deb` cache for this root lives in `apt_cache`.
-    pub fn unpack(base: &BaseImage, work_parent: &Path, apt_cache: &Path) -> Result<Self> {
+    /// Unpacks `base` into a new directory under `work_parent` and prepares it for builds. With
+    /// `apt_cache`, `.deb` files are shared with other roots through that directory.
+    pub fn unpack(base: &BaseImage, work_parent: &Path, apt_cache: Option<&Path>) -> Result<Self> {
+        let mut work = Self::new_work_dir(base, work_parent, apt_cache, RootLayering::Unpacked)?;
+        std::fs::create_dir(&work.root).map_err(BuildRootError::io(format!(
+            "creating {}",
+            work.root.display()
+        )))?;
+        let unpack_log = work.work_dir.join("unpack.log");
+        layers::unpack_tarball(&base.tarball, &work.root, &unpack_log, &work.slug)?;
+        work.mount_point = work.root.clone();
+        if work.apt_cache.is_some() {
+            work.seed_apt_archives(&work.root.clone())?;
+        }
+        work.prepare()?;
+        Ok(work)
+    }
+
+    /// A fresh overlay root under `work_parent`: `lowers` (leased read-only directories, topmost
+    /// first, the unpacked base image last) with a new upper directory, mounted with the extra
+    /// overlayfs `options` (plain `name` or `name=value` words). With `apt_cache`, `.deb` files
+    /// are shared with other roots through that directory. A mount that fails is
+    /// [`BuildRootError::OverlayUnavailable`] with the reason, and leaves nothing behind.
+    pub fn overlay(
+        base: &BaseImage,
+        lowers: Vec<Lease>,
+        work_parent: &Path,
+        apt_cache: Option<&Path>,
+        options: &[String],
+    ) -> Result<Self> {
+        let mut work = Self::new_work_dir(base, work_parent, apt_cache, RootLayering::Overlay)?;
+        let upper = work.work_dir.join("upper");
+        let overlay_work = work.work_dir.join("overlay-work");
+        for dir in [&upper, &overlay_work, &work.mount_point] {
+            std::fs::create_dir(dir)
+                .map_err(BuildRootError::io(format!("creating {}", dir.display())))?;
+        }
+        // The merged root's top directory takes the upper directory's mode and owner.
+        if let Some(base_lower) = lowers.last() {
+            layers::copy_dir_attributes(base_lower.path(), &upper)?;
+        }
+        work.upper = Some(upper.clone());
+        if work.apt_cache.is_some() {
+            // Before the mount, straight into the upper directory: links across the overlay's
+            // mount would have to be copies.
+            if let Some(base_lower) = lowers.last() {
+                layers::make_dirs_like(
+                    base_lower.path(),
+                    &upper,
+                    Path::new(APT_ARCHIVES.trim_start_matches('/')),
+                )?;
+            }
+            work.seed_apt_archives(&upper)?;
+        }
+        let lower_paths: Vec<&Path> = lowers.iter().map(Lease::path).collect();
+        let holder = Holder::start(
+            &lower_paths,
+            &upper,
+            &overlay_work,
+            &work.mount_point,
+            options,
+            &work.work_dir.join("overlay.log"),
+        )
+        .map_err(|reason| BuildRootError::OverlayUnavailable { reason })?;
+        let through_holder = PathBuf::from(format!("/proc/{}/root", holder.pid())).join(
+            work.mount_point
+                .strip_prefix("/")
+                .unwrap_or(&work.mount_point),
+        );
+        work.holder = Some(holder);
+        work.root = through_holder;
+        work._leases = lowers;
+        if !work.root.join("usr").is_dir() {
+            return Err(BuildRootError::OverlayUnavailable {
+                reason: format!(
+                    "the mounted root is not reachable at {} (no /proc access to the holder's namespace?)",
+                    work.root.display()
+                ),
+            });
+        }
+        work.prepare()?;
+        Ok(work)
+    }
+
+    /// Creates the work directory and its owner lock; the guard returned owns the directory, so
+    /// every early return of the caller removes it.
+    fn new_work_dir(
+        base: &BaseImage,
+        work_parent: &Path,
+        apt_cache: Option<&Path>,
+        layering: RootLayering,
+    ) -> Result<Self> {
         let slug = base.key.slug();
-        for dir in [work_parent, apt_cache] {
+        let work_parent = std::path::absolute(work_parent).map_err(BuildRootError::io(format!(
+            "resolving {}",
+            work_parent.display()
+        )))?;
+        for dir in std::iter::once(work_parent.as_path()).chain(apt_cache) {
             std::fs::create_dir_all(dir)
                 .map_err(BuildRootError::io(format!("creating {}", dir.display())))?;
         }
-        sweep_abandoned(work_parent, ABANDONED_AFTER);
+        sweep_abandoned(&work_parent, ABANDONED_AFTER);
         let work_dir = tempfile::Builder::new()
             .prefix(&format!("{slug}-"))
-            .tempdir_in(work_parent)
+            .tempdir_in(&work_parent)
             .map_err(BuildRootError::io(format!(
                 "creating a work directory in {}",
                 work_parent.display()
@@ -97,52 +358,20 @@ impl WorkRoot {
                 return Err(error);
             }
         };
-        // From here on the guard owns the directory, so every early return below removes it.
-        let work = Self {
+        Ok(Self {
             slug,
             root: work_dir.join("root"),
+            mount_point: work_dir.join("root"),
             work_dir,
-            apt_cache: apt_cache.to_owned(),
+            layering,
+            holder: None,
+            upper: None,
+            binds: Vec::new(),
+            apt_cache: apt_cache.map(Path::to_owned),
             removed: false,
+            _leases: Vec::new(),
             _owner_lock: owner_lock,
-        };
-        std::fs::create_dir(&work.root).map_err(BuildRootError::io(format!(
-            "creating {}",
-            work.root.display()
-        )))?;
-        let unpack_log = work.work_dir.join("unpack.log");
-        let mut tar = Command::new("tar");
-        tar.arg("--extract")
-            .arg("--zstd")
-            .arg("--file")
-            .arg(&base.tarball)
-            .arg("--directory")
-            .arg(&work.root)
-            .args(["--numeric-owner", "--preserve-permissions"]);
-        match process::run_bounded(&mut tar, &unpack_log, Duration::from_secs(600))? {
-            Ended::Exited(status) if status.success() => {}
-            Ended::Exited(status) => {
-                let detail = std::fs::read_to_string(&unpack_log).unwrap_or_default();
-                return Err(BuildRootError::Io {
-                    context: format!("unpacking {}", base.tarball.display()),
-                    source: std::io::Error::other(format!("tar {status}: {}", detail.trim())),
-                });
-            }
-            Ended::TimedOut => {
-                return Err(BuildRootError::Io {
-                    context: format!("unpacking {}", base.tarball.display()),
-                    source: std::io::Error::new(ErrorKind::TimedOut, "tar ran longer than 600 s"),
-                });
-            }
-            Ended::Cancelled => {
-                return Err(BuildRootError::Cancelled {
-                    root: work.slug.clone(),
-                    log: unpack_log,
-                });
-            }
-        }
-        work.prepare()?;
-        Ok(work)
+        })
     }
 
     fn prepare(&self) -> Result<()> {
@@ -154,7 +383,7 @@ impl WorkRoot {
             .map_err(BuildRootError::io(format!("writing {}", target.display())))?;
 
         // Downloads are kept (for `apt` too, whose default is to delete them) so they can be harvested
-        // into the shared cache; translations are never read by a build.
+        // into the shared caches; translations are never read by a build.
         self.write_file(
             "/etc/apt/apt.conf.d/90build-root",
             b"APT::Keep-Downloaded-Packages \"true\";\n\
@@ -174,7 +403,38 @@ impl WorkRoot {
             std::fs::create_dir_all(&dir)
                 .map_err(BuildRootError::io(format!("creating {}", dir.display())))?;
         }
-        self.seed_apt_archives()
+        Ok(())
+    }
+
+    /// How this root is laid over its base image.
+    pub fn layering(&self) -> RootLayering {
+        self.layering
+    }
+
+    /// Links (or copies) every complete `.deb` download of later commands into `apt_cache`, without
+    /// seeding the root from it first: the executor's builds keep the archive cache up to date for
+    /// tools and tests that read it, while their header packages come from the header cache.
+    pub fn harvest_downloads_into(&mut self, apt_cache: &Path) -> Result<()> {
+        std::fs::create_dir_all(apt_cache).map_err(BuildRootError::io(format!(
+            "creating {}",
+            apt_cache.display()
+        )))?;
+        self.apt_cache = Some(apt_cache.to_owned());
+        Ok(())
+    }
+
+    /// Mounts `host_dir` read-only at `path_in_root` for every later command (in the command's
+    /// private namespace, like /dev and /proc). The mount point is created now.
+    pub fn bind_read_only(&mut self, host_dir: &Path, path_in_root: &str) -> Result<()> {
+        let target = self.inside(path_in_root)?;
+        std::fs::create_dir_all(&target)
+            .map_err(BuildRootError::io(format!("creating {}", target.display())))?;
+        let host_dir = std::path::absolute(host_dir).map_err(BuildRootError::io(format!(
+            "resolving {}",
+            host_dir.display()
+        )))?;
+        self.binds.push((host_dir, path_in_root.to_owned()));
+        Ok(())
     }
 
     /// The root file system as seen from the host.
@@ -218,6 +478,13 @@ impl WorkRoot {
             return Err(BuildRootError::UnexpectedOutput { path: host_path });
         }
         Ok(host_path)
+    }
+
+    /// Creates a directory (and its parents) inside the root.
+    pub fn create_dir(&self, path_in_root: &str) -> Result<()> {
+        let target = self.inside(path_in_root)?;
+        std::fs::create_dir_all(&target)
+            .map_err(BuildRootError::io(format!("creating {}", target.display())))
     }
 
     /// Writes a file inside the root with the given mode, creating parent directories.
@@ -299,18 +566,32 @@ impl WorkRoot {
             return Err(BuildRootError::EmptyCommand);
         }
         process::log_line(log, &format!("running in {}: {argv:?}", self.slug))?;
-        let mut command = process::isolated("/bin/sh");
+        // A bind's mount point is checked again: a command before may have replaced it.
+        for (_, path_in_root) in &self.binds {
+            let target = self.inside(path_in_root)?;
+            if !target.is_dir() {
+                return Err(BuildRootError::UnexpectedOutput { path: target });
+            }
+        }
+        // Into the holder's namespace, where the overlay is mounted; `nsenter` execs the usual
+        // isolation, so the process group killed on a timeout is the same.
+        let namespace = self
+            .holder
+            .as_ref()
+            .map(|holder| PathBuf::from(format!("/proc/{}/ns/mnt", holder.pid())));
+        let mut command = process::isolated_in(namespace.as_deref(), "/bin/sh");
         command
             .args(["-c", CHROOT_SCRIPT, "build-root"])
-            .arg(&self.root)
-            .args(argv)
-            .env_clear()
-            .envs(ROOT_ENV)
-            .envs(
-                PASSED_ENV
-                    .iter()
-                    .filter_map(|name| Some((name, std::env::var_os(name)?))),
-            );
+            .arg(&self.mount_point)
+            .arg(self.binds.len().to_string());
+        for (host_dir, path_in_root) in &self.binds {
+            command.arg(host_dir).arg(path_in_root);
+        }
+        command.args(argv).env_clear().envs(ROOT_ENV).envs(
+            PASSED_ENV
+                .iter()
+                .filter_map(|name| Some((name, std::env::var_os(name)?))),
+        );
         let started = Instant::now();
         let ended = process::run_cancellable(&mut command, log, limit, cancel);
         let elapsed = started.elapsed();
@@ -372,17 +653,30 @@ impl WorkRoot {
         copy_tree(&source, destination, false)
     }
 
-    /// Removes the work directory now, reporting failure (`Drop` only logs it).
+    /// Removes the work directory now, reporting failure (`Drop` only logs it). An overlay's
+    /// namespace is ended first, so its mount is gone before the upper directory is removed.
     pub fn remove(mut self) -> Result<()> {
         self.removed = true;
+        if let Some(mut holder) = self.holder.take() {
+            holder.stop();
+        }
         remove_work_dir(&self.work_dir)
     }
 
-    fn seed_apt_archives(&self) -> Result<()> {
-        let archives = self.inside(APT_ARCHIVES)?;
-        let entries = std::fs::read_dir(&self.apt_cache).map_err(BuildRootError::io(format!(
+    /// Links (or copies) the shared archive cache's `.deb` files into `tree`'s apt archive: the
+    /// root itself, or an overlay's upper directory before it is mounted.
+    fn seed_apt_archives(&self, tree: &Path) -> Result<()> {
+        let Some(apt_cache) = &self.apt_cache else {
+            return Ok(());
+        };
+        let archives = tree.join(APT_ARCHIVES.trim_start_matches('/'));
+        std::fs::create_dir_all(&archives).map_err(BuildRootError::io(format!(
+            "creating {}",
+            archives.display()
+        )))?;
+        let entries = std::fs::read_dir(apt_cache).map_err(BuildRootError::io(format!(
             "reading {}",
-            self.apt_cache.display()
+            apt_cache.display()
         )))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -394,8 +688,17 @@ impl WorkRoot {
     }
 
     fn harvest_apt_archives(&self) {
-        let Ok(archives) = self.inside(APT_ARCHIVES) else {
+        let Some(apt_cache) = &self.apt_cache else {
             return;
+        };
+        // An overlay's own files are in its upper directory, on the host's side of the mount,
+        // where a link to the cache can be a hard link.
+        let archives = match &self.upper {
+            Some(upper) => upper.join(APT_ARCHIVES.trim_start_matches('/')),
+            None => match self.inside(APT_ARCHIVES) {
+                Ok(archives) => archives,
+                Err(_) => return,
+            },
         };
         let Ok(entries) = std::fs::read_dir(&archives) else {
             return;
@@ -405,7 +708,7 @@ impl WorkRoot {
             let is_deb = name.to_string_lossy().ends_with(".deb");
             // apt moves a download here only once it is complete and verified.
             if is_deb && entry.file_type().is_ok_and(|kind| kind.is_file()) {
-                link_or_copy(&entry.path(), &self.apt_cache.join(&name));
+                link_or_copy(&entry.path(), &apt_cache.join(&name));
             }
         }
     }
@@ -413,6 +716,9 @@ impl WorkRoot {
 
 impl Drop for WorkRoot {
     fn drop(&mut self) {
+        if let Some(mut holder) = self.holder.take() {
+            holder.stop();
+        }
         if !self.removed
             && let Err(error) = remove_work_dir(&self.work_dir)
         {

@@ -5,6 +5,7 @@
 //!                         --driver-name N --driver-version DV --source DIR --out DIR
 //!                         --source-commit COMMIT --source-repository URI
 //!                         [--header-url URL]... [--snapshot-base URL]... [--koji-profile P]...
+//!                         [--header-cache DIR]
 //!                         [--module-sign-key PEM --module-sign-cert DER
 //!                          [--module-sign-hash sha256|sha512] [--remove-module-sign-key]]
 //!                         [--minisign-key FILE [--minisign-password-env VAR]] [--jobs N]
@@ -132,6 +133,11 @@ pub struct BuildArgs {
     /// Koji profile (repeatable): fedora, cbs, stream, or name=<hub url>,<topurl>.
     #[arg(long = "koji-profile")]
     pub koji_profiles: Vec<String>,
+    /// The build host's header package cache for this kernel (the local executor mounts it
+    /// read-only): `<sha256>.deb` files and their packages.json, tried before the package manager;
+    /// every file is checked against its digest first.
+    #[arg(long)]
+    pub header_cache: Option<PathBuf>,
     /// PEM private key for the kernel's sign-file (mode 0600); read into memory before the build
     /// starts.
     #[arg(long, requires = "module_sign_cert")]
@@ -476,6 +482,7 @@ pub fn build_request(args: &BuildArgs) -> Result<BuildRequest> {
             header_urls: args.header_urls.clone(),
             snapshot_bases: args.snapshot_bases.clone(),
             koji_profiles,
+            header_cache: args.header_cache.clone(),
         },
         module_signing,
         minisign_key,

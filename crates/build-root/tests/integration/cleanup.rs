@@ -72,7 +72,7 @@ fn the_configured_builder_runs_with_the_identity_and_its_outputs_come_back() {
         "build --kernel-release 6.1.0-47-amd64 --arch x86_64 --distribution debian --distro-version 12 \
          --driver-name example-driver --driver-version v0.1.2 --source /build/src --out /build/out \
          --source-commit 0123456789abcdef0123456789abcdef01234567 \
-         --source-repository https://example.com/driver.git"
+         --source-repository https://example.com/driver.git --header-cache /build/header-cache"
     );
     // The base image the build ran in: its URI, and the SHA-256 of the cached tarball.
     assert_eq!(report.root_image.uri, "mmdebstrap:debian/bookworm/amd64");

@@ -10,11 +10,13 @@
 //! installed, the packages owning the kbuild tree are recorded instead ([`present_packages`]).
 //!
 //! Order per distribution (see [`HeaderChain::for_identity`]):
-//! - Debian/Ubuntu: apt-get, explicit URLs, snapshot archives.
+//! - Debian/Ubuntu: the build host's header package cache when one is given (`--header-cache`,
+//!   see [`cache`]), apt-get (Debian: then its backports pocket), explicit URLs, snapshot archives.
 //! - Fedora/CentOS Stream: dnf, explicit URLs, Koji hub(s) (Fedora: `fedora`; CentOS Stream:
 //!   `cbs`, then `stream`).
 //! - Amazon Linux: dnf, the matching `kernel-livepatch` package, explicit URLs.
 
+mod cache;
 mod debian;
 mod koji;
 mod rpm;
@@ -29,6 +31,7 @@ use thiserror::Error;
 use crate::http::Http;
 use crate::system::{CommandLine, ScratchDir, System};
 
+pub use cache::CachedDebsSource;
 pub use debian::{AptSource, BackportsSource, DebUrlSource, SnapshotSource, debian_abi_and_flavor};
 pub use koji::{KojiProfile, KojiSource, koji_nvr};
 pub use rpm::{DnfSource, LivepatchSource, RpmUrlSource, livepatch_package_name};
@@ -183,6 +186,9 @@ pub struct HeaderOptions {
     pub snapshot_bases: Vec<String>,
     /// Koji profiles to ask, replacing the distribution's defaults when not empty.
     pub koji_profiles: Vec<KojiProfile>,
+    /// The build host's header package cache for this kernel (`--header-cache`, a path in the
+    /// root), tried first for Debian-family kernels; see [`CachedDebsSource`].
+    pub header_cache: Option<PathBuf>,
 }
 
 impl HeaderChain {
@@ -194,6 +200,12 @@ impl HeaderChain {
     pub fn for_identity(identity: &KernelIdentity, options: &HeaderOptions) -> HeaderChain {
         let release = identity.kernel_release().as_str();
         let mut sources: Vec<Box<dyn HeaderSource>> = Vec::new();
+        if let (Some(dir), PackageFormat::Deb) = (
+            &options.header_cache,
+            identity.distribution().package_format(),
+        ) {
+            sources.push(Box::new(CachedDebsSource::new(dir.clone())));
+        }
         match (
             identity.distribution().as_str(),
             identity.distribution().package_format(),

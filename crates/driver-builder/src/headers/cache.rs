@@ -1,0 +1,317 @@
+//! The build host's header package cache (`--header-cache DIR`; the local executor mounts it
+//! read-only): the packages an earlier build of this same kernel installed, each named by its
+//! SHA-256 (`<sha256>.deb`), and `packages.json`, their `integrity::HeaderPackage` facts in
+//! install order (what that build recorded in `build-facts.json`).
+//!
+//! Every file is hashed and must match its name and the manifest before anything is installed; one
+//! mismatch refuses the whole cache, and the chain goes on to apt (the executor then replaces the
+//! cache from that download). The files are installed by apt with its package lists hidden
+//! ([`offline_install`]): apt orders them as it did for the first install (Debian 13's header set has
+//! pre-dependencies, which a single `dpkg -i` cannot honour) and cannot reach a mirror. Should the
+//! root miss a dependency after all (a rebuilt base image), the resolution fails before anything is
+//! installed and the chain downloads instead. The facts recorded are the same as a download's: each
+//! package's name, version, the file name and archive URI apt gave it, and the SHA-256 of the very
+//! file installed (checked just before).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use integrity::HeaderPackage;
+
+use crate::facts::{self, DpkgSnapshot};
+use crate::system::CommandLine;
+
+use super::debian::{dpkg_log_since, skip_initramfs};
+use super::{HeaderContext, HeaderSource, SourceFailure, run_step};
+
+/// The manifest in a cache directory.
+pub const MANIFEST: &str = "packages.json";
+
+/// Installs the header packages of the executor's cache for this kernel.
+#[derive(Debug, Clone)]
+pub struct CachedDebsSource {
+    /// The cache directory as seen in the root.
+    dir: PathBuf,
+}
+
+impl CachedDebsSource {
+    pub fn new(dir: PathBuf) -> CachedDebsSource {
+        CachedDebsSource { dir }
+    }
+}
+
+/// Reads the manifest and checks every file against its digest; the guest path and digest of each.
+fn verified_files(
+    ctx: &HeaderContext<'_>,
+    dir: &Path,
+) -> Result<Vec<(HeaderPackage, PathBuf)>, SourceFailure> {
+    let manifest = ctx.system.host_path(&dir.join(MANIFEST));
+    if !manifest.is_file() {
+        return Err(SourceFailure::Skipped(format!(
+            "no cached header packages for this kernel ({} has no {MANIFEST})",
+            dir.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| SourceFailure::Failed(format!("reading {}: {e}", manifest.display())))?;
+    let packages: Vec<HeaderPackage> = serde_json::from_str(&text)
+        .map_err(|e| SourceFailure::Failed(format!("{}: {e}", manifest.display())))?;
+    if packages.is_empty() {
+        return Err(SourceFailure::Skipped(format!(
+            "{} lists no packages",
+            manifest.display()
+        )));
+    }
+    let mut files = Vec::new();
+    for package in packages {
+        let well_formed = package.sha256.len() == 64
+            && package
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !well_formed {
+            return Err(SourceFailure::Failed(format!(
+                "{}: {} has a malformed SHA-256 {:?}; refusing the cache",
+                manifest.display(),
+                package.name,
+                package.sha256
+            )));
+        }
+        let guest = dir.join(format!("{}.deb", package.sha256));
+        let digest = facts::sha256_hex(&ctx.system.host_path(&guest))
+            .map_err(|e| SourceFailure::Failed(format!("{e}; refusing the cache")))?;
+        if digest != package.sha256 {
+            return Err(SourceFailure::Failed(format!(
+                "cached {} ({} {}) hashes to {digest}, not its recorded SHA-256; refusing the cache",
+                guest.display(),
+                package.name,
+                package.version
+            )));
+        }
+        files.push((package, guest));
+    }
+    Ok(files)
+}
+
+/// `apt-get install` of exactly the cached files, with apt's package lists and sources hidden
+/// (an empty lists directory, no sources, no binary caches): apt orders the installation across
+/// dpkg runs as the first install did (pre-dependencies configured first, which one `dpkg -i` of
+/// the set cannot do), but knows no archive, so it can neither download anything nor prefer an
+/// archive's copy of a version it has as a file. A dependency the set lacks fails the resolution,
+/// before dpkg touches the root.
+fn offline_install(scratch: &Path, files: &[(HeaderPackage, PathBuf)]) -> CommandLine {
+    let no_lists = scratch.join("no-lists");
+    let options = [
+        format!("Dir::State::Lists={}", no_lists.display()),
+        "Dir::Etc::SourceList=/dev/null".to_owned(),
+        format!("Dir::Etc::SourceParts={}", no_lists.display()),
+        "Dir::Cache::pkgcache=".to_owned(),
+        "Dir::Cache::srcpkgcache=".to_owned(),
+    ];
+    let mut args = vec![
+        "install".to_owned(),
+        "-y".to_owned(),
+        "--no-install-recommends".to_owned(),
+    ];
+    for option in options {
+        args.push("-o".to_owned());
+        args.push(option);
+    }
+    args.extend(files.iter().map(|(_, guest)| guest.display().to_string()));
+    CommandLine::new("apt-get", args).env("DEBIAN_FRONTEND", "noninteractive")
+}
+
+impl HeaderSource for CachedDebsSource {
+    fn describe(&self) -> String {
+        format!("header package cache ({})", self.dir.display())
+    }
+
+    fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
+        let files = verified_files(ctx, &self.dir)?;
+        tracing::info!(
+            packages = files.len(),
+            "every cached header package matches its SHA-256: installing them with apt's archives hidden, without a download"
+        );
+        skip_initramfs(ctx);
+        let no_lists = ctx.downloads.host.join("no-lists/partial");
+        std::fs::create_dir_all(&no_lists)
+            .map_err(|e| SourceFailure::Failed(format!("creating {}: {e}", no_lists.display())))?;
+        let before = DpkgSnapshot::take(ctx.system);
+        run_step(ctx.system, &offline_install(&ctx.downloads.guest, &files))?;
+        let after = DpkgSnapshot::take(ctx.system);
+        let log = dpkg_log_since(ctx, before.log_len);
+        let changed = facts::changed_packages(&before.inventory, &after.inventory, &log);
+        let cached: BTreeMap<(&str, &str), &HeaderPackage> = files
+            .iter()
+            .map(|(package, _)| ((package.name.as_str(), package.version.as_str()), package))
+            .collect();
+        // The cache's own packages keep the facts of the file installed (its digest was just
+        // checked). apt knows no archive here, so nothing else should change; should something
+        // (a trigger installing a package, say), its facts come from apt's archive as usual.
+        let mut recorded: Vec<(usize, HeaderPackage)> = Vec::new();
+        let mut others: Vec<(usize, (String, String, String))> = Vec::new();
+        for (index, (name, arch, version)) in changed.into_iter().enumerate() {
+            match cached.get(&(name.as_str(), version.as_str())) {
+                Some(package) => recorded.push((index, (*package).clone())),
+                None => others.push((index, (name, arch, version))),
+            }
+        }
+        if !others.is_empty() {
+            let (indexes, packages): (Vec<usize>, Vec<_>) = others.into_iter().unzip();
+            let extra = facts::apt_package_facts(
+                ctx.system,
+                ctx.downloads,
+                ctx.identity.arch().debian_name(),
+                &packages,
+            )
+            .map_err(|error| {
+                SourceFailure::Failed(format!("recording the installed packages: {error}"))
+            })?;
+            // apt_package_facts leaves out what it cannot find; match by name to keep the order.
+            for (index, (name, _, version)) in indexes.into_iter().zip(packages) {
+                if let Some(fact) = extra
+                    .iter()
+                    .find(|f| f.name == name && f.version == version)
+                {
+                    recorded.push((index, fact.clone()));
+                }
+            }
+        }
+        recorded.sort_by_key(|(index, _)| *index);
+        Ok(recorded.into_iter().map(|(_, fact)| fact).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Http;
+    use crate::system::{DirectRunner, System};
+
+    #[derive(Debug)]
+    struct NoHttp;
+
+    impl Http for NoHttp {
+        fn download(&self, url: &str, _dest: &Path) -> Result<u64, crate::http::HttpError> {
+            panic!("no download expected: {url}")
+        }
+        fn get_text(&self, url: &str) -> Result<String, crate::http::HttpError> {
+            panic!("no request expected: {url}")
+        }
+        fn post_xml(&self, url: &str, _body: &str) -> Result<String, crate::http::HttpError> {
+            panic!("no request expected: {url}")
+        }
+    }
+
+    /// A root with a cache directory holding one package file and its manifest.
+    fn root_with_cache(content: &[u8]) -> (tempfile::TempDir, HeaderPackage) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("build/header-cache");
+        std::fs::create_dir_all(&cache).expect("mkdir");
+        let sha256 = integrity::sha256_bytes(content).to_hex();
+        std::fs::write(cache.join(format!("{sha256}.deb")), content).expect("write");
+        let package = HeaderPackage {
+            name: "linux-headers-6.1.0-57-amd64".to_owned(),
+            version: "6.1.192-3".to_owned(),
+            file_name: "linux-headers-6.1.0-57-amd64_6.1.192-3_amd64.deb".to_owned(),
+            uri: Some("http://deb.debian.org/debian/pool/main/l/linux/x.deb".to_owned()),
+            sha256,
+        };
+        std::fs::write(
+            cache.join(MANIFEST),
+            serde_json::to_vec(&[&package]).expect("json"),
+        )
+        .expect("write");
+        (dir, package)
+    }
+
+    fn check(root: &Path) -> Result<Vec<(HeaderPackage, PathBuf)>, SourceFailure> {
+        let system = System::new(root, Box::new(DirectRunner));
+        let identity = kernel_id::KernelIdentity::from_input(&kernel_id::IdentityInput {
+            kernel_version: "6.1.0-57-amd64".to_owned(),
+            architecture: "x86_64".to_owned(),
+            distribution: "debian".to_owned(),
+            distro_version: Some("12".to_owned()),
+            driver_version: "v0.1.2".to_owned(),
+        })
+        .expect("identity");
+        let downloads = system.scratch_dir("downloads").expect("scratch");
+        let ctx = HeaderContext {
+            identity: &identity,
+            system: &system,
+            http: &NoHttp,
+            downloads: &downloads,
+        };
+        verified_files(&ctx, Path::new("/build/header-cache"))
+    }
+
+    #[test]
+    fn cached_files_are_used_only_when_they_match_their_digest() {
+        let (root, package) = root_with_cache(b"a header package");
+        let files = check(root.path()).expect("verified");
+        assert_eq!(
+            files,
+            [(
+                package.clone(),
+                PathBuf::from(format!("/build/header-cache/{}.deb", package.sha256))
+            )]
+        );
+
+        let file = root
+            .path()
+            .join(format!("build/header-cache/{}.deb", package.sha256));
+        std::fs::write(&file, b"a header package, changed").expect("tamper");
+        let refused = check(root.path()).expect_err("tampered");
+        assert!(
+            matches!(&refused, SourceFailure::Failed(why) if why.contains("refusing the cache") && why.contains("hashes to")),
+            "{refused}"
+        );
+
+        std::fs::remove_file(&file).expect("remove");
+        assert!(matches!(
+            check(root.path()).expect_err("missing"),
+            SourceFailure::Failed(why) if why.contains("refusing the cache")
+        ));
+    }
+
+    #[test]
+    fn the_cached_files_are_installed_by_apt_with_no_archive_to_download_from() {
+        let (_root, package) = root_with_cache(b"x");
+        let guest = PathBuf::from(format!("/build/header-cache/{}.deb", package.sha256));
+        let command = offline_install(Path::new("/tmp/scratch"), &[(package, guest.clone())]);
+        assert_eq!(command.program, "apt-get");
+        let line = command.to_string();
+        for part in [
+            "install -y --no-install-recommends",
+            "-o Dir::State::Lists=/tmp/scratch/no-lists",
+            "-o Dir::Etc::SourceList=/dev/null",
+            "-o Dir::Etc::SourceParts=/tmp/scratch/no-lists",
+            "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=",
+        ] {
+            assert!(line.contains(part), "{part} missing from {line}");
+        }
+        assert_eq!(command.args.last(), Some(&guest.display().to_string()));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_manifest_is_never_trusted() {
+        let (root, mut package) = root_with_cache(b"x");
+        let manifest = root.path().join("build/header-cache").join(MANIFEST);
+        package.sha256 = "../../etc/passwd".to_owned();
+        std::fs::write(&manifest, serde_json::to_vec(&[&package]).expect("json")).expect("w");
+        assert!(matches!(
+            check(root.path()).expect_err("malformed"),
+            SourceFailure::Failed(why) if why.contains("malformed SHA-256")
+        ));
+        std::fs::write(&manifest, "not json").expect("w");
+        assert!(matches!(
+            check(root.path()).expect_err("not json"),
+            SourceFailure::Failed(_)
+        ));
+        std::fs::remove_file(&manifest).expect("remove");
+        assert!(matches!(
+            check(root.path()).expect_err("none"),
+            SourceFailure::Skipped(why) if why.contains("no cached header packages")
+        ));
+    }
+}
