@@ -20,7 +20,7 @@
 //! service's `GET /fleet`, prebuilds by `POST /build` with a token, for a scheduled workflow.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,12 +86,18 @@ pub struct WatchArgs {
     /// in the fleet inventory get the versions their nodes run.
     #[arg(long = "watch-driver-version")]
     pub watch_driver_version: Vec<String>,
-    /// Verify every apt InRelease with `gpgv` against this keyring
-    /// (`/usr/share/keyrings/debian-archive-keyring.gpg`; repeatable, a signature by a key of any
-    /// is good). Without it only the Packages digests are checked against InRelease (see
-    /// repo-watch's `apt` module on what that trusts).
+    /// Verify every apt InRelease with `gpgv` against this keyring (repeatable, a signature by a
+    /// key of any is good). Default: the archive keyrings of the configured distributions found
+    /// on this host (`/usr/share/keyrings/debian-archive-keyring.gpg`,
+    /// `ubuntu-archive-keyring.gpg`); an apt source without any keyring is refused at startup
+    /// unless --watch-allow-unsigned-indexes is given.
     #[arg(long = "watch-apt-keyring")]
     pub watch_apt_keyring: Vec<PathBuf>,
+    /// Do not check InRelease signatures unless --watch-apt-keyring is given: only the Packages
+    /// digests are checked against InRelease, so whoever answers for the mirror chooses which
+    /// kernels get prebuilt. For test mirrors.
+    #[arg(long = "watch-allow-unsigned-indexes")]
+    pub watch_allow_unsigned_indexes: bool,
     /// kernels.json: its kernels define families too, and prebuilt kernels are appended to it.
     #[arg(long, env = "BUILD_SERVICE_KERNELS_JSON")]
     pub kernels_json: Option<PathBuf>,
@@ -190,14 +196,73 @@ impl WatchArgs {
                 DriverVersion::parse(raw).with_context(|| format!("--watch-driver-version {raw}"))
             })
             .collect::<anyhow::Result<_>>()?;
+        let apt_keyrings = self.apt_keyrings(&sources, Path::new(SYSTEM_KEYRINGS))?;
         Ok(Some(WatchSettings {
             sources,
             interval: self.watch_interval.unwrap_or(DEFAULT_INTERVAL),
             state_path,
             kernels_json: self.kernels_json.clone(),
             driver_versions,
-            apt_keyrings: self.watch_apt_keyring.clone(),
+            apt_keyrings,
         }))
+    }
+
+    /// The keyrings InRelease files are checked with: the configured ones; none when unsigned
+    /// indexes are explicitly allowed; else the archive keyrings of the configured apt
+    /// distributions found in `system_keyrings`, and an apt source with none fails closed.
+    fn apt_keyrings(
+        &self,
+        sources: &Sources,
+        system_keyrings: &Path,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        if !self.watch_apt_keyring.is_empty() {
+            return Ok(self.watch_apt_keyring.clone());
+        }
+        if self.watch_allow_unsigned_indexes {
+            return Ok(Vec::new());
+        }
+        let wanted = [
+            (
+                sources.debian_mirror.is_some() || sources.debian_security_mirror.is_some(),
+                "debian-archive-keyring.gpg",
+            ),
+            (
+                sources.ubuntu_mirror.is_some() || sources.ubuntu_ports_mirror.is_some(),
+                "ubuntu-archive-keyring.gpg",
+            ),
+        ];
+        let any_apt = wanted.iter().any(|(configured, _)| *configured);
+        let found: Vec<PathBuf> = wanted
+            .iter()
+            .filter(|(configured, _)| *configured)
+            .map(|(_, file)| system_keyrings.join(file))
+            .filter(|path| path.is_file())
+            .collect();
+        anyhow::ensure!(
+            !any_apt || !found.is_empty(),
+            "an apt source is configured but no archive keyring is found in {} to check its              InRelease signatures: give --watch-apt-keyring (or, for a test mirror,              --watch-allow-unsigned-indexes)",
+            system_keyrings.display()
+        );
+        Ok(found)
+    }
+}
+
+/// Where Debian's `debian-archive-keyring` and `ubuntu-keyring` packages put the keyrings.
+const SYSTEM_KEYRINGS: &str = "/usr/share/keyrings";
+
+/// A repository watcher over `settings`' sources, checking InRelease signatures with its keyrings.
+fn watcher_for(fetcher: Arc<dyn repo_watch::IndexFetcher>, settings: &WatchSettings) -> Watcher {
+    let watcher = Watcher::new(
+        fetcher,
+        settings.sources.clone(),
+        settings.state_path.clone(),
+    );
+    if settings.apt_keyrings.is_empty() {
+        watcher
+    } else {
+        watcher.with_verifier(repo_watch::apt::InReleaseVerifier::new(
+            settings.apt_keyrings.clone(),
+        ))
     }
 }
 
@@ -485,16 +550,7 @@ impl ServiceWatcher {
     pub fn new(settings: WatchSettings, coordinator: Arc<Coordinator>) -> anyhow::Result<Self> {
         let fetcher = repo_watch::HttpFetcher::new(repo_watch::fetch::DEFAULT_REQUEST_TIMEOUT)
             .context("building the repository watcher's HTTP client")?;
-        let mut watcher = Watcher::new(
-            Arc::new(fetcher),
-            settings.sources.clone(),
-            settings.state_path.clone(),
-        );
-        if !settings.apt_keyrings.is_empty() {
-            watcher = watcher.with_verifier(repo_watch::apt::InReleaseVerifier::new(
-                settings.apt_keyrings.clone(),
-            ));
-        }
+        let watcher = watcher_for(Arc::new(fetcher), &settings);
         Ok(Self {
             watcher,
             settings,
@@ -819,16 +875,7 @@ pub mod cli {
             &settings.driver_versions,
         );
         let fetcher = repo_watch::HttpFetcher::new(repo_watch::fetch::DEFAULT_REQUEST_TIMEOUT)?;
-        let mut watcher = repo_watch::Watcher::new(
-            std::sync::Arc::new(fetcher),
-            settings.sources.clone(),
-            settings.state_path.clone(),
-        );
-        if !settings.apt_keyrings.is_empty() {
-            watcher = watcher.with_verifier(repo_watch::apt::InReleaseVerifier::new(
-                settings.apt_keyrings.clone(),
-            ));
-        }
+        let watcher = super::watcher_for(std::sync::Arc::new(fetcher), &settings);
         let prebuilder = HttpPrebuilder {
             client,
             base,
@@ -912,9 +959,11 @@ mod tests {
         let debian = WatchArgs {
             watch_debian_mirror: Some("http://deb.debian.org/debian".to_owned()),
             watch_driver_version: vec!["v0.1.2".to_owned()],
+            watch_apt_keyring: vec![PathBuf::from("/k/debian.gpg")],
             ..WatchArgs::default()
         };
         let settings = debian.to_settings(state).unwrap().unwrap();
+        assert_eq!(settings.apt_keyrings, [PathBuf::from("/k/debian.gpg")]);
         assert_eq!(settings.interval, DEFAULT_INTERVAL);
         assert_eq!(settings.driver_versions.len(), 1);
         let bad = WatchArgs {
@@ -924,6 +973,44 @@ mod tests {
         assert!(
             format!("{:#}", bad.to_settings(PathBuf::new()).unwrap_err())
                 .contains("--watch-driver-version 1.0")
+        );
+    }
+
+    #[test]
+    fn apt_sources_are_checked_with_the_distributions_keyrings_or_refused() {
+        let keyrings = tempfile::tempdir().unwrap();
+        let debian = WatchArgs {
+            watch_debian_mirror: Some("http://deb.debian.org/debian".to_owned()),
+            watch_ubuntu_mirror: Some("http://archive.ubuntu.com/ubuntu".to_owned()),
+            ..WatchArgs::default()
+        };
+        let sources = debian.sources();
+        let refused = debian.apt_keyrings(&sources, keyrings.path()).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("--watch-apt-keyring"),
+            "{refused:#}"
+        );
+        std::fs::write(keyrings.path().join("debian-archive-keyring.gpg"), b"k").unwrap();
+        assert_eq!(
+            debian.apt_keyrings(&sources, keyrings.path()).unwrap(),
+            [keyrings.path().join("debian-archive-keyring.gpg")]
+        );
+        let unsigned = WatchArgs {
+            watch_allow_unsigned_indexes: true,
+            ..debian.clone()
+        };
+        assert!(
+            unsigned
+                .apt_keyrings(&sources, keyrings.path())
+                .unwrap()
+                .is_empty()
+        );
+        let rpm_only = WatchArgs::default();
+        assert!(
+            rpm_only
+                .apt_keyrings(&rpm_only.sources(), keyrings.path())
+                .unwrap()
+                .is_empty()
         );
     }
 

@@ -127,6 +127,8 @@ async fn start(state: &Path, mirror: &Mirror, kernels_json: &Path) -> ServicePro
         .arg(format!("{}/debian", mirror.url()))
         .arg("--watch-debian-security-mirror")
         .arg(format!("{}/debian-security", mirror.url()))
+        // The loopback mirror's InRelease files are not signed.
+        .arg("--watch-allow-unsigned-indexes")
         .arg("--kernels-json")
         .arg(kernels_json)
         .env_remove("RUST_LOG")
@@ -337,6 +339,8 @@ async fn the_service_prebuilds_the_newest_kernel_of_the_family_its_nodes_run_onc
         .arg(format!("{}/debian", mirror.url()))
         .arg("--watch-debian-security-mirror")
         .arg(format!("{}/debian-security", mirror.url()))
+        // The loopback mirror's InRelease files are not signed.
+        .arg("--watch-allow-unsigned-indexes")
         .env_remove("RUST_LOG")
         .output()
         .unwrap();

@@ -32,9 +32,9 @@ fn watcher_args() -> Vec<OsString> {
         "--watch-interval".into(),
         "1h".into(),
     ];
-    if std::path::Path::new(DEBIAN_KEYRING).exists() {
-        args.extend(["--watch-apt-keyring".into(), DEBIAN_KEYRING.into()]);
-    }
+    // InRelease is checked by gpgv against Debian's archive keyring (required: the service
+    // refuses an apt source it cannot check).
+    args.extend(["--watch-apt-keyring".into(), DEBIAN_KEYRING.into()]);
     args
 }
 

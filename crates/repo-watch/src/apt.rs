@@ -14,7 +14,8 @@
 //!
 //! What is trusted: the Packages file is bound to InRelease by its SHA-256. InRelease itself is
 //! verified only when a keyring is configured ([`InReleaseVerifier`], the real `gpgv`; the service
-//! and CLI take `--watch-apt-keyring`). Without it, whoever can answer for the mirror (a
+//! and CLI take `--watch-apt-keyring`, default the host's archive keyrings, and refuse an apt
+//! source with none unless `--watch-allow-unsigned-indexes`, for test mirrors). Without it, whoever can answer for the mirror (a
 //! man-in-the-middle on plain HTTP) can make the watcher believe in kernels that do not exist. What
 //! that buys them is bounded: the watcher only asks for prebuilds of releases it found, through the
 //! same validated request path as any node; a made-up release's headers then fail to install from
