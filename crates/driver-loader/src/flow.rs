@@ -113,15 +113,21 @@ pub fn identify(config: &LoaderConfig) -> Result<Identification> {
 
 /// Fetches and verifies the identity's package (cache, download or build).
 pub fn fetch(config: &LoaderConfig, identity: &KernelIdentity) -> Result<VerifiedPackage> {
+    with_fetcher(config, |fetcher| {
+        fetcher.fetch(&config.driver, identity, &Deadline::after(config.deadline))
+    })
+}
+
+/// Runs `work` with the configuration's fetcher (its HTTP client, sources, trust and cache).
+pub(crate) fn with_fetcher<T>(config: &LoaderConfig, work: impl FnOnce(&Fetcher<'_>) -> T) -> T {
     let client = HttpClient::new(config.http.clone());
-    let fetcher = Fetcher {
+    work(&Fetcher {
         client: &client,
         source: &config.source,
         build_service: config.build_service.as_ref(),
         trust: &config.trust,
         cache_root: &config.cache_dir,
-    };
-    fetcher.fetch(&config.driver, identity, &Deadline::after(config.deadline))
+    })
 }
 
 /// A package's build provenance, verified on its own (the `provenance` command).

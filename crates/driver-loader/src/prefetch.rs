@@ -23,7 +23,7 @@ use crate::error::{LoaderError, Result};
 use crate::fetch::{Fetcher, VerifiedPackage};
 use crate::flow::{LoaderConfig, prepare_modules_for};
 use crate::host::{HostFacts, identity_for};
-use crate::http::{Deadline, HttpClient};
+use crate::http::Deadline;
 use crate::kernel::HostModuleIndex;
 use crate::pending::pending_kernels;
 
@@ -102,24 +102,18 @@ pub fn prefetch(config: &LoaderConfig, only: Option<&str>) -> Result<Vec<Prefetc
         );
         return Ok(Vec::new());
     }
-    let client = HttpClient::new(config.http.clone());
-    let fetcher = Fetcher {
-        client: &client,
-        source: &config.source,
-        build_service: config.build_service.as_ref(),
-        trust: &config.trust,
-        cache_root: &config.cache_dir,
-    };
     let deadline = Deadline::after(config.deadline);
-    Ok(targets
-        .iter()
-        .map(|identity| {
-            let release = identity.kernel_release().as_str().to_owned();
-            info!(kernel = release, identity = %identity.cache_key(), "prefetching");
-            let result = prefetch_one(config, &facts, &fetcher, identity, &deadline);
-            Prefetched { release, result }
-        })
-        .collect())
+    Ok(crate::flow::with_fetcher(config, |fetcher| {
+        targets
+            .iter()
+            .map(|identity| {
+                let release = identity.kernel_release().as_str().to_owned();
+                info!(kernel = release, identity = %identity.cache_key(), "prefetching");
+                let result = prefetch_one(config, &facts, fetcher, identity, &deadline);
+                Prefetched { release, result }
+            })
+            .collect()
+    }))
 }
 
 fn prefetch_one(
