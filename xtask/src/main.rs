@@ -7,11 +7,13 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod bench_build;
+mod bench_first_run;
 mod bench_loader;
 mod bench_matrix;
 mod bench_service;
 #[path = "fleet.rs"]
 mod fleet_command;
+mod preflight;
 mod retries;
 mod serve;
 
@@ -33,6 +35,7 @@ fn main() -> Result<()> {
             Some("build") => bench_build::run(),
             Some("loader") => bench_loader::run(),
             Some("matrix") => bench_matrix::run(),
+            Some("first-run") => bench_first_run::run(),
             Some("service") => bench_service::run(),
             _ => bail!("usage: cargo xtask bench <build|loader|matrix|service>"),
         },
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
                  bench build            per-phase build times for one real kernel\n  \
                  bench loader           extraction vs dpkg-deb, loader RSS, time to module loaded in a VM\n  \
                  bench matrix           matrix-gen on a generated 100,000-entry crawler feed\n  \
+                 bench first-run        fresh clone to the first driver served by `cargo xtask serve`, by part\n  \
                  bench service          hit-path throughput and latency, 10,000 identical misses, GitHub calls per 1,000 hits"
             );
             bail!("unknown or missing command");

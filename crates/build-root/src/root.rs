@@ -411,6 +411,13 @@ impl RootCache {
         let started = Instant::now();
         self.create(&spec, &tarball)?;
         let created_in = started.elapsed();
+        // Parsed by whoever times the first-root phase from the JSON log: keep the message and
+        // the `root` and `seconds` fields stable.
+        tracing::info!(
+            root = %key.slug(),
+            seconds = (created_in.as_secs_f64() * 10.0).round() / 10.0,
+            "made the base image"
+        );
         // The new tarball is newer than any digest file of an image it replaced, so this hashes it.
         let image = RootImage {
             uri: spec.image_uri(),
@@ -463,11 +470,21 @@ impl RootCache {
             ),
         )?;
 
+        // The first build of a root waits minutes for this with nothing else to show, so the
+        // service's log says what is happening and where mmdebstrap's own output goes.
+        tracing::info!(
+            root = %slug,
+            log = %log.display(),
+            "making the base image (first use of this root, or the old image expired): \
+             mmdebstrap takes a few minutes"
+        );
         let mut command = process::isolated("mmdebstrap");
         command
             .args(spec.mmdebstrap_args(&partial))
             .env("TMPDIR", &temp_dir);
-        let ended = process::run_bounded(&mut command, &log, self.creation_timeout);
+        let ended = progress::while_running(&slug, &log, || {
+            process::run_bounded(&mut command, &log, self.creation_timeout)
+        });
         let _ = std::fs::remove_dir_all(&temp_dir);
         let outcome = match ended? {
             Ended::Exited(status) if status.success() => std::fs::rename(&partial, tarball)
@@ -518,6 +535,136 @@ impl RootCache {
                 && entry.path() != image_digest_path(keep)
             {
                 let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Progress of a running mmdebstrap for the service's log: its `I:` step lines, read from the log
+/// file it writes, at most one every [`progress::STEP_GAP`], and the elapsed time when it has said
+/// nothing new for [`progress::HEARTBEAT`].
+mod progress {
+    use std::fs::File;
+    use std::io::{Read, Seek, SeekFrom};
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// Shortest time between two step lines; the steps in between are skipped (the log file has them).
+    pub(super) const STEP_GAP: Duration = Duration::from_secs(3);
+    /// Longest silence before a "still making the base image" line.
+    pub(super) const HEARTBEAT: Duration = Duration::from_secs(15);
+    /// How often the log file is looked at.
+    const POLL: Duration = Duration::from_secs(1);
+    /// Longest step text logged; mmdebstrap's lines can carry whole package lists.
+    const MAX_STEP: usize = 200;
+    /// Longest unfinished line kept while waiting for its end (apt's progress output has none).
+    const MAX_PARTIAL: usize = 64 * 1024;
+
+    /// What to log next.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(super) enum Report {
+        /// mmdebstrap started this step (its `I:` line, without the prefix).
+        Step(String),
+        /// Nothing new for a while; still running.
+        StillRunning,
+    }
+
+    /// Turns the log's bytes into reports. Pure: the clock is passed in, so it is unit-tested.
+    #[derive(Debug, Default)]
+    pub(super) struct Follower {
+        partial: Vec<u8>,
+        latest_step: Option<String>,
+        last_report: Duration,
+    }
+
+    impl Follower {
+        /// Takes the bytes appended to the log since the last call.
+        pub(super) fn feed(&mut self, bytes: &[u8]) {
+            self.partial.extend_from_slice(bytes);
+            while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.partial.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                // Terminal-style progress rewrites the line with `\r`; the last version counts.
+                let line = line.trim_end().rsplit('\r').next().unwrap_or_default();
+                if let Some(step) = line.strip_prefix("I: ") {
+                    let step = step.trim();
+                    if !step.is_empty() {
+                        self.latest_step = Some(step.chars().take(MAX_STEP).collect());
+                    }
+                }
+            }
+            if self.partial.len() > MAX_PARTIAL {
+                self.partial.clear();
+            }
+        }
+
+        /// What to log at `elapsed` since mmdebstrap started, if anything.
+        pub(super) fn tick(&mut self, elapsed: Duration) -> Option<Report> {
+            let quiet_for = elapsed.saturating_sub(self.last_report);
+            let report = match self.latest_step.take() {
+                Some(step) if quiet_for >= STEP_GAP || self.last_report.is_zero() => {
+                    Report::Step(step)
+                }
+                Some(step) => {
+                    self.latest_step = Some(step);
+                    return None;
+                }
+                None if quiet_for >= HEARTBEAT => Report::StillRunning,
+                None => return None,
+            };
+            self.last_report = elapsed;
+            Some(report)
+        }
+    }
+
+    /// Runs `work` (which runs mmdebstrap writing to `log`) while a thread follows `log` and logs
+    /// the progress; the thread ends as soon as `work` returns.
+    pub(super) fn while_running<T>(root: &str, log: &Path, work: impl FnOnce() -> T) -> T {
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || follow(root, log, &stopped));
+            let outcome = work();
+            drop(stop);
+            outcome
+        })
+    }
+
+    fn follow(root: &str, log: &Path, stopped: &mpsc::Receiver<()>) {
+        let started = Instant::now();
+        let mut follower = Follower::default();
+        let mut file: Option<File> = None;
+        let mut offset = 0u64;
+        let mut chunk = Vec::new();
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(POLL) {
+            if file.is_none() {
+                file = File::open(log).ok();
+            }
+            if let Some(open) = file.as_mut() {
+                chunk.clear();
+                // Progress is best effort: a read error only means fewer step lines.
+                let read = open
+                    .seek(SeekFrom::Start(offset))
+                    .and_then(|_| open.take(1 << 20).read_to_end(&mut chunk));
+                if let Ok(read) = read {
+                    offset += read as u64;
+                    follower.feed(&chunk);
+                }
+            }
+            let elapsed = started.elapsed();
+            match follower.tick(elapsed) {
+                Some(Report::Step(step)) => tracing::info!(
+                    root,
+                    elapsed_seconds = elapsed.as_secs(),
+                    step = %step,
+                    "making the base image"
+                ),
+                Some(Report::StillRunning) => tracing::info!(
+                    root,
+                    elapsed_seconds = elapsed.as_secs(),
+                    "still making the base image"
+                ),
+                None => {}
             }
         }
     }
@@ -662,6 +809,70 @@ mod tests {
             .filter(|n| n.contains("partial"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn progress_reports_mmdebstrap_steps_rate_limited_and_a_heartbeat_in_silence() {
+        use progress::{Follower, HEARTBEAT, Report, STEP_GAP};
+        let secs = Duration::from_secs;
+        let mut follower = Follower::default();
+        assert_eq!(follower.tick(secs(1)), None, "nothing said yet");
+
+        // The first step is reported at once; a line split across reads is joined; other lines
+        // (the crate's own, apt's, warnings) are not steps.
+        follower.feed(b"build-root: making the debian-12-x86_64 root\nI: chosen mode: r");
+        follower.feed(b"oot\nW: something\nGet:1 http://deb.debian.org bookworm InRelease\n");
+        assert_eq!(
+            follower.tick(secs(2)),
+            Some(Report::Step("chosen mode: root".to_owned()))
+        );
+
+        // Steps coming faster than STEP_GAP are coalesced into the latest one.
+        follower.feed(b"I: running apt-get update...\nI: downloading packages with apt...\n");
+        assert_eq!(follower.tick(secs(3)), None);
+        assert_eq!(
+            follower.tick(secs(2) + STEP_GAP),
+            Some(Report::Step("downloading packages with apt...".to_owned()))
+        );
+
+        // Silence gets one heartbeat per HEARTBEAT, not one per poll.
+        let after_step = secs(2) + STEP_GAP;
+        assert_eq!(follower.tick(after_step + HEARTBEAT - secs(1)), None);
+        assert_eq!(
+            follower.tick(after_step + HEARTBEAT),
+            Some(Report::StillRunning)
+        );
+        assert_eq!(follower.tick(after_step + HEARTBEAT + secs(1)), None);
+
+        // A line rewritten with carriage returns counts as its last version; long steps are cut.
+        let long = format!("I: 0%\rI: installing {}\n", "x".repeat(1000));
+        follower.feed(long.as_bytes());
+        match follower.tick(secs(100)) {
+            Some(Report::Step(step)) => {
+                assert!(step.starts_with("installing xxx"), "{step}");
+                assert_eq!(step.chars().count(), 200);
+            }
+            other => panic!("expected a step, got {other:?}"),
+        }
+
+        // Output without line ends (apt's progress meter) is dropped past a bound, not kept.
+        follower.feed(&vec![b'.'; 100 * 1024]);
+        follower.feed(b"\nI: done\n");
+        assert_eq!(
+            follower.tick(secs(200)),
+            Some(Report::Step("done".to_owned()))
+        );
+    }
+
+    #[test]
+    fn progress_following_ends_with_the_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("root.log");
+        std::fs::write(&log, "I: extracting archives...\n").expect("log");
+        let started = Instant::now();
+        let value = progress::while_running("debian-12-x86_64", &log, || 42);
+        assert_eq!(value, 42);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

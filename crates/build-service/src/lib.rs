@@ -306,6 +306,39 @@ fn router(
 
 /// Binds `address` with a deep accept queue: a fleet booting at once opens thousands of connections
 /// in the same instant, and the default backlog (1024) would reset the overflow.
+/// `build-service serve`: logging as the arguments say, the configuration checked, the listener
+/// bound, then [`run`] until SIGINT or SIGTERM. The binary calls it, and so does `cargo xtask serve`,
+/// which runs the service in its own process so that a fresh clone compiles the service's
+/// dependencies once rather than again in a second profile.
+pub async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    telemetry::init_tracing(args.log_format);
+    let listen = args.listen;
+    let config = args.into_config()?;
+    let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
+    run(config, listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM (a service that cannot listen for SIGTERM says so and waits for
+/// SIGINT alone).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
 pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -1,5 +1,5 @@
 //! `build-service serve`: parses the command line and environment, then hands over to
-//! [`build_service::run`] until SIGINT or SIGTERM. `hash-token` and `new-token` make principals-file
+//! [`build_service::serve`] until SIGINT or SIGTERM. `hash-token` and `new-token` make principals-file
 //! entries; `new-signing-key` and `resign` make and rotate the signing key.
 
 use anyhow::Context;
@@ -10,14 +10,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let Cli { command } = Cli::parse();
     match command {
-        Command::Serve(args) => {
-            build_service::telemetry::init_tracing(args.log_format);
-            let listen = args.listen;
-            let config = args.into_config()?;
-            let listener =
-                build_service::bind(listen).with_context(|| format!("binding {listen}"))?;
-            build_service::run(config, listener, shutdown_signal()).await
-        }
+        Command::Serve(args) => build_service::serve(*args).await,
         Command::Watch(args) => {
             build_service::telemetry::init_tracing(build_service::telemetry::LogFormat::Text);
             build_service::watcher::cli::run(*args).await
@@ -103,23 +96,4 @@ fn public_key_path(secret: &std::path::Path) -> std::path::PathBuf {
     let mut path = secret.as_os_str().to_owned();
     path.push(".pub");
     path.into()
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutting down");
 }
