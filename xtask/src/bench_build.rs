@@ -3,8 +3,9 @@
 //! For each suite (Debian 12 with a 6.1 kernel, Debian 13 with a 6.12 kernel) the sample driver
 //! is built the way the local backend builds it: the static `driver-builder` inside a fresh root
 //! of build-root's cached base image (made with mmdebstrap on first use, reported separately),
-//! resolving headers with apt, compiling with kbuild, writing the .deb and signing it with a
-//! throwaway minisign key. Three measurements per suite, all in the same run:
+//! resolving headers with apt (apt plans the packages, the builder fetches them in parallel and
+//! extracts them), compiling with kbuild, writing the .deb and signing it with a throwaway
+//! minisign key. Three measurements per suite, all in the same run:
 //!
 //! - **cold build**: the newest kernel of the suite's series in the root's package lists, made
 //!   unseen first by clearing every cached kernel package of the bench's executor (its apt

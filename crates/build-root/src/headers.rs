@@ -11,11 +11,11 @@
 //! (`--header-cache`) checks every file against its name and manifest digest before installing
 //! from it and records the same facts a download would have.
 //!
-//! Filled after a successful build whose header packages apt downloaded: each file the facts name
-//! is taken from the root's apt archive (`/var/cache/apt/archives`, where apt leaves a download
-//! only once it matched the archive index), and accepted only when the facts carry its archive URI
-//! (so the builder checked its digest against the index) and the copy hashes to the recorded
-//! SHA-256. The directory is written under a temporary name and renamed into place; an existing one
+//! Filled after a successful build whose header packages came from apt's archive: each file the
+//! facts name is taken from the root's apt archive (`/var/cache/apt/archives`, where apt, or the
+//! builder fetching apt's plan itself, leaves a download only once it matched the archive index's
+//! SHA-256), and accepted only when the facts carry its archive URI (so the builder checked its
+//! digest against the index) and the copy hashes to the recorded SHA-256. The directory is written under a temporary name and renamed into place; an existing one
 //! is replaced only when one of its files no longer matches its digest or the build downloaded a
 //! different set (the cached one no longer installed in a remade base image), and never trusted
 //! without that check.

@@ -2,7 +2,7 @@
 //! `<out>/build-facts.json`): every kernel header package installed for the build with the SHA-256
 //! of the package file as downloaded, and the compiler.
 //!
-//! Header packages are found the same way whatever installed them:
+//! Header packages are recorded by what installed them:
 //! - apt (Debian/Ubuntu): the packages whose installed version changed in dpkg's status file
 //!   between before and after the install, in dpkg's log order; each file is taken from apt's
 //!   archive cache (`/var/cache/apt/archives`, kept by `APT::Keep-Downloaded-Packages`). apt checks
@@ -11,6 +11,9 @@
 //!   version is fetched again with `apt-get download`, which checks it against the same index. The
 //!   index's own SHA-256 (`apt-get download --print-uris`) must agree with the file's, and gives the
 //!   URI.
+//! - apt's plan fetched by the builder itself (`headers::direct`, the apt source's usual path):
+//!   each planned file with the SHA-256 and URI `apt-get download --print-uris` gives for it from
+//!   the index, which the downloaded file must hash to before it is used.
 //! - dnf (RPM distributions): the same with `rpm -qa` before and after, files from dnf's package
 //!   cache (`keepcache=1`), else `dnf download`.
 //! - files the builder downloaded itself (explicit URLs, snapshot archives, Koji): those files, with
@@ -174,7 +177,7 @@ pub fn parse_print_uris(text: &str) -> Vec<AptUri> {
 }
 
 /// `name=version`, arch-qualified for foreign architectures, as `apt-get download` takes it.
-fn apt_spec(name: &str, arch: &str, version: &str, native_arch: &str) -> String {
+pub(crate) fn apt_spec(name: &str, arch: &str, version: &str, native_arch: &str) -> String {
     if arch == "all" || arch == native_arch {
         format!("{name}={version}")
     } else {
@@ -222,7 +225,7 @@ pub fn apt_package_facts(
         let file_name = apt_archive_file_name(name, version, arch);
         let known = uris.iter().find(|u| {
             u.file_name == file_name
-                || driver_package_name_version(&u.file_name)
+                || package_name_version(&u.file_name)
                     .is_some_and(|(n, v)| n == *name && v == *version)
         });
         let cached = system.host_path(&Path::new(APT_ARCHIVES).join(&file_name));
@@ -259,8 +262,7 @@ pub fn apt_package_facts(
             let (name, arch, version) = &packages[index];
             let file_name = apt_archive_file_name(name, version, arch);
             let known = uris.iter().find(|u| {
-                driver_package_name_version(&u.file_name)
-                    .is_some_and(|(n, v)| n == *name && v == *version)
+                package_name_version(&u.file_name).is_some_and(|(n, v)| n == *name && v == *version)
             });
             let candidates = [Some(file_name.clone()), known.map(|u| u.file_name.clone())];
             let found = candidates
@@ -286,7 +288,7 @@ pub fn apt_package_facts(
 }
 
 /// (name, version) of an apt file name `<name>_<quoted version>_<arch>.deb`.
-fn driver_package_name_version(file_name: &str) -> Option<(String, String)> {
+pub(crate) fn package_name_version(file_name: &str) -> Option<(String, String)> {
     let stem = file_name.strip_suffix(".deb")?;
     let mut parts = stem.split('_');
     let (name, version) = (parts.next()?, parts.next()?);
@@ -618,7 +620,7 @@ mod tests {
         assert_eq!(apt_spec("a", "all", "1", "amd64"), "a=1");
         assert_eq!(apt_spec("a", "i386", "1", "amd64"), "a:i386=1");
         assert_eq!(
-            driver_package_name_version("libbpf1_1%3a1.1.2-0+deb12u1_amd64.deb"),
+            package_name_version("libbpf1_1%3a1.1.2-0+deb12u1_amd64.deb"),
             Some(("libbpf1".into(), "1:1.1.2-0+deb12u1".into()))
         );
     }

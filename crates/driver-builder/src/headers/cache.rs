@@ -5,24 +5,20 @@
 //!
 //! Every file is hashed and must match its name and the manifest before anything is installed; one
 //! mismatch refuses the whole cache, and the chain goes on to apt (the executor then replaces the
-//! cache from that download). The files are installed by apt with its package lists hidden
-//! ([`offline_install`]): apt orders them as it did for the first install (Debian 13's header set has
-//! pre-dependencies, which a single `dpkg -i` cannot honour) and cannot reach a mirror. Should the
-//! root miss a dependency after all (a rebuilt base image), the resolution fails before anything is
-//! installed and the chain downloads instead. The facts recorded are the same as a download's: each
-//! package's name, version, the file name and archive URI apt gave it, and the SHA-256 of the very
-//! file installed (checked just before).
+//! cache from that download). The checked files are extracted into the root as a download's are
+//! ([`super::direct::extract`]: no dpkg database, no maintainer scripts, no apt, so nothing can
+//! reach a mirror), skipping a kernel image an older cache may hold. The facts recorded are the
+//! same as a download's: each package's name, version, the file name and archive URI apt gave it,
+//! and the SHA-256 of the very file installed (checked just before).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use integrity::HeaderPackage;
 
-use crate::facts::{self, DpkgSnapshot};
-use crate::system::CommandLine;
+use crate::facts;
 
-use super::debian::{dpkg_log_since, skip_initramfs};
-use super::{HeaderContext, HeaderSource, SourceFailure, run_step};
+use super::direct::{extract, is_kernel_image};
+use super::{HeaderContext, HeaderSource, SourceFailure};
 
 /// The manifest in a cache directory.
 pub const MANIFEST: &str = "packages.json";
@@ -93,92 +89,25 @@ fn verified_files(
     Ok(files)
 }
 
-/// `apt-get install` of exactly the cached files, with apt's package lists and sources hidden
-/// (an empty lists directory, no sources, no binary caches): apt orders the installation across
-/// dpkg runs as the first install did (pre-dependencies configured first, which one `dpkg -i` of
-/// the set cannot do), but knows no archive, so it can neither download anything nor prefer an
-/// archive's copy of a version it has as a file. A dependency the set lacks fails the resolution,
-/// before dpkg touches the root.
-fn offline_install(scratch: &Path, files: &[(HeaderPackage, PathBuf)]) -> CommandLine {
-    let no_lists = scratch.join("no-lists");
-    let options = [
-        format!("Dir::State::Lists={}", no_lists.display()),
-        "Dir::Etc::SourceList=/dev/null".to_owned(),
-        format!("Dir::Etc::SourceParts={}", no_lists.display()),
-        "Dir::Cache::pkgcache=".to_owned(),
-        "Dir::Cache::srcpkgcache=".to_owned(),
-    ];
-    let mut args = vec![
-        "install".to_owned(),
-        "-y".to_owned(),
-        "--no-install-recommends".to_owned(),
-    ];
-    for option in options {
-        args.push("-o".to_owned());
-        args.push(option);
-    }
-    args.extend(files.iter().map(|(_, guest)| guest.display().to_string()));
-    CommandLine::new("apt-get", args).env("DEBIAN_FRONTEND", "noninteractive")
-}
-
 impl HeaderSource for CachedDebsSource {
     fn describe(&self) -> String {
         format!("header package cache ({})", self.dir.display())
     }
 
     fn install(&self, ctx: &HeaderContext<'_>) -> Result<Vec<HeaderPackage>, SourceFailure> {
-        let files = verified_files(ctx, &self.dir)?;
+        let release = ctx.identity.kernel_release().as_str();
+        // A cache filled before kernel images were planned away may hold the image: skipped, as
+        // a download now skips it.
+        let files: Vec<(HeaderPackage, PathBuf)> = verified_files(ctx, &self.dir)?
+            .into_iter()
+            .filter(|(package, _)| !is_kernel_image(&package.name, release))
+            .collect();
         tracing::info!(
             packages = files.len(),
-            "every cached header package matches its SHA-256: installing them with apt's archives hidden, without a download"
+            "every cached header package matches its SHA-256: extracting them, without a download"
         );
-        skip_initramfs(ctx);
-        let no_lists = ctx.downloads.host.join("no-lists/partial");
-        std::fs::create_dir_all(&no_lists)
-            .map_err(|e| SourceFailure::Failed(format!("creating {}: {e}", no_lists.display())))?;
-        let before = DpkgSnapshot::take(ctx.system);
-        run_step(ctx.system, &offline_install(&ctx.downloads.guest, &files))?;
-        let after = DpkgSnapshot::take(ctx.system);
-        let log = dpkg_log_since(ctx, before.log_len);
-        let changed = facts::changed_packages(&before.inventory, &after.inventory, &log);
-        let cached: BTreeMap<(&str, &str), &HeaderPackage> = files
-            .iter()
-            .map(|(package, _)| ((package.name.as_str(), package.version.as_str()), package))
-            .collect();
-        // The cache's own packages keep the facts of the file installed (its digest was just
-        // checked). apt knows no archive here, so nothing else should change; should something
-        // (a trigger installing a package, say), its facts come from apt's archive as usual.
-        let mut recorded: Vec<(usize, HeaderPackage)> = Vec::new();
-        let mut others: Vec<(usize, (String, String, String))> = Vec::new();
-        for (index, (name, arch, version)) in changed.into_iter().enumerate() {
-            match cached.get(&(name.as_str(), version.as_str())) {
-                Some(package) => recorded.push((index, (*package).clone())),
-                None => others.push((index, (name, arch, version))),
-            }
-        }
-        if !others.is_empty() {
-            let (indexes, packages): (Vec<usize>, Vec<_>) = others.into_iter().unzip();
-            let extra = facts::apt_package_facts(
-                ctx.system,
-                ctx.downloads,
-                ctx.identity.arch().debian_name(),
-                &packages,
-            )
-            .map_err(|error| {
-                SourceFailure::Failed(format!("recording the installed packages: {error}"))
-            })?;
-            // apt_package_facts leaves out what it cannot find; match by name to keep the order.
-            for (index, (name, _, version)) in indexes.into_iter().zip(packages) {
-                if let Some(fact) = extra
-                    .iter()
-                    .find(|f| f.name == name && f.version == version)
-                {
-                    recorded.push((index, fact.clone()));
-                }
-            }
-        }
-        recorded.sort_by_key(|(index, _)| *index);
-        Ok(recorded.into_iter().map(|(_, fact)| fact).collect())
+        extract(ctx, &files)?;
+        Ok(files.into_iter().map(|(package, _)| package).collect())
     }
 }
 
@@ -272,25 +201,6 @@ mod tests {
             check(root.path()).expect_err("missing"),
             SourceFailure::Failed(why) if why.contains("refusing the cache")
         ));
-    }
-
-    #[test]
-    fn the_cached_files_are_installed_by_apt_with_no_archive_to_download_from() {
-        let (_root, package) = root_with_cache(b"x");
-        let guest = PathBuf::from(format!("/build/header-cache/{}.deb", package.sha256));
-        let command = offline_install(Path::new("/tmp/scratch"), &[(package, guest.clone())]);
-        assert_eq!(command.program, "apt-get");
-        let line = command.to_string();
-        for part in [
-            "install -y --no-install-recommends",
-            "-o Dir::State::Lists=/tmp/scratch/no-lists",
-            "-o Dir::Etc::SourceList=/dev/null",
-            "-o Dir::Etc::SourceParts=/tmp/scratch/no-lists",
-            "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=",
-        ] {
-            assert!(line.contains(part), "{part} missing from {line}");
-        }
-        assert_eq!(command.args.last(), Some(&guest.display().to_string()));
     }
 
     #[test]

@@ -25,7 +25,9 @@ use super::{
 };
 
 /// `apt-get install linux-headers-<release>`, refreshing the package lists first if the root has
-/// none, and once more if apt cannot find the package in stale lists.
+/// none, and once more if apt cannot find the package in stale lists. apt's plan is first
+/// fetched and extracted by the builder itself ([`super::direct`]); `apt-get install` proper runs
+/// only when that does not work.
 #[derive(Debug, Clone)]
 pub struct AptSource {
     package: String,
@@ -131,6 +133,13 @@ impl HeaderSource for AptSource {
             tracing::info!("apt has no package lists yet: running apt-get update");
             run_step(ctx.system, &update)?;
             updated = true;
+        }
+        match super::direct::install(ctx, &self.package) {
+            Ok(installed) => return Ok(installed),
+            Err(failure) => tracing::info!(
+                reason = %failure.reason(),
+                "fetching and extracting apt's plan did not work: installing with apt-get install"
+            ),
         }
         skip_initramfs(ctx);
         let install = apt_get_install(&self.package);

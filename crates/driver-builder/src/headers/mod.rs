@@ -18,6 +18,7 @@
 
 mod cache;
 mod debian;
+mod direct;
 mod koji;
 mod rpm;
 
