@@ -142,32 +142,46 @@ pub fn run_cancellable(
         .spawn()
         .map_err(BuildRootError::io(format!("starting {description}")))?;
     let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(10);
+    let pid = child.id();
+    // The exit is noticed the moment it happens (a thread blocked in wait), not at the next poll:
+    // a build runs several commands, and polling cost up to a poll interval after each one.
+    let (exited, exit) = std::sync::mpsc::channel();
+    let reaper = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = exited.send(());
+        status
+    });
+    let reap = |reaper: std::thread::JoinHandle<std::io::Result<ExitStatus>>| {
+        reaper
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reaper thread panicked")))
+            .map_err(BuildRootError::io(format!("waiting for {description}")))
+    };
     let ended = loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(BuildRootError::io(format!("waiting for {description}")))?
-        {
-            return Ok(Ended::Exited(status));
-        }
-        if cancel.is_cancelled() {
-            break Ended::Cancelled;
-        }
         let now = Instant::now();
         if now >= deadline {
             break Ended::TimedOut;
         }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(CANCEL_LATENCY);
+        match exit.recv_timeout(CANCEL_LATENCY.min(deadline - now)) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Ok(Ended::Exited(reap(reaper)?));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if cancel.is_cancelled() {
+            break Ended::Cancelled;
+        }
     };
-    let group = i32::try_from(child.id()).map(Pid::from_raw);
-    if group.is_err() || group.is_ok_and(|group| killpg(group, Signal::SIGKILL).is_err()) {
-        // The group is gone or unknown; killing the leader still triggers --kill-child.
-        let _ = child.kill();
+    let raw = i32::try_from(pid).map(Pid::from_raw);
+    if raw.is_err() || raw.is_ok_and(|group| killpg(group, Signal::SIGKILL).is_err()) {
+        // The group is gone or unknown; killing the leader still triggers --kill-child. The
+        // reaper has not collected it (we are here because it had not exited), so the pid is
+        // still this child's.
+        if let Ok(leader) = raw {
+            let _ = nix::sys::signal::kill(leader, Signal::SIGKILL);
+        }
     }
-    child
-        .wait()
-        .map_err(BuildRootError::io(format!("reaping {description}")))?;
+    reap(reaper)?;
     Ok(ended)
 }
 
