@@ -127,6 +127,46 @@ impl Default for HttpSettings {
     }
 }
 
+/// ureq's resolver, except that a URL naming an IP address is answered without a lookup. With a
+/// request timeout set, ureq resolves every request on a thread of its own so the lookup can be
+/// abandoned; for an address literal there is nothing to wait for, and on a node's first boot (or
+/// under emulation) each such thread costs more than the request.
+#[derive(Debug, Default)]
+struct LiteralFirstResolver(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LiteralFirstResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        if let Some(address) = literal_address(uri) {
+            let mut found = self.empty();
+            found.push(address);
+            return Ok(found);
+        }
+        self.0.resolve(uri, config, timeout)
+    }
+}
+
+/// The socket address of an `http`/`https` URI whose host is an IPv4 or (bracketed) IPv6 literal.
+fn literal_address(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+    let port = match (uri.port_u16(), uri.scheme_str()) {
+        (Some(port), Some("http" | "https")) => port,
+        (None, Some("http")) => 80,
+        (None, Some("https")) => 443,
+        _ => return None,
+    };
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 /// The outcome of a GET that may legitimately find nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fetched<T> {
@@ -159,7 +199,11 @@ impl HttpClient {
             .max_redirects(10)
             .build();
         HttpClient {
-            agent: ureq::Agent::new_with_config(config),
+            agent: ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::default(),
+                LiteralFirstResolver::default(),
+            ),
             settings,
         }
     }
@@ -513,6 +557,26 @@ fn retry_after(response: &ureq::http::Response<ureq::Body>) -> Option<Duration> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_address_literals_skip_the_lookup() {
+        let address = |url: &str| literal_address(&url.parse().expect("uri"));
+        assert_eq!(
+            address("http://10.0.2.2:8000/a/b.deb"),
+            Some("10.0.2.2:8000".parse().expect("addr"))
+        );
+        assert_eq!(
+            address("https://[::1]/x"),
+            Some("[::1]:443".parse().expect("addr"))
+        );
+        assert_eq!(
+            address("http://127.0.0.1/x"),
+            Some("127.0.0.1:80".parse().expect("addr"))
+        );
+        assert_eq!(address("https://example.com/x"), None);
+        assert_eq!(address("http://10.0.2.2.example.com/x"), None);
+        assert_eq!(address("socks5://127.0.0.1:1080"), None);
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered_within_bounds() {

@@ -646,6 +646,13 @@ fn extract(package: &Path, to: &Path, ko_only: bool) -> Result<()> {
         report.entries,
         report.format.extension()
     );
+    if report.spool_peak_bytes > 0 {
+        // Page cache on the target's filesystem, not this process's memory: said so it is not missed.
+        eprintln!(
+            "decoded in parallel; blocks ahead of the tar reader peaked at {:.1} MiB in spool files",
+            report.spool_peak_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
     Ok(())
 }
 

@@ -3,20 +3,27 @@
 //! hands each tar entry to a [`Sink`] without buffering members. Truncation anywhere (ar member, the
 //! compressed stream, a tar entry, a missing end-of-archive block) is an error.
 //!
-//! Decompression runs on its own thread, a few fixed-size chunks ahead of the tar reader, so decoding
-//! (the bulk of the CPU time for an xz kernel package) overlaps with the file writes on the calling
-//! thread, the way `dpkg-deb -x` pipes its decompressor into tar. Memory stays bounded by the chunks
-//! in flight; nothing is buffered beyond them.
+//! Decompression of a data member over 1 MiB runs on its own thread, a few fixed-size chunks ahead of
+//! the tar reader, so decoding (the bulk of the CPU time for an xz kernel package) overlaps with the
+//! file writes on the calling thread, the way `dpkg-deb -x` pipes its decompressor into tar. Memory
+//! stays bounded by the chunks in flight; nothing is buffered beyond them. A smaller member (a
+//! driver's) is decoded on the calling thread: the thread would cost more than it saves.
+//!
+//! A multi-block xz `data.tar` in a package file (a distribution kernel's) is instead decoded by two
+//! threads at once, block by block, with the blocks ahead of the tar reader spooled to unlinked files
+//! on the target's filesystem (`xz_blocks`); the tar reader sees the same stream either way.
 
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 
 use crate::compression::Compression;
 use crate::error::ReadError;
 use crate::extract::{RawEntry, RawKind, Sink};
 use crate::io_util::{Counter, CountingReader, ExactReader, read_head};
+use crate::xz_blocks;
 
 /// Bytes after the tar end-of-archive block we read through (tar pads to its record size, 10 KiB by
 /// default); more than this is not padding.
@@ -25,9 +32,33 @@ const MAX_TRAILING_TAR_BYTES: u64 = 1 << 20;
 /// The tar block size.
 const BLOCK: u64 = 512;
 
-/// Reads the `data.tar*` member of a .deb and feeds its entries to `sink`.
-pub(crate) fn read_deb(input: impl Read + Send, sink: &mut dyn Sink) -> Result<(), ReadError> {
-    let mut archive = ar::Archive::new(input);
+/// xz decoding threads at most: each holds a dictionary (8 MiB at `xz -6`), and two already keep the
+/// tar reader busy on a package's many small files.
+const MAX_XZ_WORKERS: usize = 2;
+
+/// The package file behind a .deb reader, which lets a multi-block xz `data.tar` be decoded in
+/// parallel (see `xz_blocks`).
+#[derive(Debug)]
+pub(crate) struct Seekable<'a> {
+    pub file: &'a File,
+    /// Where look-ahead blocks are spooled: the extraction target's filesystem.
+    pub spool_dir: &'a Path,
+    /// Package bytes consumed, for the expansion-ratio check.
+    pub compressed: Counter,
+    /// Set to the spool's peak size in bytes when the parallel decoder ran.
+    pub spool_peak: Counter,
+}
+
+/// Reads the `data.tar*` member of a .deb and feeds its entries to `sink`. `input` reads the package
+/// from its first byte; with `seekable`, the same package as a file.
+pub(crate) fn read_deb(
+    input: impl Read + Send,
+    seekable: Option<Seekable<'_>>,
+    sink: &mut dyn Sink,
+) -> Result<(), ReadError> {
+    // Bytes the ar reader consumed: at a member, the offset of its data in the file.
+    let position = Counter::default();
+    let mut archive = ar::Archive::new(CountingReader::new(input, position.clone()));
     let mut first = true;
     while let Some(member) = archive.next_entry() {
         let member = member.map_err(|err| ar_error("ar member header", err))?;
@@ -70,7 +101,15 @@ pub(crate) fn read_deb(input: impl Read + Send, sink: &mut dyn Sink) -> Result<(
                 });
             }
         };
-        return read_data_tar(&name, declared, &mut member, sink);
+        if declared == Compression::Xz
+            && let Some(seekable) = &seekable
+            && let Some(plan) = parallel_plan(seekable, position.get(), len)
+        {
+            let (result, peak) = xz_blocks::decode(plan, |decoded| read_tar(&name, decoded, sink));
+            seekable.spool_peak.add(peak);
+            return result;
+        }
+        return read_data_tar(&name, declared, len, &mut member, sink);
     }
     if first {
         return Err(ReadError::Truncated {
@@ -78,6 +117,31 @@ pub(crate) fn read_deb(input: impl Read + Send, sink: &mut dyn Sink) -> Result<(
         });
     }
     Err(ReadError::malformed("no data.tar member"))
+}
+
+/// The parallel decoding of an xz `data.tar` at `start` (`len` bytes) in the package, when it has
+/// several blocks, two or more threads can run, and a spool file can be made; else `None` (streaming).
+fn parallel_plan<'a>(seekable: &Seekable<'a>, start: u64, len: u64) -> Option<xz_blocks::Plan<'a>> {
+    // The index first: a small single-block package (a driver's) is settled by three short reads,
+    // before the cgroup files that bound the parallelism are read.
+    let layout = xz_blocks::Layout::read(seekable.file, start, len)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_XZ_WORKERS);
+    if workers < 2 {
+        return None;
+    }
+    // A directory we cannot make spool files in is found out here, not as a decoding error later.
+    tempfile::tempfile_in(seekable.spool_dir).ok()?;
+    Some(xz_blocks::Plan {
+        file: seekable.file,
+        start,
+        layout,
+        spool_dir: seekable.spool_dir,
+        workers,
+        ahead: workers + 1,
+        compressed: seekable.compressed.clone(),
+    })
 }
 
 fn ar_error(what: &str, err: io::Error) -> ReadError {
@@ -93,6 +157,7 @@ fn ar_error(what: &str, err: io::Error) -> ReadError {
 fn read_data_tar<R: Read + Send>(
     name: &str,
     declared: Compression,
+    len: u64,
     member: &mut ExactReader<R>,
     sink: &mut dyn Sink,
 ) -> Result<(), ReadError> {
@@ -113,6 +178,16 @@ fn read_data_tar<R: Read + Send>(
             declared: declared.to_string(),
             detected: detected.to_string(),
         });
+    }
+    if len <= INLINE_DECODE_BYTES {
+        // A driver's package: decoding it takes less than starting a thread would.
+        let stream = io::Cursor::new(head).chain(&mut *member);
+        let decoder = detected
+            .decoder(stream)
+            .map_err(|err| ReadError::corrupt(name, err))?;
+        read_tar(name, decoder, sink)?;
+        io::copy(member, &mut io::sink()).map_err(|err| ReadError::corrupt(name, err))?;
+        return Ok(());
     }
     std::thread::scope(|scope| -> Result<(), ReadError> {
         let stream = io::Cursor::new(head).chain(&mut *member);
@@ -150,7 +225,7 @@ fn read_data_tar<R: Read + Send>(
 }
 
 /// Walks the decoded tar stream, handing entries to `sink`, and reads it through to its end.
-fn read_tar(name: &str, decoded: ChunkReader, sink: &mut dyn Sink) -> Result<(), ReadError> {
+fn read_tar(name: &str, decoded: impl Read, sink: &mut dyn Sink) -> Result<(), ReadError> {
     {
         let position = Counter::default();
         let mut tar = tar::Archive::new(CountingReader::new(decoded, position.clone()));
@@ -188,6 +263,9 @@ fn read_tar(name: &str, decoded: ChunkReader, sink: &mut dyn Sink) -> Result<(),
     }
     Ok(())
 }
+
+/// Compressed data members up to this size are decoded on the calling thread.
+const INLINE_DECODE_BYTES: u64 = 1 << 20;
 
 /// Decoded bytes per chunk: large enough that the channel hand-off is noise next to the decoding.
 const CHUNK: usize = 256 * 1024;

@@ -109,6 +109,9 @@ pub struct ExtractReport {
     pub files: Vec<PathBuf>,
     /// Bytes of regular-file data written.
     pub bytes: u64,
+    /// Peak bytes of decoded data held in spool files (page cache on the target's filesystem, not
+    /// process memory) while a multi-block xz data.tar was decoded in parallel; 0 when it was not.
+    pub spool_peak_bytes: u64,
 }
 
 /// An entry as a format reader found it, before any check.

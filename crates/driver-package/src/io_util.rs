@@ -18,9 +18,9 @@ impl Counter {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: u64) {
         // fetch_add wraps instead of panicking; a u64 of bytes read never gets there.
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -40,7 +40,7 @@ impl<R> CountingReader<R> {
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.counter.add(n);
+        self.counter.add(n as u64);
         Ok(n)
     }
 }

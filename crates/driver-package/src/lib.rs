@@ -17,6 +17,7 @@ mod read;
 mod rpm_read;
 mod spec;
 mod write;
+mod xz_blocks;
 
 pub use compression::{
     Compression, decompress_module, decompress_module_file, is_kernel_module_name,

@@ -36,21 +36,34 @@ pub fn detect_format(path: &Path) -> Result<PackageFormat, ReadError> {
     }
 }
 
-/// Feeds every entry of the package to `sink`; `compressed` counts package bytes read.
+/// Feeds every entry of the package to `sink`; `compressed` counts package bytes read. With
+/// `spool_dir`, a .deb's multi-block xz data.tar may be decoded in parallel with look-ahead blocks
+/// spooled there; returns the spool's peak size in bytes (0 when nothing was spooled).
 fn walk(
     path: &Path,
     format: PackageFormat,
     compressed: Counter,
+    spool_dir: Option<&Path>,
     sink: &mut dyn Sink,
-) -> Result<(), ReadError> {
+) -> Result<u64, ReadError> {
     match format {
         PackageFormat::Deb => {
             let file = File::open(path).map_err(|source| ReadError::io(path, source))?;
-            let input =
-                BufReader::with_capacity(READ_BUFFER, CountingReader::new(file, compressed));
-            crate::deb_read::read_deb(input, sink)
+            let input = BufReader::with_capacity(
+                READ_BUFFER,
+                CountingReader::new(&file, compressed.clone()),
+            );
+            let spool_peak = Counter::default();
+            let seekable = spool_dir.map(|spool_dir| crate::deb_read::Seekable {
+                file: &file,
+                spool_dir,
+                compressed,
+                spool_peak: spool_peak.clone(),
+            });
+            crate::deb_read::read_deb(input, seekable, sink)?;
+            Ok(spool_peak.get())
         }
-        PackageFormat::Rpm => crate::rpm_read::read_rpm(path, compressed, sink),
+        PackageFormat::Rpm => crate::rpm_read::read_rpm(path, compressed, sink).map(|()| 0),
     }
 }
 
@@ -67,7 +80,7 @@ pub fn list(path: &Path, limits: &Limits) -> Result<Vec<EntryInfo>, ReadError> {
         ),
         entries: Vec::new(),
     };
-    walk(path, format, compressed, &mut lister)?;
+    walk(path, format, compressed, None, &mut lister)?;
     lister.finish()
 }
 
@@ -110,7 +123,7 @@ pub fn extract(
         compressed.clone(),
     );
     let mut extractor = Extractor::new(policy, options.selection, staging.path().to_path_buf());
-    walk(package, format, compressed, &mut extractor)?;
+    let spool_peak_bytes = walk(package, format, compressed, Some(&parent), &mut extractor)?;
     let (entries, files, bytes) = extractor.finish()?;
 
     fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))
@@ -130,5 +143,6 @@ pub fn extract(
         entries,
         files,
         bytes,
+        spool_peak_bytes,
     })
 }

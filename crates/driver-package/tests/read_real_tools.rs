@@ -171,3 +171,130 @@ fn dpkg_deb_builds_extract_like_dpkg_deb_x() {
         assert_eq!(listed.len() + 1, contents.lines().count(), "{compression}");
     }
 }
+
+/// A .deb rebuilt with `ar` from dpkg-deb's members, its data.tar recompressed by `xz` with `xz_args`.
+fn deb_with_xz(
+    work: &Path,
+    name: &str,
+    tar: &Path,
+    control: &Path,
+    xz_args: &str,
+) -> std::path::PathBuf {
+    let dir = work.join(name);
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::write(dir.join("debian-binary"), "2.0\n").expect("debian-binary");
+    fs::copy(control, dir.join("control.tar.xz")).expect("control");
+    sh(&format!(
+        "xz {xz_args} -c '{}' > '{}'",
+        tar.display(),
+        dir.join("data.tar.xz").display()
+    ));
+    let deb = work.join(format!("{name}.deb"));
+    run(Command::new("ar")
+        .arg("qc")
+        .arg(&deb)
+        .arg("debian-binary")
+        .arg("control.tar.xz")
+        .arg("data.tar.xz")
+        .current_dir(&dir));
+    deb
+}
+
+#[test]
+fn multi_block_xz_extracts_like_single_block_and_dpkg_deb_x() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tree = work.path().join("tree");
+    populate(&tree);
+    fs::create_dir_all(tree.join("DEBIAN")).expect("mkdir");
+    fs::write(
+        tree.join("DEBIAN/control"),
+        "Package: reader-test\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <test@example.com>\n\
+         Description: reader test package\n",
+    )
+    .expect("control");
+    let plain = work.path().join("plain.deb");
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zxz", "--build"])
+        .arg(&tree)
+        .arg(&plain));
+    let members = work.path().join("members");
+    fs::create_dir_all(&members).expect("mkdir");
+    run(Command::new("ar")
+        .arg("x")
+        .arg(&plain)
+        .current_dir(&members));
+    let tar = members.join("data.tar");
+    sh(&format!(
+        "xz -dc '{}' > '{}'",
+        members.join("data.tar.xz").display(),
+        tar.display()
+    ));
+    let control = members.join("control.tar.xz");
+    let single = deb_with_xz(work.path(), "single", &tar, &control, "-T1");
+    let multi = deb_with_xz(
+        work.path(),
+        "multi",
+        &tar,
+        &control,
+        "-T2 --block-size=64KiB",
+    );
+    assert!(
+        run(Command::new("xz")
+            .args(["--robot", "--list"])
+            .arg(work.path().join("multi/data.tar.xz")))
+        .lines()
+        .any(|l| l.starts_with("file\t1\t") && !l.starts_with("file\t1\t1\t")),
+        "the test needs a multi-block stream"
+    );
+
+    let theirs = work.path().join("theirs");
+    run(Command::new("dpkg-deb").arg("-x").arg(&multi).arg(&theirs));
+    let streamed = work.path().join("streamed");
+    driver_package::extract(&single, &streamed, &ExtractOptions::default()).expect("single block");
+    let parallel = work.path().join("parallel");
+    let report = driver_package::extract(&multi, &parallel, &ExtractOptions::default())
+        .expect("multi block");
+    common::assert_same_tree(&theirs, &parallel);
+    common::assert_same_tree(&streamed, &parallel);
+    if std::thread::available_parallelism().map_or(1, usize::from) >= 2 {
+        assert!(report.spool_peak_bytes > 0, "decoded in parallel");
+        // At most three 64 KiB blocks ahead of the tar reader.
+        assert!(
+            report.spool_peak_bytes <= 3 * 64 * 1024,
+            "{}",
+            report.spool_peak_bytes
+        );
+    }
+
+    // Damage in a later block: the same refusal as the streaming decoder (`list` streams), and
+    // nothing in the target or beside it.
+    let bytes = fs::read(&multi).expect("read");
+    let data_at = bytes.len()
+        - fs::metadata(work.path().join("multi/data.tar.xz"))
+            .expect("stat")
+            .len() as usize;
+    let mut bad = bytes.clone();
+    let at = data_at + (bytes.len() - data_at) * 3 / 4;
+    bad[at] ^= 0x40;
+    let damaged = work.path().join("damaged/pkg.deb");
+    fs::create_dir_all(damaged.parent().expect("parent")).expect("mkdir");
+    fs::write(&damaged, &bad).expect("write");
+    let streaming_err = driver_package::list(&damaged, &Limits::default()).expect_err("damaged");
+    let target = work.path().join("damaged/out");
+    let err = driver_package::extract(&damaged, &target, &ExtractOptions::default())
+        .expect_err("damaged");
+    assert_eq!(
+        std::mem::discriminant(&err),
+        std::mem::discriminant(&streaming_err),
+        "{err} / {streaming_err}"
+    );
+    assert!(
+        matches!(err, driver_package::ReadError::Corrupt { .. }),
+        "{err}"
+    );
+    assert!(!target.exists());
+    assert_eq!(
+        common::all_paths(&work.path().join("damaged")),
+        vec![std::path::PathBuf::from("pkg.deb")]
+    );
+}
