@@ -31,22 +31,17 @@ use testkit::initramfs::END_MARKER;
 use testkit::{Initramfs, KernelImage, Network, QemuConfig, QemuNode, StandardInit};
 
 /// The repository and builder the bench's provenance names (and its loader expects).
-const BENCH_REPOSITORY: &str = "https://example.invalid/kernel-driver-delivery.git";
-const BENCH_BUILDER: &str = "urn:kdriver:builder:bench";
-const RELEASE: &str = "6.1.0-47-amd64";
-const DRIVER: &str = "example-driver";
-const VERSION: &str = "v0.1.2";
-const MUSL: &str = "x86_64-unknown-linux-musl";
+pub(crate) const BENCH_REPOSITORY: &str = "https://example.invalid/kernel-driver-delivery.git";
+pub(crate) const BENCH_BUILDER: &str = "urn:kdriver:builder:bench";
+pub(crate) const RELEASE: &str = "6.1.0-47-amd64";
+pub(crate) const DRIVER: &str = "example-driver";
+pub(crate) const VERSION: &str = "v0.1.2";
+pub(crate) const MUSL: &str = "x86_64-unknown-linux-musl";
 
 pub fn run() -> Result<()> {
     let deb = testkit::download_deb(&format!("linux-image-{RELEASE}"), None)
         .context("downloading linux-image")?;
-    // A prebuilt loader (e.g. the previous revision's) can be measured against the same floors, so a
-    // before/after comparison needs no checkout juggling.
-    let loader = match std::env::var_os("KDRIVER_BENCH_LOADER") {
-        Some(path) => PathBuf::from(path),
-        None => testkit::musl_binary("driver-loader", "driver-loader", MUSL)?,
-    };
+    let loader = loader_binary()?;
     let work = std::env::temp_dir().join(format!("bench-loader-{}", std::process::id()));
     fs::create_dir_all(&work)?;
     let result = measure(&deb, &loader, &work);
@@ -61,6 +56,16 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// The static loader under measurement: `KDRIVER_BENCH_LOADER`, or the working tree's musl build.
+pub(crate) fn loader_binary() -> Result<PathBuf> {
+    // A prebuilt loader (e.g. the previous revision's) can be measured against the same floors, so a
+    // before/after comparison needs no checkout juggling.
+    match std::env::var_os("KDRIVER_BENCH_LOADER") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => testkit::musl_binary("driver-loader", "driver-loader", MUSL),
+    }
+}
+
 fn measure(deb: &Path, loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
     let mut rows = Vec::new();
     let size = fs::metadata(deb)?.len();
@@ -69,6 +74,11 @@ fn measure(deb: &Path, loader: &Path, work: &Path) -> Result<Vec<(String, String
         format!("{} ({:.1} MB)", file_name(deb), size as f64 / 1e6),
     ));
 
+    // While iterating on the load path the extraction comparison (seconds per round) is noise.
+    if std::env::var_os("KDRIVER_BENCH_LOADER_VM_ONLY").is_some() {
+        rows.extend(vm_load_times(loader, work)?);
+        return Ok(rows);
+    }
     // Warm the page cache so neither side pays for the first read.
     let _ = fs::read(deb)?;
     let mut loader_times = Vec::new();
@@ -255,6 +265,24 @@ fn sample_package(driver: &DriverName, identity: &KernelIdentity) -> Result<Path
     Ok(package)
 }
 
+/// The driver-source commit the package records (the loader checks the provenance against it): the
+/// bench's own build records none, a loader test's sample its own commit.
+fn recorded_commit(package: &Path) -> Result<kernel_id::SourceCommit> {
+    let out = Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(package)
+        .arg("Kdriver-Source-Commit")
+        .output()
+        .context("dpkg-deb -f")?;
+    let recorded = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let commit = if recorded.is_empty() {
+        "0".repeat(40)
+    } else {
+        recorded
+    };
+    Ok(kernel_id::SourceCommit::parse(&commit)?)
+}
+
 /// The most recently built `file_name` in a subdirectory of `dir`, if any.
 fn newest_keyed_sample(dir: &Path, file_name: &str) -> Option<PathBuf> {
     fs::read_dir(dir)
@@ -269,7 +297,44 @@ fn newest_keyed_sample(dir: &Path, file_name: &str) -> Option<PathBuf> {
         .map(|(_, path)| path)
 }
 
+/// The sample package published, signed, on a loopback HTTP server; the server stops on drop.
+pub(crate) struct ServedSample {
+    pub driver: DriverName,
+    pub identity: KernelIdentity,
+    /// The minisign public key the package and its provenance are signed for.
+    pub public_key: PathBuf,
+    pub port: u16,
+    /// The package's path below `releases/download/`.
+    pub relative: String,
+    /// The published package and its sidecars (digest, signature, provenance): what a node fetches.
+    pub files: Vec<PathBuf>,
+    server: Child,
+}
+
+impl Drop for ServedSample {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
 fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
+    let served = serve_sample(work)?;
+    boot_and_time(
+        loader,
+        &served.public_key,
+        served.port,
+        &served.relative,
+        &served.identity,
+        &served.driver,
+        work,
+    )
+}
+
+/// Publishes the sample driver's package for RELEASE below `work/site` in the GitHub Releases
+/// layout, with digest, signature and provenance made by a fresh key, and serves it on loopback
+/// (warmed up, so the first request pays no server start-up).
+pub(crate) fn serve_sample(work: &Path) -> Result<ServedSample> {
     let (driver, identity) = identity()?;
     let package = sample_package(&driver, &identity)?;
 
@@ -305,7 +370,7 @@ fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
         identity: identity.clone(),
         package_sha256: digest,
         source_repository: BENCH_REPOSITORY.to_owned(),
-        source_commit: kernel_id::SourceCommit::parse(&"0".repeat(40))?,
+        source_commit: recorded_commit(&target)?,
         facts: integrity::BuildFacts {
             headers: Vec::new(),
             compiler: integrity::CompilerFacts {
@@ -329,7 +394,7 @@ fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let mut server = Command::new("python3")
+    let server = Command::new("python3")
         .args(["-m", "http.server", "--bind", "127.0.0.1"])
         .arg(port.to_string())
         .arg("--directory")
@@ -338,13 +403,23 @@ fn vm_load_times(loader: &Path, work: &Path) -> Result<Vec<(String, String)>> {
         .stderr(Stdio::null())
         .spawn()
         .context("python3 -m http.server")?;
+    let files = ["", ".sha256", ".minisig", ".intoto.jsonl"]
+        .iter()
+        .map(|suffix| with_suffix(suffix))
+        .collect();
+    let served = ServedSample {
+        driver,
+        identity,
+        public_key: public,
+        port,
+        relative,
+        files,
+        server,
+    };
     // python's server pays one-time costs (imports, mime tables) on its first request; without this
     // warm-up whichever contender asks first is charged for them.
-    let result = warm_up(port, &format!("/releases/download/{relative}"))
-        .and_then(|()| boot_and_time(loader, &public, port, &relative, &identity, &driver, work));
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    warm_up(port, &format!("/releases/download/{}", served.relative))?;
+    Ok(served)
 }
 
 /// Fetches `path` from the loopback server once (retrying while it starts), discarding the body.
@@ -439,15 +514,7 @@ fn boot_and_time(
             eprintln!("  dmesg {line}");
         }
     }
-    // KLOG [   12.345678] BENCH loader-1 start / KLOG [   12.567890] example_driver: loaded ...
-    let events: Vec<(f64, String)> = console
-        .lines()
-        .filter_map(|l| l.strip_prefix("KLOG "))
-        .filter_map(|l| {
-            let (stamp, text) = l.trim_start_matches('[').split_once(']')?;
-            Some((stamp.trim().parse().ok()?, text.trim().to_owned()))
-        })
-        .collect();
+    let events = kernel_log_events(&console);
     let mut rows = Vec::new();
     for round in 1..=2 {
         for (what, label) in [
@@ -460,20 +527,38 @@ fn boot_and_time(
                 "busybox wget; dpkg-deb -x; insmod (no verification)",
             ),
         ] {
-            let marker = format!("BENCH {what}-{round} start");
-            let start = events
-                .iter()
-                .position(|(_, t)| *t == marker)
-                .with_context(|| format!("no {marker}"))?;
-            let loaded = events[start..]
-                .iter()
-                .find(|(_, t)| t.starts_with("example_driver: loaded"))
-                .with_context(|| format!("no load after {marker}"))?;
+            let seconds = seconds_to_loaded(&events, &format!("BENCH {what}-{round} start"))?;
             rows.push((
                 format!("VM start -> module loaded, {label}, run {round}"),
-                format!("{:.0} ms", (loaded.0 - events[start].0) * 1000.0),
+                format!("{:.0} ms", seconds * 1000.0),
             ));
         }
     }
     Ok(rows)
+}
+
+/// The kernel log lines a VM printed with a `KLOG ` prefix (`dmesg | sed 's/^/KLOG /'`), as
+/// (seconds on the kernel's clock, text): `KLOG [   12.345678] BENCH loader-1 start`.
+pub(crate) fn kernel_log_events(console: &str) -> Vec<(f64, String)> {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("KLOG "))
+        .filter_map(|l| {
+            let (stamp, text) = l.trim_start_matches('[').split_once(']')?;
+            Some((stamp.trim().parse().ok()?, text.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Kernel-clock seconds from the `marker` line to the sample driver's first "loaded" line after it.
+pub(crate) fn seconds_to_loaded(events: &[(f64, String)], marker: &str) -> Result<f64> {
+    let start = events
+        .iter()
+        .position(|(_, t)| t == marker)
+        .with_context(|| format!("no {marker}"))?;
+    let loaded = events[start..]
+        .iter()
+        .find(|(_, t)| t.starts_with("example_driver: loaded"))
+        .with_context(|| format!("no load after {marker}"))?;
+    Ok(loaded.0 - events[start].0)
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod bench_build;
+mod bench_dkms;
 mod bench_first_run;
 mod bench_loader;
 mod bench_matrix;
@@ -33,6 +34,7 @@ fn main() -> Result<()> {
         Some("fleet") => fleet_command::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("build") => bench_build::run(),
+            Some("dkms") => bench_dkms::run(),
             Some("loader") => bench_loader::run(),
             Some("matrix") => bench_matrix::run(),
             Some("first-run") => bench_first_run::run(),
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
                  fleet [--all|--kernel R..] boot real Debian kernels in qemu against a local build-service\n  \
                  check-kernel-id-deps   fail if kernel-id or build-api depends on an IO crate\n  \
                  bench build            per-phase build times for one real kernel\n  \
+                 bench dkms             DKMS install -> module live vs the loader warm and cold, bytes on the node\n  \
                  bench loader           extraction vs dpkg-deb, loader RSS, time to module loaded in a VM\n  \
                  bench matrix           matrix-gen on a generated 100,000-entry crawler feed\n  \
                  bench first-run        fresh clone to the first driver served by `cargo xtask serve`, by part\n  \
