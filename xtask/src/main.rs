@@ -39,7 +39,7 @@ fn main() -> Result<()> {
             Some("matrix") => bench_matrix::run(),
             Some("first-run") => bench_first_run::run(),
             Some("service") => bench_service::run(),
-            _ => bail!("usage: cargo xtask bench <build|loader|matrix|service>"),
+            _ => bail!("usage: cargo xtask bench <build|dkms|first-run|loader|matrix|service>"),
         },
         _ => {
             eprintln!(
