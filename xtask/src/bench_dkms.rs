@@ -8,7 +8,7 @@
 //! oneshot unit ordered after `multi-user.target` then runs, each timed with the kernel's own log clock
 //! from a marker written to /dev/kmsg to the driver's "loaded" line:
 //!
-//! 1. loader warm: `driver-loader run --mode host` downloads the sample driver's published package
+//! 1. loader warm: `driver-loader --mode host run` downloads the sample driver's published package
 //!    (digest, signature and provenance by a fresh key; `bench_loader`'s loopback artifact server),
 //!    verifies it, installs it with dpkg and modprobes it;
 //! 2. loader cold: the same against a real build-service (local backend, `fleet::Fleet`) that has never

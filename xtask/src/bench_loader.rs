@@ -12,6 +12,7 @@
 //!    log clock (a marker written to /dev/kmsg, then the driver's "loaded" line).
 //!
 //! `KDRIVER_BENCH_LOADER=<path>` measures that static loader binary instead of building the working tree's.
+//! `KDRIVER_BENCH_LOADER_VM_ONLY=1` skips part 1.
 //!
 //! Needs: dpkg-deb, python3 (serves the artifact directory on loopback), qemu-system-x86_64,
 //! mmdebstrap (first run only, to build the sample driver in a bookworm root).

@@ -167,6 +167,9 @@ fn literal_address(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::new(ip, port))
 }
 
+/// The largest response head (status line and headers) accepted, and so the input buffer's size.
+const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
+
 /// The outcome of a GET that may legitimately find nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fetched<T> {
@@ -197,6 +200,14 @@ impl HttpClient {
             .timeout_connect(Some(settings.connect_timeout))
             .user_agent(settings.user_agent.as_str())
             .max_redirects(10)
+            // ureq zero-fills both buffers of every connection, 128 KiB each by default: past musl's
+            // mmap threshold, so each request paid two mmap/munmap pairs and 64 page faults, which
+            // emulation (a VM node's first boot) makes dear; a node makes four requests to start.
+            // The input buffer must hold a whole response head, so it stays at ureq's limit for
+            // one (max_response_header_size, 64 KiB); requests are a line and a few headers.
+            .input_buffer_size(RESPONSE_HEAD_LIMIT)
+            .max_response_header_size(RESPONSE_HEAD_LIMIT)
+            .output_buffer_size(16 * 1024)
             .build();
         HttpClient {
             agent: ureq::Agent::with_parts(
@@ -341,7 +352,8 @@ impl HttpClient {
             };
             let mut reader = response.body_mut().with_config().limit(limit + 1).reader();
             let mut copied = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
+            // On the stack: under musl a heap buffer this size is a fresh mapping on every attempt.
+            let mut buf = [0u8; 32 * 1024];
             loop {
                 let n = match reader.read(&mut buf) {
                     Ok(0) => break,

@@ -2,13 +2,14 @@
 //! variable, which is how the systemd unit's environment file and the DaemonSet configure it. The exit code
 //! tells the kind of failure (table in the crate README).
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use driver_loader::fetch::{ArtifactSource, BuildService, TrustPolicy};
 use driver_loader::flow::{self, LoaderConfig, Mode, ModuleAction, RunProgress};
 use driver_loader::host::{DEFAULT_OS_RELEASE_PATHS, HostPaths};
@@ -36,10 +37,35 @@ use kernel_id::{DriverName, DriverVersion, ReleaseLayout, SourceCommit};
                   loading, or the kernel said so)."
 )]
 struct Cli {
+    /// Global: each may come before or after the subcommand name (see `Cli::parse_args`).
     #[command(flatten)]
     options: Options,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// Parses a command line in which every option of `Options` is global: it may come before or
+    /// after the subcommand name, and `--help` of every subcommand lists it.
+    ///
+    /// The options are declared without clap's `global` because of what it costs on every parse:
+    /// each global option is cloned into every subcommand, and its value (default and environment
+    /// included) copied between the levels: two thirds of a parse's instructions, and under
+    /// emulation (a VM node's first boot) several milliseconds. A command line with the options
+    /// before the subcommand name (or none) means the same without them being global, so it is
+    /// parsed that way first; any other line, and every error, `--help` and `--version`, goes to
+    /// the parser with global options, whose result and messages are the ones of the documented
+    /// command line.
+    fn parse_args<T: Into<OsString> + Clone>(args: &[T]) -> Result<Cli, clap::Error> {
+        if let Ok(mut matches) = Cli::command().try_get_matches_from(args.iter().cloned())
+            && let Ok(cli) = Cli::from_arg_matches_mut(&mut matches)
+        {
+            return Ok(cli);
+        }
+        let mut command = Cli::command().mut_args(|arg| arg.global(true));
+        let mut matches = command.try_get_matches_from_mut(args.iter().cloned())?;
+        Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,70 +153,51 @@ struct Options {
     #[arg(
         long,
         env = "DRIVER_LOADER_DRIVER_NAME",
-        default_value = "example-driver",
-        global = true
+        default_value = "example-driver"
     )]
     driver_name: String,
     /// Driver version to load, e.g. v0.1.2.
-    #[arg(long, env = "DRIVER_LOADER_DRIVER_VERSION", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_DRIVER_VERSION")]
     driver_version: Option<String>,
     /// Base URL of the artifact store; the release layout's path is appended.
     #[arg(
         long,
         env = "DRIVER_LOADER_ARTIFACT_BASE_URL",
-        default_value = "http://127.0.0.1:8080/releases/download",
-        global = true
+        default_value = "http://127.0.0.1:8080/releases/download"
     )]
     artifact_base_url: String,
     /// Release layout: per-artifact or per-driver-version.
     #[arg(
         long,
         env = "DRIVER_LOADER_RELEASE_LAYOUT",
-        default_value = "per-artifact",
-        global = true
+        default_value = "per-artifact"
     )]
     release_layout: String,
     /// File holding a bearer token for artifact downloads.
-    #[arg(long, env = "DRIVER_LOADER_TOKEN_FILE", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Build service root URL, asked to build a missing artifact; unset = no builds on demand.
-    #[arg(long, env = "DRIVER_LOADER_BUILD_SERVICE_URL", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_BUILD_SERVICE_URL")]
     build_service_url: Option<String>,
     /// File holding a bearer token for the build service.
-    #[arg(long, env = "DRIVER_LOADER_BUILD_SERVICE_TOKEN_FILE", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_BUILD_SERVICE_TOKEN_FILE")]
     build_service_token_file: Option<PathBuf>,
     /// Long-poll seconds of one build status request.
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_BUILD_WAIT_SECONDS",
-        default_value_t = 25,
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_BUILD_WAIT_SECONDS", default_value_t = 25)]
     build_wait_seconds: u64,
     /// Directory of trusted minisign public keys: every `*.pub` file in it is a trusted key (other
     /// entries are ignored).
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_TRUSTED_KEYS_DIR",
-        value_name = "DIR",
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_TRUSTED_KEYS_DIR", value_name = "DIR")]
     trusted_keys_dir: Option<PathBuf>,
     /// A trusted minisign public key (the base64 line, or the whole .pub file content); repeatable.
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_PUBLIC_KEY",
-        value_name = "TEXT",
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_PUBLIC_KEY", value_name = "TEXT")]
     public_key: Vec<String>,
     /// A file holding a trusted minisign public key; repeatable (environment: comma-separated).
     #[arg(
         long,
         env = "DRIVER_LOADER_PUBLIC_KEY_FILE",
         value_name = "FILE",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     public_key_file: Vec<PathBuf>,
     /// Provenance policy: the driver's source repository the provenance must name (required with
@@ -198,8 +205,7 @@ struct Options {
     #[arg(
         long,
         env = "DRIVER_LOADER_EXPECTED_SOURCE_REPOSITORY",
-        value_name = "URI",
-        global = true
+        value_name = "URI"
     )]
     expected_source_repository: Option<String>,
     /// Provenance policy: a builder id allowed to have built the package (required with trusted
@@ -208,104 +214,68 @@ struct Options {
         long = "allowed-builder",
         env = "DRIVER_LOADER_ALLOWED_BUILDERS",
         value_name = "ID",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     allowed_builders: Vec<String>,
     /// Provenance policy: accept only packages built from this commit (full git commit id).
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_PINNED_COMMIT",
-        value_name = "ID",
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_PINNED_COMMIT", value_name = "ID")]
     pinned_commit: Option<String>,
     /// Load packages without checking their signature and provenance. Only the digest is checked then:
     /// anyone able to replace the artifact can put code into the kernel. For development only; refused
     /// when any trusted key is configured.
-    #[arg(long, env = "DRIVER_LOADER_INSECURE_SKIP_SIGNATURE", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_INSECURE_SKIP_SIGNATURE")]
     insecure_skip_signature: bool,
     /// Package cache directory.
     #[arg(
         long,
         env = "DRIVER_LOADER_CACHE_DIR",
-        default_value = "/var/cache/driver-loader",
-        global = true
+        default_value = "/var/cache/driver-loader"
     )]
     cache_dir: PathBuf,
     /// Overall deadline in seconds for fetching, including waiting for a build.
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_DEADLINE_SECONDS",
-        default_value_t = 1200,
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_DEADLINE_SECONDS", default_value_t = 1200)]
     deadline_seconds: u64,
     /// Connect timeout of one HTTP request, seconds.
     #[arg(
         long,
         env = "DRIVER_LOADER_CONNECT_TIMEOUT_SECONDS",
-        default_value_t = 10,
-        global = true
+        default_value_t = 10
     )]
     connect_timeout_seconds: u64,
     /// Timeout of one whole HTTP request, seconds.
     #[arg(
         long,
         env = "DRIVER_LOADER_REQUEST_TIMEOUT_SECONDS",
-        default_value_t = 300,
-        global = true
+        default_value_t = 300
     )]
     request_timeout_seconds: u64,
     /// Attempts per HTTP request (1 = no retries).
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_ATTEMPTS",
-        default_value_t = 6,
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_ATTEMPTS", default_value_t = 6)]
     attempts: u32,
     /// First retry backoff in milliseconds (doubles, jittered, capped at 15 s).
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_BACKOFF_MS",
-        default_value_t = 500,
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_BACKOFF_MS", default_value_t = 500)]
     backoff_ms: u64,
     /// Largest package accepted, MiB.
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_MAX_PACKAGE_MIB",
-        default_value_t = 256,
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_MAX_PACKAGE_MIB", default_value_t = 256)]
     max_package_mib: u64,
     /// os-release file(s) to read, first existing wins (Kubernetes: /host/etc/os-release).
     #[arg(
         long = "os-release",
         env = "DRIVER_LOADER_OS_RELEASE",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     os_release: Vec<PathBuf>,
     /// Host proc mount to read the kernel release from (default: uname).
-    #[arg(long, env = "DRIVER_LOADER_PROC_ROOT", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_PROC_ROOT")]
     proc_root: Option<PathBuf>,
     /// sysfs mount.
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_SYS_ROOT",
-        default_value = "/sys",
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_SYS_ROOT", default_value = "/sys")]
     sys_root: PathBuf,
     /// The host's /lib/modules.
     #[arg(
         long,
         env = "DRIVER_LOADER_MODULES_ROOT",
-        default_value = "/lib/modules",
-        global = true
+        default_value = "/lib/modules"
     )]
     modules_root: PathBuf,
     /// The host's /boot: a kernel R with a modules tree and DIR/vmlinuz-R is installed (pending
@@ -314,8 +284,7 @@ struct Options {
         long,
         env = "DRIVER_LOADER_BOOT_DIR",
         value_name = "DIR",
-        default_value = "/boot",
-        global = true
+        default_value = "/boot"
     )]
     boot_dir: PathBuf,
     /// machine-id file(s) the report's node id is hashed from, first valid wins (environment:
@@ -325,8 +294,7 @@ struct Options {
         long = "machine-id-file",
         env = "DRIVER_LOADER_MACHINE_ID_FILE",
         value_name = "FILE",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     machine_id_file: Vec<PathBuf>,
     /// Do not report runs to the build service (POST /report; by default every run whose host was
@@ -335,44 +303,32 @@ struct Options {
     #[arg(
         long = "no-report",
         env = "DRIVER_LOADER_REPORT",
-        action = ArgAction::SetFalse,
-        global = true
-    )]
+        action = ArgAction::SetFalse
+   )]
     report: bool,
     /// host: install with dpkg/rpm then modprobe; container: load privately with finit_module.
-    #[arg(
-        long,
-        value_enum,
-        env = "DRIVER_LOADER_MODE",
-        default_value = "host",
-        global = true
-    )]
+    #[arg(long, value_enum, env = "DRIVER_LOADER_MODE", default_value = "host")]
     mode: ModeArg,
     /// Unload and replace a loaded module of another version.
-    #[arg(long, env = "DRIVER_LOADER_REPLACE", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_REPLACE")]
     replace: bool,
     /// Fetch, verify and check, but change nothing in the kernel or the package database.
-    #[arg(long, env = "DRIVER_LOADER_DRY_RUN", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_DRY_RUN")]
     dry_run: bool,
     /// Test and diagnostic switch: do not check, before loading, that a module is signed by a key the
     /// running kernel trusts when it enforces module signatures; the kernel is then the only judge (its
     /// refusal still ends with exit 11).
-    #[arg(
-        long,
-        env = "DRIVER_LOADER_SKIP_MODULE_SIGNATURE_PRECHECK",
-        global = true
-    )]
+    #[arg(long, env = "DRIVER_LOADER_SKIP_MODULE_SIGNATURE_PRECHECK")]
     skip_module_signature_precheck: bool,
     /// File written after a successful run (readiness probe); removed when a run starts.
-    #[arg(long, env = "DRIVER_LOADER_READY_FILE", global = true)]
+    #[arg(long, env = "DRIVER_LOADER_READY_FILE")]
     ready_file: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(
         long,
         value_enum,
         env = "DRIVER_LOADER_LOG_FORMAT",
-        default_value = "text",
-        global = true
+        default_value = "text"
     )]
     log_format: LogFormat,
 }
@@ -824,7 +780,8 @@ fn exit_code_of(error: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_args(&args).unwrap_or_else(|e| e.exit());
     init_logging(cli.options.log_format);
     let result = match &cli.command {
         Command::Identify => identify(&cli.options),
@@ -886,7 +843,7 @@ mod tests {
         let mut argv = vec!["driver-loader"];
         argv.extend_from_slice(args);
         argv.push("identify");
-        Cli::try_parse_from(argv).expect("parses").options.trust()
+        Cli::parse_args(&argv).expect("parses").options.trust()
     }
 
     #[test]
@@ -1000,7 +957,7 @@ mod tests {
         let parse = |args: &[&str]| {
             let mut argv = vec!["driver-loader"];
             argv.extend_from_slice(args);
-            Cli::try_parse_from(argv).expect("parses").options.report
+            Cli::parse_args(&argv).expect("parses").options.report
         };
         // The environment (DRIVER_LOADER_REPORT=false) is proven on the binary, in tests/prefetch.rs.
         assert!(parse(&["run"]));
@@ -1009,14 +966,102 @@ mod tests {
     }
 
     #[test]
+    fn options_are_global_and_parse_as_with_clap_globals() {
+        let with_globals = |argv: &[&str]| {
+            let mut command = Cli::command().mut_args(|arg| arg.global(true));
+            let mut matches = command.try_get_matches_from_mut(argv).expect("parses");
+            format!(
+                "{:?}",
+                Cli::from_arg_matches_mut(&mut matches).expect("matches")
+            )
+        };
+        for argv in [
+            &["driver-loader", "run"][..],
+            &[
+                "driver-loader",
+                "--mode",
+                "container",
+                "--cache-dir",
+                "/c",
+                "run",
+            ],
+            &[
+                "driver-loader",
+                "run",
+                "--mode",
+                "container",
+                "--cache-dir",
+                "/c",
+            ],
+            &["driver-loader", "--mode", "container", "run", "--replace"],
+            &[
+                "driver-loader",
+                "--mode",
+                "host",
+                "run",
+                "--mode",
+                "container",
+            ],
+            &[
+                "driver-loader",
+                "--public-key",
+                "a",
+                "identify",
+                "--public-key",
+                "b",
+            ],
+            &[
+                "driver-loader",
+                "--allowed-builder",
+                "a",
+                "--allowed-builder",
+                "b",
+                "fetch",
+            ],
+            &[
+                "driver-loader",
+                "--attempts",
+                "2",
+                "run",
+                "--keep-running",
+                "--prefetch",
+            ],
+            &[
+                "driver-loader",
+                "extract",
+                "p.deb",
+                "--to",
+                "d",
+                "--dry-run",
+            ],
+            &[
+                "driver-loader",
+                "--dry-run",
+                "provenance",
+                "p.deb",
+                "--json",
+            ],
+        ] {
+            let parsed = Cli::parse_args(argv).expect("parses");
+            assert_eq!(format!("{parsed:?}"), with_globals(argv), "{argv:?}");
+        }
+
+        let help = Cli::parse_args(&["driver-loader", "run", "--help"]).expect_err("help");
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(help.to_string().contains("--cache-dir"), "{help}");
+        let error = Cli::parse_args(&["driver-loader", "run", "--mode", "nope"]).expect_err("bad");
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
     fn prefetch_takes_one_kernel_or_none() {
-        let cli = Cli::try_parse_from(["driver-loader", "prefetch", "--kernel", "6.1.0-50-amd64"])
+        let cli = Cli::parse_args(&["driver-loader", "prefetch", "--kernel", "6.1.0-50-amd64"])
             .expect("parses");
         assert!(
             matches!(&cli.command, Command::Prefetch { kernel: Some(k) } if k == "6.1.0-50-amd64")
         );
         let cli =
-            Cli::try_parse_from(["driver-loader", "--boot-dir", "/b", "prefetch"]).expect("parses");
+            Cli::parse_args(&["driver-loader", "--boot-dir", "/b", "prefetch"]).expect("parses");
         assert!(matches!(&cli.command, Command::Prefetch { kernel: None }));
         assert_eq!(cli.options.boot_dir, PathBuf::from("/b"));
     }
