@@ -183,6 +183,14 @@ type Sidecar = Option<String>;
 /// A sidecar being downloaded on its own thread.
 type Pending<'scope> = std::thread::ScopedJoinHandle<'scope, Result<Sidecar>>;
 
+/// The downloaded sidecars of one package, each as its download ended (signature and provenance
+/// `None` when the trust policy does not check them).
+struct Sidecars {
+    digest: Result<Sidecar>,
+    signature: Option<Result<Sidecar>>,
+    provenance: Option<Result<Sidecar>>,
+}
+
 impl Fetcher<'_> {
     /// The cache directory of an identity (its kernel-id cache key as a relative path).
     pub fn cache_dir(&self, identity: &KernelIdentity) -> PathBuf {
@@ -233,9 +241,24 @@ impl Fetcher<'_> {
         let partial = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
         // `Some` once a build was requested: how long the loader waited for it (if it waited).
         let mut build: Option<Option<Duration>> = None;
-        let downloaded = self.download_package(&urls.package, &partial, deadline);
+        // The sidecars are fetched while the package downloads: a published package's four files
+        // then cost one round trip, not two. When the package is not published they are 404 too
+        // and fetched again after the build, where the service says.
+        let (downloaded, early_sidecars) = std::thread::scope(|scope| {
+            let sidecars = std::thread::Builder::new()
+                .name("sidecars".into())
+                .spawn_scoped(scope, || self.fetch_sidecars(&urls, deadline));
+            let downloaded = self.download_package(&urls.package, &partial, deadline);
+            // No thread to be had, or it stopped: they are fetched after the package instead.
+            let sidecars = sidecars.ok().and_then(|handle| handle.join().ok());
+            (downloaded, sidecars)
+        });
+        let mut sidecars = None;
         let downloaded = match downloaded {
-            Ok(Fetched::Found(bytes)) => bytes,
+            Ok(Fetched::Found(bytes)) => {
+                sidecars = early_sidecars;
+                bytes
+            }
             Ok(Fetched::NotFound) => {
                 let Some(service) = self.build_service else {
                     return Err(LoaderError::NotFound { url: urls.package });
@@ -263,7 +286,11 @@ impl Fetcher<'_> {
         };
         info!(url = %urls.package, bytes = downloaded, "package downloaded");
 
-        let checked = match self.verify_download(driver, identity, &urls, &partial, deadline) {
+        let sidecars = match sidecars {
+            Some(sidecars) => sidecars,
+            None => self.fetch_sidecars(&urls, deadline),
+        };
+        let checked = match self.verify_download(driver, identity, &urls, &partial, sidecars) {
             Ok(checked) => checked,
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
@@ -344,18 +371,10 @@ impl Fetcher<'_> {
         result
     }
 
-    /// Downloads the sidecars the trust policy needs and checks the package against them. The small
-    /// sidecars are fetched at the same time (one round trip instead of three, which dominates a
-    /// node's start on a slow link); the checks still run strictly digest -> signature -> provenance,
-    /// each on its own result, so what is refused and why is unchanged.
-    fn verify_download(
-        &self,
-        driver: &DriverName,
-        identity: &KernelIdentity,
-        urls: &ArtifactUrls,
-        package: &Path,
-        deadline: &Deadline,
-    ) -> Result<Checked> {
+    /// Downloads the sidecars the trust policy needs, at the same time (one round trip instead of
+    /// three, which dominates a node's start on a slow link). Only fetched here; [`Self::verify_download`]
+    /// checks them.
+    fn fetch_sidecars(&self, urls: &ArtifactUrls, deadline: &Deadline) -> Sidecars {
         let token = self.source.token.as_deref();
         let get = |url: &str, limit: u64| -> Result<Sidecar> {
             Ok(match self.client.get_text(url, token, limit, deadline)? {
@@ -396,6 +415,29 @@ impl Fetcher<'_> {
             };
             (digest, finish(signature), finish(provenance))
         });
+        Sidecars {
+            digest,
+            signature,
+            provenance,
+        }
+    }
+
+    /// Checks the package against its downloaded sidecars, strictly digest -> signature ->
+    /// provenance, each on its own result, so what is refused and why does not depend on when or
+    /// in which order the sidecars arrived.
+    fn verify_download(
+        &self,
+        driver: &DriverName,
+        identity: &KernelIdentity,
+        urls: &ArtifactUrls,
+        package: &Path,
+        sidecars: Sidecars,
+    ) -> Result<Checked> {
+        let Sidecars {
+            digest,
+            signature,
+            provenance,
+        } = sidecars;
         let unused = || Ok(None);
         self.check(
             driver,
