@@ -66,9 +66,6 @@ const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 /// The loader's own deadline for the cold run, below the VM's hard timeout so the loader reports first.
 const COLD_DEADLINE_SECONDS: u64 = 30 * 60;
 
-const NETWORK_UNIT: &str =
-    "[Match]\nName=e*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n";
-
 /// After multi-user.target so boot-time activity has settled before anything is timed; the poweroff
 /// is in ExecStopPost so a failing script still ends the VM.
 const BENCH_UNIT: &str = "[Unit]\n\
@@ -602,11 +599,7 @@ fn write_disk(
         let wants = "/etc/systemd/system/multi-user.target.wants";
         let image = DiskImage::from_root(&staging)
             .size_mib(4096)
-            .file(
-                "/etc/systemd/network/10-bench.network",
-                NETWORK_UNIT.as_bytes(),
-                0o644,
-            )
+            .qemu_user_network()
             .file(
                 "/etc/systemd/system/bench-dkms.service",
                 BENCH_UNIT.as_bytes(),
@@ -620,18 +613,6 @@ fn write_disk(
             .symlink(
                 "/etc/systemd/system/serial-getty@ttyS0.service",
                 "/dev/null",
-            )
-            .symlink(
-                &format!("{wants}/systemd-networkd.service"),
-                "/lib/systemd/system/systemd-networkd.service",
-            )
-            .symlink(
-                "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
-                "/lib/systemd/system/systemd-networkd.socket",
-            )
-            .symlink(
-                "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
-                "/lib/systemd/system/systemd-networkd-wait-online.service",
             );
         add(image)?.write(disk).context("writing the root disk")
     })();

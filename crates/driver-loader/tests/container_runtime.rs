@@ -60,8 +60,6 @@ const IMAGE_ARCHIVE: &str = "/srv/driver-loader-image.oci.tar";
 const POD_NAME: &str = "driver-loader-node-1";
 const CONTAINER: &str = "driver-loader";
 
-const NETWORK: &str = "[Match]\nName=e*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n";
-
 const UNIT: &str = "[Unit]
 Description=the loader image under podman, as the DaemonSet declares it
 Wants=network-online.target
@@ -396,23 +394,7 @@ fn the_loader_image_loads_the_driver_under_podman_with_only_what_the_daemonset_d
             "/etc/systemd/system/multi-user.target.wants/container-runtime-test.service",
             "/etc/systemd/system/container-runtime-test.service",
         )
-        .file(
-            "/etc/systemd/network/10-eth.network",
-            NETWORK.as_bytes(),
-            0o644,
-        )
-        .symlink(
-            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-            "/lib/systemd/system/systemd-networkd.service",
-        )
-        .symlink(
-            "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
-            "/lib/systemd/system/systemd-networkd.socket",
-        )
-        .symlink(
-            "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
-            "/lib/systemd/system/systemd-networkd-wait-online.service",
-        );
+        .qemu_user_network();
     for volume in &declared.node_volumes {
         if let NodeVolume::SecretFiles { dir, files, mode } = volume {
             // The kubelet's atomic writer: the files in a timestamped directory, `..data` pointing at

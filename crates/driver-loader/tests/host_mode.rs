@@ -18,8 +18,6 @@ use testkit::{
     debian_root,
 };
 
-const NETWORK: &str = "[Match]\nName=e*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n";
-
 const REPORT_SCRIPT: &str = r#"#!/bin/sh
 echo "HOSTMODE-UNIT $(systemctl is-active driver-loader.service) status=$(systemctl show -p ExecMainStatus --value driver-loader.service)"
 if [ -d /sys/module/example_driver ]; then echo "HOSTMODE-MODULE live srcversion=$(cat /sys/module/example_driver/srcversion)"; else echo "HOSTMODE-MODULE absent"; fi
@@ -95,23 +93,7 @@ fn the_systemd_unit_installs_the_package_with_dpkg_and_the_module_goes_live() {
             &std::fs::read(&keys.public_key_file).expect("pub"),
             0o644,
         )
-        .file(
-            "/etc/systemd/network/10-eth.network",
-            NETWORK.as_bytes(),
-            0o644,
-        )
-        .symlink(
-            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-            "/lib/systemd/system/systemd-networkd.service",
-        )
-        .symlink(
-            "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
-            "/lib/systemd/system/systemd-networkd.socket",
-        )
-        .symlink(
-            "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
-            "/lib/systemd/system/systemd-networkd-wait-online.service",
-        )
+        .qemu_user_network()
         .file(
             "/usr/local/bin/hostmode-report",
             REPORT_SCRIPT.as_bytes(),

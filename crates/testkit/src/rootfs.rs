@@ -125,6 +125,29 @@ impl DiskImage {
         self
     }
 
+    /// Networking for a systemd node under qemu's user-mode network: systemd-networkd enabled with
+    /// the guest's fixed address (10.0.2.15, gateway 10.0.2.2, which is the host's loopback), and
+    /// `network-online.target` waiting for it.
+    pub fn qemu_user_network(self) -> Self {
+        self.file(
+            "/etc/systemd/network/10-eth.network",
+            b"[Match]\nName=e*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n",
+            0o644,
+        )
+        .symlink(
+            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+            "/lib/systemd/system/systemd-networkd.service",
+        )
+        .symlink(
+            "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+            "/lib/systemd/system/systemd-networkd.socket",
+        )
+        .symlink(
+            "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service",
+            "/lib/systemd/system/systemd-networkd-wait-online.service",
+        )
+    }
+
     /// Installs `kernel`'s modules tree (with modules.dep) as `/lib/modules/<release>` so
     /// `modprobe` and `depmod` work on the node as on a real install.
     pub fn kernel_modules(mut self, kernel: &KernelImage) -> Self {
