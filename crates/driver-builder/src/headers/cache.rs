@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use integrity::HeaderPackage;
 
 use crate::facts;
+use crate::system::CommandLine;
 
 use super::direct::{extract, is_kernel_image};
 use super::{HeaderContext, HeaderSource, SourceFailure};
@@ -89,6 +90,54 @@ fn verified_files(
     Ok(files)
 }
 
+/// Refuses the cache when the root already holds one of its packages at another version: the base
+/// image was remade since the cache was filled (a point release, a security update), and extracting
+/// the cached files, which no solver checks, would put an older library beside its newer siblings.
+/// The chain then downloads what apt plans for the root as it is now, and the executor replaces the
+/// cache with that.
+fn root_has_not_moved(
+    ctx: &HeaderContext<'_>,
+    files: &[(HeaderPackage, PathBuf)],
+) -> Result<(), SourceFailure> {
+    let mut args = vec![
+        "-W".to_owned(),
+        "-f".to_owned(),
+        "${Package} ${Version} ${db:Status-Abbrev}\\n".to_owned(),
+    ];
+    args.extend(files.iter().map(|(package, _)| package.name.clone()));
+    // dpkg-query exits 1 when some names are not installed, which is the usual case (the headers
+    // themselves); what it prints for the installed ones is what counts.
+    let output = ctx
+        .system
+        .run(&CommandLine::new("dpkg-query", args))
+        .map_err(|e| SourceFailure::Failed(e.to_string()))?;
+    match moved_packages(&output.stdout, files) {
+        moved if moved.is_empty() => Ok(()),
+        moved => Err(SourceFailure::Failed(format!(
+            "the root holds {} at other versions than the cache; refusing the cache",
+            moved.join(", ")
+        ))),
+    }
+}
+
+/// `name installed-version → cached-version` for each cached package the root has installed
+/// (`ii`) at another version, from `dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}'`.
+fn moved_packages(dpkg_query: &str, files: &[(HeaderPackage, PathBuf)]) -> Vec<String> {
+    dpkg_query
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (name, version, status) = (fields.next()?, fields.next()?, fields.next()?);
+            if status != "ii" {
+                return None;
+            }
+            let (cached, _) = files.iter().find(|(package, _)| package.name == name)?;
+            (cached.version != version)
+                .then(|| format!("{name} {version} (cache: {})", cached.version))
+        })
+        .collect()
+}
+
 impl HeaderSource for CachedDebsSource {
     fn describe(&self) -> String {
         format!("header package cache ({})", self.dir.display())
@@ -102,6 +151,7 @@ impl HeaderSource for CachedDebsSource {
             .into_iter()
             .filter(|(package, _)| !is_kernel_image(&package.name, release))
             .collect();
+        root_has_not_moved(ctx, &files)?;
         tracing::info!(
             packages = files.len(),
             "every cached header package matches its SHA-256: extracting them, without a download"
@@ -114,6 +164,36 @@ impl HeaderSource for CachedDebsSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_package_the_root_holds_at_another_version_is_reported() {
+        let cached = |name: &str, version: &str| {
+            (
+                HeaderPackage {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    file_name: format!("{name}_{version}_amd64.deb"),
+                    uri: None,
+                    sha256: "0".repeat(64),
+                },
+                PathBuf::from("/build/header-cache/x.deb"),
+            )
+        };
+        let files = [
+            cached("linux-headers-6.12.48+deb13-amd64", "6.12.48-1"),
+            cached("libdw1t64", "0.192-4"),
+            cached("pahole", "1.30-1"),
+        ];
+        // The headers are not installed (dpkg-query prints nothing for them); pahole is at the
+        // cached version; libdw moved; a removed-but-configured package does not count.
+        let query = "libdw1t64 0.192-4+deb13u1 ii \npahole 1.30-1 ii \nlibbpf1 1:1.5.0-3 rc \n";
+        assert_eq!(
+            moved_packages(query, &files),
+            vec!["libdw1t64 0.192-4+deb13u1 (cache: 0.192-4)".to_owned()]
+        );
+        assert!(moved_packages("pahole 1.30-1 ii \n", &files).is_empty());
+        assert!(moved_packages("", &files).is_empty());
+    }
     use crate::http::Http;
     use crate::system::{DirectRunner, System};
 
