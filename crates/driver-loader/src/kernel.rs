@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::compat::HostModules;
 use crate::error::{LoaderError, Result};
-use crate::modinfo::{ModInfo, module_name_from_file_name, read_module_image};
+use crate::modinfo::{ModInfo, module_name_from_file_name};
 
 /// A module as the kernel reports it under `/sys/module/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,14 +258,11 @@ impl HostModuleIndex {
             candidates = find_module_files(&self.dir.join("kernel"), 8);
         }
         for path in candidates {
-            match read_module_image(&path).map(|image| ModInfo::from_elf(&image)) {
-                Ok(Ok(info)) => {
+            match ModInfo::of_file(&path) {
+                Ok(info) => {
                     if let Some(vermagic) = info.vermagic() {
                         return Some((path, vermagic.to_owned()));
                     }
-                }
-                Ok(Err(reason)) => {
-                    warn!(path = %path.display(), reason, "in-tree module unreadable")
                 }
                 Err(e) => warn!(path = %path.display(), error = %e, "in-tree module unreadable"),
             }

@@ -3,6 +3,7 @@
 //! checks at load time, so reading it first lets the loader refuse a module with a precise message instead
 //! of the kernel's "Invalid module format".
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use goblin::elf::Elf;
@@ -42,28 +43,7 @@ impl ModInfo {
 
     /// Extracts and parses `.modinfo` from an uncompressed ELF module image.
     pub fn from_elf(image: &[u8]) -> Result<ModInfo, String> {
-        let elf = Elf::parse(image).map_err(|e| format!("not a valid ELF object: {e}"))?;
-        if elf.header.e_type != goblin::elf::header::ET_REL {
-            return Err(format!(
-                "ELF type {} is not a relocatable object (kernel modules are ET_REL)",
-                elf.header.e_type
-            ));
-        }
-        let section = elf
-            .section_headers
-            .iter()
-            .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(".modinfo"))
-            .ok_or_else(|| "has no .modinfo section".to_owned())?;
-        let range = section
-            .file_range()
-            .ok_or_else(|| ".modinfo section has no file contents".to_owned())?;
-        let bytes = image.get(range.clone()).ok_or_else(|| {
-            format!(
-                ".modinfo section {range:?} lies outside the {}-byte file",
-                image.len()
-            )
-        })?;
-        ModInfo::parse_section(bytes)
+        read_modinfo(&mut InMemory(image))
     }
 
     /// Reads a module file (`.ko`, `.ko.gz`, `.ko.xz`, `.ko.zst`), decompressing it in memory.
@@ -72,6 +52,32 @@ impl ModInfo {
         let info = ModInfo::from_elf(&image)
             .map_err(|reason| LoaderError::incompatible(path.display().to_string(), reason))?;
         Ok((info, image))
+    }
+
+    /// Only the `.modinfo` of a module file. An uncompressed `.ko` is read in pieces (its header,
+    /// section table, section names and `.modinfo`: a few KiB of a file that may hold megabytes of
+    /// code, symbols and relocations); a compressed one is decompressed whole, as it must be.
+    pub fn of_file(path: &Path) -> Result<ModInfo> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let unreadable = |reason: String| {
+            LoaderError::incompatible(
+                path.display().to_string(),
+                format!("cannot read module image: {reason}"),
+            )
+        };
+        if !name.ends_with(".ko") {
+            return Ok(ModInfo::from_file(path)?.0);
+        }
+        let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| unreadable(e.to_string()))?
+            .len();
+        read_modinfo(&mut InFile { file, len })
+            .map_err(|reason| LoaderError::incompatible(path.display().to_string(), reason))
     }
 
     /// The first value of `key`.
@@ -127,6 +133,168 @@ impl ModInfo {
             })
             .unwrap_or_default()
     }
+}
+
+/// Random access to a module's bytes, so `.modinfo` is found by reading only what leads to it.
+trait ModuleBytes {
+    /// Length of the whole image.
+    fn len(&self) -> u64;
+    /// `len` bytes at `offset`; the caller checked that they lie within [`ModuleBytes::len`].
+    fn at(&mut self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>, String>;
+}
+
+struct InMemory<'a>(&'a [u8]);
+
+impl ModuleBytes for InMemory<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn at(&mut self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>, String> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.0.get(start..start.checked_add(len)?))
+            .map(Cow::Borrowed)
+            .ok_or_else(|| format!("{len} bytes at {offset} lie outside the image"))
+    }
+}
+
+struct InFile {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl ModuleBytes for InFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn at(&mut self, offset: u64, len: usize) -> Result<Cow<'_, [u8]>, String> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0; len];
+        self.file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(|e| format!("reading {len} bytes at {offset}: {e}"))?;
+        Ok(Cow::Owned(bytes))
+    }
+}
+
+/// `len` bytes at `offset` of `bytes`, refused (not read) when they do not lie within it.
+fn within(bytes: &dyn ModuleBytes, what: &str, offset: u64, len: u64) -> Result<usize, String> {
+    match offset.checked_add(len) {
+        Some(end) if end <= bytes.len() => {
+            usize::try_from(len).map_err(|_| format!("{what} is too large"))
+        }
+        _ => Err(format!(
+            "{what} {offset}..{} lies outside the {}-byte file",
+            offset.saturating_add(len),
+            bytes.len()
+        )),
+    }
+}
+
+/// Finds and parses `.modinfo` from the ELF header, the section header table and the section-name
+/// table alone: a module's symbols and relocations (thousands of entries) are never parsed.
+fn read_modinfo(bytes: &mut dyn ModuleBytes) -> Result<ModInfo, String> {
+    use goblin::container::{Container, Ctx};
+    use goblin::elf::header::{ET_REL, Header};
+    use goblin::elf::section_header::{SHN_XINDEX, SHT_NOBITS, SectionHeader};
+
+    let invalid = |e: &dyn std::fmt::Display| format!("not a valid ELF object: {e}");
+    let head_len = bytes
+        .len()
+        .min(goblin::elf::header::header64::SIZEOF_EHDR as u64) as usize;
+    let header: Header = Elf::parse_header(&bytes.at(0, head_len)?).map_err(|e| invalid(&e))?;
+    if header.e_type != ET_REL {
+        return Err(format!(
+            "ELF type {} is not a relocatable object (kernel modules are ET_REL)",
+            header.e_type
+        ));
+    }
+    let container = header.container().map_err(|e| invalid(&e))?;
+    let ctx = Ctx::new(container, header.endianness().map_err(|e| invalid(&e))?);
+    let entry = SectionHeader::size(ctx);
+    if usize::from(header.e_shentsize) != entry {
+        return Err(invalid(&format_args!(
+            "section header entries are {} bytes, not the {entry} of {}",
+            header.e_shentsize,
+            if container == Container::Big {
+                "ELF64"
+            } else {
+                "ELF32"
+            }
+        )));
+    }
+    if header.e_shoff == 0 {
+        return Err("has no .modinfo section".to_owned());
+    }
+    let first = within(
+        &*bytes,
+        "the section header table",
+        header.e_shoff,
+        entry as u64,
+    )?;
+    let mut count = u64::from(header.e_shnum);
+    let mut names_index = u64::from(header.e_shstrndx);
+    if count == 0 || names_index == u64::from(SHN_XINDEX) {
+        // More sections than the header's fields hold: the counts live in section 0.
+        let zero = SectionHeader::parse_from(&bytes.at(header.e_shoff, first)?, 0, 1, ctx)
+            .map_err(|e| invalid(&e))?;
+        if count == 0 {
+            count = zero[0].sh_size;
+        }
+        if names_index == u64::from(SHN_XINDEX) {
+            names_index = u64::from(zero[0].sh_link);
+        }
+    }
+    let table_len = count
+        .checked_mul(entry as u64)
+        .ok_or_else(|| invalid(&"section count overflows"))?;
+    let table_len = within(
+        &*bytes,
+        "the section header table",
+        header.e_shoff,
+        table_len,
+    )?;
+    let sections = SectionHeader::parse_from(
+        &bytes.at(header.e_shoff, table_len)?,
+        0,
+        count as usize,
+        ctx,
+    )
+    .map_err(|e| invalid(&e))?;
+    let names = usize::try_from(names_index)
+        .ok()
+        .and_then(|i| sections.get(i))
+        .ok_or_else(|| invalid(&format_args!("section-name table index {names_index}")))?;
+    let names_len = within(
+        &*bytes,
+        "the section-name table",
+        names.sh_offset,
+        names.sh_size,
+    )?;
+    let section = {
+        let names = bytes.at(names.sh_offset, names_len)?;
+        let name_of = |section: &SectionHeader| {
+            let rest = names.get(section.sh_name..)?;
+            Some(&rest[..rest.iter().position(|&b| b == 0)?])
+        };
+        sections
+            .iter()
+            .find(|section| name_of(section) == Some(b".modinfo".as_slice()))
+            .cloned()
+            .ok_or_else(|| "has no .modinfo section".to_owned())?
+    };
+    if section.sh_type == SHT_NOBITS {
+        return Err(".modinfo section has no file contents".to_owned());
+    }
+    let len = within(
+        &*bytes,
+        ".modinfo section",
+        section.sh_offset,
+        section.sh_size,
+    )?;
+    ModInfo::parse_section(&bytes.at(section.sh_offset, len)?)
 }
 
 /// Reads a module file and returns the uncompressed ELF image, decompressing per its magic bytes (the
@@ -289,6 +457,56 @@ pub(crate) mod tests {
         let len = image.len();
         image.truncate(len - 64 * 3 + 64 + 32); // keep the section table's start, cut .modinfo's size
         assert!(ModInfo::from_elf(&image).is_err());
+    }
+
+    #[test]
+    fn a_module_file_is_read_in_pieces_with_the_same_result_as_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = tiny_module(
+            &modinfo_bytes(&["name=x", "vermagic=6.1.0-47-amd64 SMP "]),
+            goblin::elf::header::ET_REL,
+        );
+        let plain = dir.path().join("x.ko");
+        std::fs::write(&plain, &image).expect("write");
+        let whole = ModInfo::from_elf(&image).expect("valid");
+        assert_eq!(ModInfo::of_file(&plain).expect("plain"), whole);
+        // A compressed name goes through decompression, which checks that the content agrees.
+        let named_xz = dir.path().join("x.ko.xz");
+        std::fs::write(&named_xz, &image).expect("write");
+        let error = ModInfo::of_file(&named_xz).expect_err("not xz").to_string();
+        assert!(error.contains("cannot read module image"), "{error}");
+
+        // A file cut inside its section table is refused, not read past its end.
+        std::fs::write(&plain, &image[..image.len() - 10]).expect("write");
+        let error = ModInfo::of_file(&plain).expect_err("cut short").to_string();
+        assert!(error.contains("section header table"), "{error}");
+    }
+
+    #[test]
+    fn counts_beyond_the_header_fields_are_read_from_section_zero() {
+        // More than 0xff00 sections: e_shnum is 0 and e_shstrndx SHN_XINDEX, the real values are
+        // section 0's sh_size and sh_link (gABI "Extended Section Indexes").
+        let mut image = tiny_module(&modinfo_bytes(&["name=x"]), goblin::elf::header::ET_REL);
+        let sh_off = u64::from_le_bytes(image[40..48].try_into().expect("8 bytes")) as usize;
+        image[60..62].copy_from_slice(&0u16.to_le_bytes());
+        image[62..64].copy_from_slice(&0xffffu16.to_le_bytes());
+        image[sh_off + 32..sh_off + 40].copy_from_slice(&3u64.to_le_bytes());
+        image[sh_off + 40..sh_off + 44].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(
+            ModInfo::from_elf(&image).expect("extended counts").name(),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn section_headers_of_the_wrong_size_are_refused() {
+        let mut image = tiny_module(&modinfo_bytes(&["name=x"]), goblin::elf::header::ET_REL);
+        image[58..60].copy_from_slice(&40u16.to_le_bytes());
+        let error = ModInfo::from_elf(&image).expect_err("shentsize 40");
+        assert!(
+            error.contains("section header entries are 40 bytes"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -108,15 +108,28 @@ pub fn decompress_module_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Re
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    decompress_module(&name, file, max_bytes).map_err(|e| e.with_io_path(path))
+    // An uncompressed image is as long as its file: read into one allocation of that size
+    // instead of a doubling series of copies.
+    let size_hint = file.metadata().map_or(0, |m| m.len()).min(max_bytes);
+    decompress_module_sized(&name, file, max_bytes, size_hint).map_err(|e| e.with_io_path(path))
 }
 
 /// [`decompress_module_file`] over any reader; `name` is the module's file name, used to check that the
 /// suffix and the content agree and to name the module in errors.
 pub fn decompress_module(
     name: &str,
+    input: impl Read,
+    max_bytes: u64,
+) -> Result<Vec<u8>, ReadError> {
+    decompress_module_sized(name, input, max_bytes, 0)
+}
+
+/// [`decompress_module`] with the stored size, which is the image's size when it is uncompressed.
+fn decompress_module_sized(
+    name: &str,
     mut input: impl Read,
     max_bytes: u64,
+    stored_bytes: u64,
 ) -> Result<Vec<u8>, ReadError> {
     let declared = module_compression_from_name(name).ok_or_else(|| ReadError::NotAModule {
         name: name.to_owned(),
@@ -147,6 +160,10 @@ pub fn decompress_module(
         .decoder(stream)
         .map_err(|source| ReadError::corrupt(name, source))?;
     let mut out = Vec::new();
+    if detected == Compression::None {
+        // One more byte than stored, so the read that finds the end needs no second allocation.
+        out.reserve_exact(usize::try_from(stored_bytes).unwrap_or(0).saturating_add(1));
+    }
     // One byte past the limit tells "exactly at the limit" from "over it" without reading the rest.
     (&mut decoder)
         .take(max_bytes.saturating_add(1))
