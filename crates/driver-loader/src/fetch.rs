@@ -4,8 +4,13 @@
 //!
 //! Nothing reaches the cache's final name unverified: downloads land in a temporary file next to it and
 //! are renamed only after the digest, the signature and the provenance check out. A cached copy is
-//! never trusted blindly: it is verified again, with its cached digest, signature and provenance, the
-//! same way and with the keyring and policy of this run.
+//! never trusted blindly: it is verified again, with its cached signature and provenance, the same way
+//! and with the keyring and policy of this run.
+//!
+//! With trusted keys the package's SHA-256 is checked against the digest its signed provenance
+//! binds, so the published `.sha256` (unsigned: whoever can replace the package can replace it) is
+//! not downloaded at all; it is what the insecure mode checks, its only protection against a
+//! damaged download.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -183,10 +188,10 @@ type Sidecar = Option<String>;
 /// A sidecar being downloaded on its own thread.
 type Pending<'scope> = std::thread::ScopedJoinHandle<'scope, Result<Sidecar>>;
 
-/// The downloaded sidecars of one package, each as its download ended (signature and provenance
-/// `None` when the trust policy does not check them).
+/// The downloaded sidecars of one package, each as its download ended: the digest file only when
+/// the trust policy checks no signature, signature and provenance only when it does.
 struct Sidecars {
-    digest: Result<Sidecar>,
+    digest: Option<Result<Sidecar>>,
     signature: Option<Result<Sidecar>>,
     provenance: Option<Result<Sidecar>>,
 }
@@ -241,9 +246,9 @@ impl Fetcher<'_> {
         let partial = dir.join(format!(".{file_name}.partial-{}", std::process::id()));
         // `Some` once a build was requested: how long the loader waited for it (if it waited).
         let mut build: Option<Option<Duration>> = None;
-        // The sidecars are fetched while the package downloads: a published package's four files
-        // then cost one round trip, not two. When the package is not published they are 404 too
-        // and fetched again after the build, where the service says.
+        // The sidecars are fetched while the package downloads: a published package's files then
+        // cost one round trip, not two. When the package is not published they are 404 too and
+        // fetched again after the build, where the service says.
         let (downloaded, early_sidecars) = std::thread::scope(|scope| {
             let sidecars = std::thread::Builder::new()
                 .name("sidecars".into())
@@ -371,9 +376,9 @@ impl Fetcher<'_> {
         result
     }
 
-    /// Downloads the sidecars the trust policy needs, at the same time (one round trip instead of
-    /// three, which dominates a node's start on a slow link). Only fetched here; [`Self::verify_download`]
-    /// checks them.
+    /// Downloads the sidecars the trust policy checks, at the same time (one round trip instead of
+    /// two, which dominates a node's start on a slow link): signature and provenance with trusted
+    /// keys, the digest file without. Only fetched here; [`Self::verify_download`] checks them.
     fn fetch_sidecars(&self, urls: &ArtifactUrls, deadline: &Deadline) -> Sidecars {
         let token = self.source.token.as_deref();
         let get = |url: &str, limit: u64| -> Result<Sidecar> {
@@ -382,43 +387,36 @@ impl Fetcher<'_> {
                 Fetched::NotFound => None,
             })
         };
-        // Signature and provenance are asked for only when the trust policy will check them.
-        let verifying = matches!(self.trust, TrustPolicy::Verify { .. });
-        let (digest, signature, provenance) = std::thread::scope(|scope| {
-            let get = &get;
-            let (signature_url, provenance_url) =
-                (urls.signature.as_str(), urls.provenance.as_str());
-            let signature = verifying.then(|| {
-                let handle = std::thread::Builder::new()
-                    .name("sidecar".into())
-                    .spawn_scoped(scope, move || get(signature_url, MAX_SIGNATURE_BYTES));
-                (signature_url, MAX_SIGNATURE_BYTES, handle)
-            });
-            let provenance = verifying.then(|| {
-                let handle = std::thread::Builder::new()
-                    .name("sidecar".into())
-                    .spawn_scoped(scope, move || get(provenance_url, MAX_PROVENANCE_BYTES));
-                (provenance_url, MAX_PROVENANCE_BYTES, handle)
-            });
-            let digest = get(&urls.digest, MAX_DIGEST_BYTES);
-            let finish = |pending: Option<(&str, u64, std::io::Result<Pending<'_>>)>| {
-                pending.map(|(url, limit, handle)| match handle {
-                    Ok(handle) => handle.join().unwrap_or_else(|_| {
-                        Err(LoaderError::io(
-                            format!("fetching {url}"),
-                            std::io::Error::other("the download thread stopped unexpectedly"),
-                        ))
-                    }),
-                    // No thread to be had: fetch it here, one after the other as before.
-                    Err(_) => get(url, limit),
-                })
+        if !matches!(self.trust, TrustPolicy::Verify { .. }) {
+            return Sidecars {
+                digest: Some(get(&urls.digest, MAX_DIGEST_BYTES)),
+                signature: None,
+                provenance: None,
             };
-            (digest, finish(signature), finish(provenance))
+        }
+        let (signature, provenance) = std::thread::scope(|scope| {
+            let get = &get;
+            let signature_url = urls.signature.as_str();
+            let signature: std::io::Result<Pending<'_>> = std::thread::Builder::new()
+                .name("sidecar".into())
+                .spawn_scoped(scope, move || get(signature_url, MAX_SIGNATURE_BYTES));
+            let provenance = get(&urls.provenance, MAX_PROVENANCE_BYTES);
+            let signature = match signature {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(LoaderError::io(
+                        format!("fetching {signature_url}"),
+                        std::io::Error::other("the download thread stopped unexpectedly"),
+                    ))
+                }),
+                // No thread to be had: fetch it here, one after the other.
+                Err(_) => get(signature_url, MAX_SIGNATURE_BYTES),
+            };
+            (signature, provenance)
         });
         Sidecars {
-            digest,
-            signature,
-            provenance,
+            digest: None,
+            signature: Some(signature),
+            provenance: Some(provenance),
         }
     }
 
@@ -443,7 +441,7 @@ impl Fetcher<'_> {
             driver,
             identity,
             package,
-            || digest,
+            || digest.unwrap_or_else(unused),
             || signature.unwrap_or_else(unused),
             || provenance.unwrap_or_else(unused),
             |what| format!("published at {} (404)", what),
@@ -487,7 +485,8 @@ impl Fetcher<'_> {
 
     /// digest -> signature -> provenance, each sidecar taken (read from the cache, or the result of its
     /// download) and checked only when the previous check passed. `located` says where a missing
-    /// sidecar was looked for.
+    /// sidecar was looked for. With trusted keys the digest is the one the provenance binds (its
+    /// signature checked last, like everything it says) and the digest file is never taken.
     #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
@@ -501,19 +500,19 @@ impl Fetcher<'_> {
         urls: &ArtifactUrls,
     ) -> Result<Checked> {
         let file_name = identity.package_file_name(driver);
-        let digest_text = digest()?.ok_or_else(|| {
-            LoaderError::verify(
-                &file_name,
-                format!(
-                    "no digest file {}; refusing an unverifiable package",
-                    located(&urls.digest)
-                ),
-            )
-        })?;
-        let sha256 = verify::verify_digest(package, &file_name, &digest_text)?;
         let (keyring, policy) = match self.trust {
             TrustPolicy::Verify { keyring, policy } => (keyring, policy),
             TrustPolicy::InsecureSkipSignature => {
+                let digest_text = digest()?.ok_or_else(|| {
+                    LoaderError::verify(
+                        &file_name,
+                        format!(
+                            "no digest file {}; refusing an unverifiable package",
+                            located(&urls.digest)
+                        ),
+                    )
+                })?;
+                let sha256 = verify::verify_digest(package, &file_name, &digest_text)?;
                 warn!(
                     package = file_name,
                     "--insecure-skip-signature: NOT checking the package signature nor its provenance; \
@@ -531,7 +530,13 @@ impl Fetcher<'_> {
             }
             TrustPolicy::Missing { reason } => return Err(LoaderError::Config(reason.clone())),
         };
-        let signature_text = signature()?.ok_or_else(|| {
+        // The digest the provenance binds is checked with the provenance, after the signature;
+        // the package is hashed here, once.
+        let sha256 = integrity::sha256_file(package)
+            .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
+        let signature_text = signature()?;
+        let provenance_text = provenance()?;
+        let signature_text = signature_text.ok_or_else(|| {
             LoaderError::verify(
                 &file_name,
                 format!(
@@ -540,9 +545,12 @@ impl Fetcher<'_> {
                 ),
             )
         })?;
-        let signature = verify::verify_signature(keyring, package, &file_name, &signature_text)?;
+        let signature = verify::verify_signature(keyring, package, &file_name, &signature_text)
+            .map_err(|error| {
+                verify::with_digest_note(error, &sha256, provenance_text.as_deref())
+            })?;
         let provenance_name = identity.provenance_file_name(driver);
-        let provenance_text = provenance()?.ok_or_else(|| {
+        let provenance_text = provenance_text.ok_or_else(|| {
             LoaderError::provenance(
                 &provenance_name,
                 "envelope",
@@ -563,7 +571,9 @@ impl Fetcher<'_> {
         )?;
         verify::check_package_commit(package, &provenance_name, &provenance)?;
         Ok(Checked {
-            digest_text,
+            // The cache keeps a digest file as the store publishes it, of the verified package:
+            // `sha256sum -c` works there, and so does a later insecure run.
+            digest_text: integrity::DigestFile::new(sha256, file_name.clone()).render(),
             signature_text: Some(signature_text),
             provenance_text: Some(provenance_text),
             sha256,

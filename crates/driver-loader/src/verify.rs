@@ -77,6 +77,29 @@ pub fn verify_digest(
     Ok(actual)
 }
 
+/// A refused signature, explained when the provenance can tell why: a package whose SHA-256 is not
+/// the one its provenance claims is damaged or replaced, and the message says so with both digests
+/// (a truncated download reads as such, not only as a bad signature). The claim is read for the
+/// message alone; the provenance's own check is what trusts it.
+pub fn with_digest_note(
+    error: LoaderError,
+    actual: &Sha256Digest,
+    provenance_text: Option<&str>,
+) -> LoaderError {
+    let LoaderError::Verify { file, reason } = error else {
+        return error;
+    };
+    let claimed = provenance_text.and_then(provenance::claimed_package_sha256);
+    let reason = match claimed {
+        Some(claimed) if claimed != actual.to_hex() => format!(
+            "{reason}; SHA-256 mismatch: the file hashes to {actual} but its provenance names \
+             {claimed} (truncated or corrupted download, or a tampered package)"
+        ),
+        _ => reason,
+    };
+    LoaderError::Verify { file, reason }
+}
+
 /// Verifies the package's detached signature with the keyring: the signing key must be trusted, the
 /// signature must verify over the whole file, be prehashed, and its trusted comment must name
 /// exactly this file.

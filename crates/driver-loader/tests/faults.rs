@@ -175,6 +175,36 @@ fn a_package_signed_by_another_key_or_for_another_file_is_refused() {
 }
 
 #[test]
+fn only_the_insecure_mode_needs_the_unsigned_digest_file() {
+    let keys = Keys::generate();
+    let artifact = Artifact::signed(&keys, &identity(RELEASE), VERMAGIC_47);
+    let served = artifact.clone();
+    let server = TestServer::start(move |r| {
+        if r.path().ends_with(".sha256") {
+            return Response::not_found();
+        }
+        served.answer(r).unwrap_or_else(Response::not_found)
+    });
+    // With trusted keys the signed provenance binds the digest: nothing is missing.
+    let host = FakeHost::new(RELEASE);
+    let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cached = std::path::PathBuf::from(stdout(&out).trim());
+    let digest = std::fs::read_to_string(format!("{}.sha256", cached.display()))
+        .expect("the cache keeps the verified package's digest file");
+    assert_eq!(digest, artifact.digest, "as the store would publish it");
+
+    // Without keys the digest file is the only check, and without it nothing is loaded.
+    let host = FakeHost::new(RELEASE);
+    let mut cmd = host.loader(&format!("{}/releases/download", server.url()));
+    cmd.arg("--insecure-skip-signature").arg("fetch");
+    let out = run_with_timeout(cmd, LIMIT);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no digest file"), "{}", stderr(&out));
+    assert_no_package_cached(&host);
+}
+
+#[test]
 fn an_unsigned_package_is_refused_unless_explicitly_allowed() {
     let keys = Keys::generate();
     let mut artifact = Artifact::signed(&keys, &identity(RELEASE), VERMAGIC_47);
@@ -221,7 +251,18 @@ fn a_cached_package_is_verified_again_and_reused_without_any_request() {
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
     let before = server.requests().len();
-    assert_eq!(before, 4, "package, digest, signature and provenance");
+    assert_eq!(
+        before, 3,
+        "package, signature and provenance: with trusted keys the unsigned digest file is not asked for"
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| !r.path().ends_with(".sha256")),
+        "{:?}",
+        server.requests()
+    );
     let cache = host.cache().join(identity(RELEASE).cache_key());
     let provenance = cache.join(identity(RELEASE).provenance_file_name(&driver()));
     assert_eq!(
@@ -247,7 +288,7 @@ fn a_cached_package_is_verified_again_and_reused_without_any_request() {
     std::fs::write(&cached, b"corrupted").expect("corrupt the cache");
     let out = run_with_timeout(fetch_cmd(&host, &server.url(), &keys), LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(server.requests().len(), before + 4);
+    assert_eq!(server.requests().len(), before + 3);
 
     // So is a cached provenance that was altered: the cache is never trusted blindly.
     let text = std::fs::read_to_string(&provenance).expect("cached provenance");
@@ -262,7 +303,7 @@ fn a_cached_package_is_verified_again_and_reused_without_any_request() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(server.requests().len(), before + 8);
+    assert_eq!(server.requests().len(), before + 6);
     assert_eq!(
         std::fs::read_to_string(&provenance).expect("cached provenance"),
         text

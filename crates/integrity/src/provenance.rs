@@ -375,6 +375,25 @@ pub fn verify(
         .ok_or_else(|| ProvenanceError::new("envelope", "the provenance file holds no envelope"))
 }
 
+/// The package SHA-256 a provenance file's first statement claims, read WITHOUT checking any
+/// signature: only to tell a damaged download from a forged one in a message. [`verify`] is what
+/// decides; `None` when the file says nothing readable.
+pub fn claimed_package_sha256(file_text: &str) -> Option<String> {
+    if file_text.len() > MAX_PROVENANCE_BYTES {
+        return None;
+    }
+    let line = file_text.lines().find(|line| !line.trim().is_empty())?;
+    let payload = Envelope::parse(line).ok()?.payload_unverified()?;
+    let statement: Statement = serde_json::from_slice(&payload).ok()?;
+    let [subject] = statement.subject.as_slice() else {
+        return None;
+    };
+    subject
+        .digest
+        .get("sha256")
+        .map(|digest| digest.to_ascii_lowercase())
+}
+
 fn check_statement(
     statement: Statement,
     key_ids: Vec<KeyId>,
@@ -610,6 +629,21 @@ mod tests {
             allowed_builders: vec![BUILDER.to_owned()],
             pinned_commit: None,
         }
+    }
+
+    #[test]
+    fn the_claimed_digest_is_read_without_a_key_and_only_from_a_well_formed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate(&dir.path().join("k"), &dir.path().join("k.pub")).unwrap();
+        let package = b"the package";
+        let file = build(identity("6.1.0-47-amd64", "v0.1.2"), package).signed_file(&key);
+        assert_eq!(
+            claimed_package_sha256(&file),
+            Some(sha256_bytes(package).to_hex())
+        );
+        assert_eq!(claimed_package_sha256(""), None);
+        assert_eq!(claimed_package_sha256("{\"payload\": 1}"), None);
+        assert_eq!(claimed_package_sha256(&file[..file.len() / 2]), None);
     }
 
     #[test]
