@@ -25,7 +25,7 @@ use kernel_id::{DriverName, KernelIdentity, ReleaseLayout, percent_encode_segmen
 use tracing::{info, warn};
 
 use crate::error::{LoaderError, Result};
-use crate::http::{Deadline, Fetched, HttpClient, JsonMethod};
+use crate::http::{Deadline, Downloaded, Fetched, HttpClient, JsonMethod};
 pub use crate::verify::TrustPolicy;
 use crate::verify::{self, MAX_DIGEST_BYTES, MAX_PROVENANCE_BYTES, MAX_SIGNATURE_BYTES};
 
@@ -289,19 +289,20 @@ impl Fetcher<'_> {
                 return Err(e);
             }
         };
-        info!(url = %urls.package, bytes = downloaded, "package downloaded");
+        info!(url = %urls.package, bytes = downloaded.bytes, "package downloaded");
 
         let sidecars = match sidecars {
             Some(sidecars) => sidecars,
             None => self.fetch_sidecars(&urls, deadline),
         };
-        let checked = match self.verify_download(driver, identity, &urls, &partial, sidecars) {
-            Ok(checked) => checked,
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e);
-            }
-        };
+        let checked =
+            match self.verify_download(driver, identity, &urls, &partial, downloaded, sidecars) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            };
         write_file(&paths.digest, checked.digest_text.as_bytes())?;
         for (path, text) in [
             (&paths.signature, &checked.signature_text),
@@ -362,7 +363,7 @@ impl Fetcher<'_> {
         url: &str,
         partial: &Path,
         deadline: &Deadline,
-    ) -> Result<Fetched<u64>> {
+    ) -> Result<Fetched<Downloaded>> {
         let result = self.client.download_to_file(
             url,
             self.source.token.as_deref(),
@@ -429,6 +430,7 @@ impl Fetcher<'_> {
         identity: &KernelIdentity,
         urls: &ArtifactUrls,
         package: &Path,
+        downloaded: Downloaded,
         sidecars: Sidecars,
     ) -> Result<Checked> {
         let Sidecars {
@@ -441,6 +443,7 @@ impl Fetcher<'_> {
             driver,
             identity,
             package,
+            Some(downloaded.sha256),
             || digest.unwrap_or_else(unused),
             || signature.unwrap_or_else(unused),
             || provenance.unwrap_or_else(unused),
@@ -475,6 +478,7 @@ impl Fetcher<'_> {
             driver,
             identity,
             &paths.package,
+            None,
             || read(&paths.digest, MAX_DIGEST_BYTES),
             || read(&paths.signature, MAX_SIGNATURE_BYTES),
             || read(&paths.provenance, MAX_PROVENANCE_BYTES),
@@ -487,12 +491,15 @@ impl Fetcher<'_> {
     /// download) and checked only when the previous check passed. `located` says where a missing
     /// sidecar was looked for. With trusted keys the digest is the one the provenance binds (its
     /// signature checked last, like everything it says) and the digest file is never taken.
+    /// `sha256` is the package's digest when it was hashed as it downloaded; a cached package is
+    /// hashed here.
     #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
         driver: &DriverName,
         identity: &KernelIdentity,
         package: &Path,
+        sha256: Option<Sha256Digest>,
         digest: impl FnOnce() -> Result<Sidecar>,
         signature: impl FnOnce() -> Result<Sidecar>,
         provenance: impl FnOnce() -> Result<Sidecar>,
@@ -512,7 +519,7 @@ impl Fetcher<'_> {
                         ),
                     )
                 })?;
-                let sha256 = verify::verify_digest(package, &file_name, &digest_text)?;
+                let sha256 = verify::verify_digest(package, sha256, &file_name, &digest_text)?;
                 warn!(
                     package = file_name,
                     "--insecure-skip-signature: NOT checking the package signature nor its provenance; \
@@ -530,10 +537,8 @@ impl Fetcher<'_> {
             }
             TrustPolicy::Missing { reason } => return Err(LoaderError::Config(reason.clone())),
         };
-        // The digest the provenance binds is checked with the provenance, after the signature;
-        // the package is hashed here, once.
-        let sha256 = integrity::sha256_file(package)
-            .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
+        // The digest the provenance binds is checked with the provenance, after the signature.
+        let sha256 = verify::package_sha256(package, sha256)?;
         let signature_text = signature()?;
         let provenance_text = provenance()?;
         let signature_text = signature_text.ok_or_else(|| {

@@ -170,6 +170,13 @@ fn literal_address(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
 /// The largest response head (status line and headers) accepted, and so the input buffer's size.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 
+/// A body streamed into a file: its length and its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    pub bytes: u64,
+    pub sha256: integrity::Sha256Digest,
+}
+
 /// The outcome of a GET that may legitimately find nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fetched<T> {
@@ -325,7 +332,8 @@ impl HttpClient {
     }
 
     /// Streams `url` into `dest` (created/truncated per attempt), refusing bodies over `limit` bytes.
-    /// Returns the byte count.
+    /// Returns the byte count and the SHA-256 of what was written, hashed as it arrived (the file
+    /// is not read again to be hashed).
     pub fn download_to_file(
         &self,
         url: &str,
@@ -333,7 +341,7 @@ impl HttpClient {
         dest: &Path,
         limit: u64,
         deadline: &Deadline,
-    ) -> Result<Fetched<u64>> {
+    ) -> Result<Fetched<Downloaded>> {
         self.with_retries(url, deadline, || {
             let mut response = match self.get(url, token, deadline) {
                 Ok(response) => response,
@@ -352,6 +360,7 @@ impl HttpClient {
             };
             let mut reader = response.body_mut().with_config().limit(limit + 1).reader();
             let mut copied = 0u64;
+            let mut sha256 = integrity::Sha256Stream::new();
             // On the stack: under musl a heap buffer this size is a fresh mapping on every attempt.
             let mut buf = [0u8; 32 * 1024];
             loop {
@@ -372,12 +381,16 @@ impl HttpClient {
                 if let Err(e) = file.write_all(&buf[..n]) {
                     return Attempt::Fatal(format!("writing {}: {e}", dest.display()));
                 }
+                sha256.update(&buf[..n]);
             }
             if let Err(e) = file.sync_all() {
                 return Attempt::Fatal(format!("syncing {}: {e}", dest.display()));
             }
             debug!(url, bytes = copied, "downloaded");
-            Attempt::Done(copied)
+            Attempt::Done(Downloaded {
+                bytes: copied,
+                sha256: sha256.finish(),
+            })
         })
     }
 

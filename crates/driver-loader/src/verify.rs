@@ -53,6 +53,7 @@ pub enum TrustPolicy {
 /// must match. Returns the package's SHA-256.
 pub fn verify_digest(
     package: &Path,
+    sha256: Option<Sha256Digest>,
     expected_file_name: &str,
     digest_text: &str,
 ) -> Result<Sha256Digest> {
@@ -69,12 +70,20 @@ pub fn verify_digest(
             ),
         ));
     }
-    let actual = integrity::sha256_file(package)
-        .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
+    let actual = package_sha256(package, sha256)?;
     digest
         .check(expected_file_name, &actual)
         .map_err(|reason| LoaderError::verify(expected_file_name, reason))?;
     Ok(actual)
+}
+
+/// The package's SHA-256: `known` when it was hashed as it downloaded, else read from the file.
+pub fn package_sha256(package: &Path, known: Option<Sha256Digest>) -> Result<Sha256Digest> {
+    match known {
+        Some(sha256) => Ok(sha256),
+        None => integrity::sha256_file(package)
+            .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e)),
+    }
 }
 
 /// A refused signature, explained when the provenance can tell why: a package whose SHA-256 is not
@@ -254,17 +263,23 @@ mod tests {
         // sha256("hello")
         let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
         let name = &f.file_name;
-        let digest = verify_digest(&f.package, name, &format!("{good}  {name}\n")).expect("ok");
+        let digest =
+            verify_digest(&f.package, None, name, &format!("{good}  {name}\n")).expect("ok");
         assert_eq!(digest.to_hex(), good);
-        let err = verify_digest(&f.package, name, &format!("{}  {name}\n", "0".repeat(64)))
-            .expect_err("mismatch");
+        let err = verify_digest(
+            &f.package,
+            None,
+            name,
+            &format!("{}  {name}\n", "0".repeat(64)),
+        )
+        .expect_err("mismatch");
         assert_eq!(err.kind(), FailureKind::Verify);
         assert!(err.to_string().contains("SHA-256 mismatch"), "{err}");
         assert!(
             err.to_string().starts_with(&format!("verify {name}: ")),
             "{err}"
         );
-        let err = verify_digest(&f.package, name, &format!("{good}  other.deb\n"))
+        let err = verify_digest(&f.package, None, name, &format!("{good}  other.deb\n"))
             .expect_err("other file");
         assert!(
             err.to_string().starts_with(&format!(
@@ -272,8 +287,18 @@ mod tests {
             )),
             "{err}"
         );
-        let err = verify_digest(&f.package, name, "abc  x").expect_err("malformed");
+        let err = verify_digest(&f.package, None, name, "abc  x").expect_err("malformed");
         assert_eq!(err.kind(), FailureKind::Verify);
+        // A digest taken while downloading is the one compared (the file is not read again).
+        let streamed = integrity::sha256_bytes(b"what arrived");
+        let err = verify_digest(
+            &f.package,
+            Some(streamed),
+            name,
+            &format!("{good}  {name}\n"),
+        )
+        .expect_err("the streamed digest differs");
+        assert!(err.to_string().contains(&streamed.to_hex()), "{err}");
     }
 
     #[test]

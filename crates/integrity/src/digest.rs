@@ -61,6 +61,32 @@ pub fn sha256_file(path: &Path) -> std::io::Result<Sha256Digest> {
     sha256_reader(&mut file)
 }
 
+/// A SHA-256 computed piece by piece, e.g. over a download as it arrives, so the bytes need not be
+/// read again to be hashed.
+#[derive(Clone, Default)]
+pub struct Sha256Stream(Sha256);
+
+impl Sha256Stream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest of everything given to [`Sha256Stream::update`].
+    pub fn finish(self) -> Sha256Digest {
+        Sha256Digest(self.0.finalize().into())
+    }
+}
+
+impl fmt::Debug for Sha256Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sha256Stream")
+    }
+}
+
 /// The SHA-256 of everything a reader yields.
 pub fn sha256_reader(reader: &mut dyn Read) -> std::io::Result<Sha256Digest> {
     let mut hasher = Sha256::new();
@@ -136,6 +162,16 @@ impl DigestFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_in_pieces_hashes_like_the_whole() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stream = Sha256Stream::new();
+        for piece in bytes.chunks(777) {
+            stream.update(piece);
+        }
+        assert_eq!(stream.finish(), sha256_bytes(&bytes));
+    }
 
     #[test]
     fn digest_files_round_trip_and_bind_the_file_name() {

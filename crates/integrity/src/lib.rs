@@ -22,7 +22,7 @@ pub mod module_signing;
 pub mod provenance;
 pub mod signature;
 
-pub use digest::{DigestFile, Sha256Digest, sha256_bytes, sha256_file};
+pub use digest::{DigestFile, Sha256Digest, Sha256Stream, sha256_bytes, sha256_file};
 pub use dsse::Envelope;
 pub use facts::{BUILD_FACTS_FILE, BuildFacts, CompilerFacts, HeaderPackage, RootImage};
 #[cfg(feature = "sign")]
