@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use kernel_id::Arch;
 
 use crate::error::{LoaderError, Result};
-use crate::modinfo::{ModInfo, module_name_from_file_name};
+use crate::modinfo::{MAX_MODULE_BYTES, ModInfo, module_name_from_file_name};
 
 /// One module from the package, read and decompressed.
 #[derive(Debug, Clone)]
 pub struct PackageModule {
-    /// Where it was extracted.
+    /// Where it came from: its path in the package, or the file it was read from.
     pub path: PathBuf,
     /// Its kbuild name (from `.modinfo name=`).
     pub name: String,
@@ -30,6 +30,28 @@ impl PackageModule {
     /// Reads a module file and checks it carries a name that agrees with its file name.
     pub fn read(path: &Path) -> Result<PackageModule> {
         let (info, image) = ModInfo::from_file(path)?;
+        PackageModule::named(path, info, image)
+    }
+
+    /// A module read from its package into memory (decompressed per its name, like a file).
+    pub fn from_package(module: driver_package::PackagedModule) -> Result<PackageModule> {
+        let driver_package::PackagedModule { path, bytes } = module;
+        let shown = path.display().to_string();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let image =
+            driver_package::module_image(&file_name, bytes, MAX_MODULE_BYTES).map_err(|e| {
+                LoaderError::incompatible(&shown, format!("cannot read module image: {e}"))
+            })?;
+        let info = ModInfo::from_elf(&image)
+            .map_err(|reason| LoaderError::incompatible(&shown, reason))?;
+        PackageModule::named(&path, info, image)
+    }
+
+    /// Checks that the module carries a name and that it agrees with its file name.
+    fn named(path: &Path, info: ModInfo, image: Vec<u8>) -> Result<PackageModule> {
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -20,7 +20,7 @@ use crate::host::{HostFacts, HostPaths};
 use crate::http::{Deadline, HttpClient, HttpSettings};
 use crate::install::HostTools;
 use crate::kernel::{HostModuleIndex, KernelModules, LoadOutcome};
-use crate::modinfo::read_module_image;
+use crate::modinfo::{MAX_MODULE_BYTES, read_module_image};
 use crate::module_trust::SignatureCheck;
 
 /// How modules get into the kernel.
@@ -166,8 +166,7 @@ pub fn verify_package_provenance(
         .unwrap_or_else(|| package.with_file_name(identity.provenance_file_name(&driver)));
     let shown = provenance_file.display().to_string();
     let text = read_provenance(&provenance_file, &shown)?;
-    let sha256 = integrity::sha256_file(package)
-        .map_err(|e| LoaderError::io(format!("reading {}", package.display()), e))?;
+    let sha256 = crate::verify::package_sha256(package, None)?;
     let verified = crate::verify::verify_provenance(
         &text, &shown, keyring, policy, &driver, &identity, &sha256,
     )?;
@@ -320,16 +319,15 @@ pub fn extract_package(
     })
 }
 
-/// The package's modules, read, checked against the running kernel and ordered for loading. The package is
-/// extracted into a private directory under `work_dir` that is removed afterwards.
+/// The package's modules, read, checked against the running kernel and ordered for loading. They are
+/// read from the package into memory (through the packaging crate's checks), never written out.
 pub fn prepare_modules(
     package: &VerifiedPackage,
     identity: &KernelIdentity,
-    work_dir: &Path,
     index: &HostModuleIndex,
 ) -> Result<Vec<PackageModule>> {
     let target = TargetKernel::running(identity.kernel_release().as_str());
-    prepare_modules_for(package, identity, target, work_dir, index)
+    prepare_modules_for(package, identity, target, index)
 }
 
 /// [`prepare_modules`] against `target`, the identity's kernel: the running one, or one installed
@@ -338,14 +336,13 @@ pub fn prepare_modules_for(
     package: &VerifiedPackage,
     identity: &KernelIdentity,
     target: TargetKernel<'_>,
-    work_dir: &Path,
     index: &HostModuleIndex,
 ) -> Result<Vec<PackageModule>> {
-    let format =
-        driver_package::detect_format(&package.path).map_err(|e| LoaderError::Package {
-            package: package.path.clone(),
-            reason: e.to_string(),
-        })?;
+    let unreadable = |e: driver_package::ReadError| LoaderError::Package {
+        package: package.path.clone(),
+        reason: e.to_string(),
+    };
+    let format = driver_package::detect_format(&package.path).map_err(unreadable)?;
     let expected = identity.distribution().package_format();
     if format != expected {
         return Err(LoaderError::verify(
@@ -358,29 +355,22 @@ pub fn prepare_modules_for(
             ),
         ));
     }
-    std::fs::create_dir_all(work_dir)
-        .map_err(|e| LoaderError::io(format!("creating {}", work_dir.display()), e))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".extract-")
-        .tempdir_in(work_dir)
-        .map_err(|e| {
-            LoaderError::io(
-                format!("creating a private directory in {}", work_dir.display()),
-                e,
-            )
-        })?;
-    let root = scratch.path().join("root");
-    let report = extract_package(&package.path, &root, true)?;
-    if report.files.is_empty() {
+    let limits = driver_package::Limits {
+        max_entry_bytes: MAX_MODULE_BYTES,
+        ..driver_package::Limits::default()
+    };
+    let packaged =
+        driver_package::read_kernel_modules(&package.path, &limits).map_err(unreadable)?;
+    if packaged.is_empty() {
         return Err(LoaderError::Package {
             package: package.path.clone(),
             reason: "contains no kernel module (.ko, .ko.gz, .ko.xz, .ko.zst)".to_owned(),
         });
     }
-    let mut modules = Vec::new();
-    for relative in &report.files {
-        modules.push(PackageModule::read(&root.join(relative))?);
-    }
+    let modules = packaged
+        .into_iter()
+        .map(PackageModule::from_package)
+        .collect::<Result<Vec<_>>>()?;
     let reference = index.reference_vermagic();
     match &reference {
         Some((path, vermagic)) => {
@@ -695,7 +685,7 @@ pub fn run_tracked(
             .join(id.identity.kernel_release().as_str()),
         &config.sys_root,
     );
-    let modules = prepare_modules(&package, &id.identity, &config.cache_dir, &index)?;
+    let modules = prepare_modules(&package, &id.identity, &index)?;
     let actions = load_modules(config, &package, &modules, &index, kernel, tools)?;
     Ok(RunReport {
         identity: id.identity,

@@ -138,7 +138,7 @@ fn prefetch_one(
             HostModuleIndex::installed(&modules_dir),
         )
     };
-    let modules = prepare_modules_for(&package, identity, target, &config.cache_dir, &index)?;
+    let modules = prepare_modules_for(&package, identity, target, &index)?;
     info!(
         kernel = release,
         package = package.file_name,

@@ -114,6 +114,43 @@ pub fn decompress_module_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Re
     decompress_module_sized(&name, file, max_bytes, size_hint).map_err(|e| e.with_io_path(path))
 }
 
+/// The uncompressed image of a module held in memory as stored (see [`crate::read_kernel_modules`]):
+/// the same checks as [`decompress_module`], and an uncompressed `.ko` is returned as it is, not
+/// copied.
+pub fn module_image(name: &str, stored: Vec<u8>, max_bytes: u64) -> Result<Vec<u8>, ReadError> {
+    if module_compression_from_name(name) != Some(Compression::None) {
+        return decompress_module(name, stored.as_slice(), max_bytes);
+    }
+    match Compression::sniff(&stored) {
+        Ok(None) => {}
+        Ok(Some(detected)) => {
+            return Err(ReadError::CompressionMismatch {
+                member: name.to_owned(),
+                declared: Compression::None.to_string(),
+                detected: detected.to_string(),
+            });
+        }
+        Err(format) => {
+            return Err(ReadError::UnsupportedCompression {
+                member: name.to_owned(),
+                format: format.to_owned(),
+            });
+        }
+    }
+    if stored.len() as u64 > max_bytes {
+        return Err(ReadError::ModuleTooLarge {
+            name: name.to_owned(),
+            limit: max_bytes,
+        });
+    }
+    if !stored.starts_with(b"\x7fELF") {
+        return Err(ReadError::NotElf {
+            name: name.to_owned(),
+        });
+    }
+    Ok(stored)
+}
+
 /// [`decompress_module_file`] over any reader; `name` is the module's file name, used to check that the
 /// suffix and the content agree and to name the module in errors.
 pub fn decompress_module(
@@ -226,6 +263,44 @@ mod tests {
                 .expect("valid module decompresses");
             assert_eq!(out, module, "{name}");
         }
+    }
+
+    #[test]
+    fn an_image_in_memory_is_judged_like_one_read_from_a_file() {
+        let module = elf_like(10_000);
+        for (compression, name) in [
+            (Compression::None, "m.ko"),
+            (Compression::Gzip, "m.ko.gz"),
+            (Compression::Xz, "m.ko.xz"),
+            (Compression::Zstd, "m.ko.zst"),
+        ] {
+            let packed = compress(compression, &module);
+            assert_eq!(
+                module_image(name, packed, 1 << 20).expect("valid"),
+                module,
+                "{name}"
+            );
+        }
+        let packed = compress(Compression::Xz, &module);
+        assert!(matches!(
+            module_image("m.ko", packed, 1 << 20),
+            Err(ReadError::CompressionMismatch { .. })
+        ));
+        assert!(matches!(
+            module_image("m.ko", b"not elf".to_vec(), 1 << 20),
+            Err(ReadError::NotElf { .. })
+        ));
+        assert!(matches!(
+            module_image("m.ko", module.clone(), 4096),
+            Err(ReadError::ModuleTooLarge { limit: 4096, .. })
+        ));
+        let err = module_image("m.ko.zst", module, 1 << 20).expect_err("not zstd");
+        assert_eq!(
+            err.to_string(),
+            decompress_module("m.ko.zst", elf_like(10_000).as_slice(), 1 << 20)
+                .expect_err("not zstd")
+                .to_string()
+        );
     }
 
     #[test]

@@ -374,6 +374,128 @@ impl Lister {
     }
 }
 
+/// A kernel module of a package, read into memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackagedModule {
+    /// Its path in the package, relative, as extraction would write it.
+    pub path: PathBuf,
+    /// Its bytes as stored (compressed when its name says so).
+    pub bytes: Vec<u8>,
+}
+
+/// Collects checked kernel-module entries in memory: the same policy as extraction, nothing written.
+#[derive(Debug)]
+pub(crate) struct ModuleCollector {
+    pub(crate) policy: Policy,
+    modules: Vec<PackagedModule>,
+    hardlinks: Vec<(String, PathBuf, PathBuf)>,
+}
+
+/// Memory reserved up front for one module: its declared size, up to this (a header's claim is not
+/// trusted with memory; the data has to arrive).
+const MODULE_RESERVE: u64 = 16 << 20;
+
+impl ModuleCollector {
+    pub(crate) fn new(policy: Policy) -> Self {
+        ModuleCollector {
+            policy,
+            modules: Vec::new(),
+            hardlinks: Vec::new(),
+        }
+    }
+
+    fn is_module(info: &EntryInfo) -> bool {
+        info.path
+            .file_name()
+            .is_some_and(|name| is_kernel_module_name(&name.to_string_lossy()))
+    }
+
+    /// Reads one entry's data in pieces, each counted by the policy as it arrives, so a bomb stops
+    /// at the same limits as extraction before its bytes pile up in memory.
+    fn read(
+        &mut self,
+        raw: &RawEntry,
+        declared: u64,
+        data: &mut dyn Read,
+    ) -> Result<Vec<u8>, ReadError> {
+        let mut bytes = Vec::with_capacity(declared.min(MODULE_RESERVE) as usize);
+        let mut piece = [0u8; 16 * 1024];
+        loop {
+            let n = match data.read(&mut piece) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(ReadError::corrupt(&raw.name, err)),
+            };
+            let found = bytes.len() as u64 + n as u64;
+            if found > declared {
+                return Err(ReadError::refused(
+                    raw.name.clone(),
+                    Rule::SizeMismatch { declared, found },
+                ));
+            }
+            self.policy.account(&raw.name, n as u64)?;
+            bytes.extend_from_slice(&piece[..n]);
+        }
+        if (bytes.len() as u64) < declared {
+            return Err(ReadError::Truncated {
+                what: format!(
+                    "entry '{}' declares {declared} bytes but the data ends after {}",
+                    raw.name,
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The modules in archive order, hard links last (as extraction lists them).
+    pub(crate) fn finish(mut self) -> Result<Vec<PackagedModule>, ReadError> {
+        self.policy.check_all_symlinks()?;
+        for (name, link, target) in std::mem::take(&mut self.hardlinks) {
+            let Some(bytes) = self
+                .modules
+                .iter()
+                .find(|module| module.path == target)
+                .map(|module| module.bytes.clone())
+            else {
+                return Err(ReadError::refused(
+                    name,
+                    Rule::HardlinkTargetMissing { target },
+                ));
+            };
+            self.modules.push(PackagedModule { path: link, bytes });
+        }
+        Ok(self.modules)
+    }
+}
+
+impl Sink for ModuleCollector {
+    fn entry(&mut self, raw: RawEntry, data: &mut dyn Read) -> Result<(), ReadError> {
+        let Some(info) = self.policy.admit(&raw)? else {
+            return Ok(());
+        };
+        if !Self::is_module(&info) {
+            return Ok(());
+        }
+        match &info.kind {
+            EntryKind::File => {
+                let bytes = self.read(&raw, info.size, data)?;
+                self.modules.push(PackagedModule {
+                    path: info.path,
+                    bytes,
+                });
+            }
+            EntryKind::Hardlink { target } => {
+                self.hardlinks
+                    .push((raw.name.clone(), info.path.clone(), target.clone()));
+            }
+            EntryKind::Directory | EntryKind::Symlink { .. } => {}
+        }
+        Ok(())
+    }
+}
+
 /// Writes checked entries under a staging directory.
 #[derive(Debug)]
 pub(crate) struct Extractor {

@@ -21,15 +21,17 @@ mod xz_blocks;
 
 pub use compression::{
     Compression, decompress_module, decompress_module_file, is_kernel_module_name,
-    module_compression_from_name,
+    module_compression_from_name, module_image,
 };
 pub use error::{ReadError, Refusal, Rule, SpecError, WriteError};
-pub use extract::{EntryInfo, EntryKind, ExtractOptions, ExtractReport, Limits, Selection};
+pub use extract::{
+    EntryInfo, EntryKind, ExtractOptions, ExtractReport, Limits, PackagedModule, Selection,
+};
 pub use kernel_id::PackageFormat;
 pub use metadata::{
     MAX_CONTROL_FILE_BYTES, MAX_CONTROL_TAR_BYTES, PackageMetadata, control_field, read_metadata,
 };
-pub use read::{detect_format, extract, list};
+pub use read::{detect_format, extract, list, read_kernel_modules};
 pub use spec::{
     DEB_SOURCE_COMMIT_FIELD, DEFAULT_LICENSE, DEFAULT_MAINTAINER, DEFAULT_SOURCE_DATE_EPOCH,
     FileContent, PackageFile, PackageSpec,

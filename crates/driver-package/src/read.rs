@@ -11,7 +11,8 @@ use kernel_id::PackageFormat;
 
 use crate::error::ReadError;
 use crate::extract::{
-    EntryInfo, ExtractOptions, ExtractReport, Extractor, Limits, Lister, Policy, Sink,
+    EntryInfo, ExtractOptions, ExtractReport, Extractor, Limits, Lister, ModuleCollector,
+    PackagedModule, Policy, Sink,
 };
 use crate::io_util::{Counter, CountingReader};
 
@@ -82,6 +83,25 @@ pub fn list(path: &Path, limits: &Limits) -> Result<Vec<EntryInfo>, ReadError> {
     };
     walk(path, format, compressed, None, &mut lister)?;
     lister.finish()
+}
+
+/// Reads the package's kernel modules (`.ko`, `.ko.gz`, `.ko.xz`, `.ko.zst`) into memory, after
+/// every entry passed the checks extraction applies (paths, types, sizes, counts, expansion, link
+/// containment): what checking and loading a module needs, without writing it anywhere and reading
+/// it back. A hard link to a module is read as a copy of it.
+pub fn read_kernel_modules(
+    package: &Path,
+    limits: &Limits,
+) -> Result<Vec<PackagedModule>, ReadError> {
+    let format = detect_format(package)?;
+    let compressed = Counter::default();
+    let mut collector = ModuleCollector::new(Policy::new(
+        limits.clone(),
+        format == PackageFormat::Rpm,
+        compressed.clone(),
+    ));
+    walk(package, format, compressed, None, &mut collector)?;
+    collector.finish()
 }
 
 /// Extracts the package at `package` into `target`, which must not exist or be an empty directory.

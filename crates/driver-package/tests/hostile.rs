@@ -526,3 +526,150 @@ fn rpm_truncated_and_mislabelled_payloads_are_refused() {
         "{err}"
     );
 }
+
+/// Reads `package`'s kernel modules into memory and asserts it is refused.
+fn assert_modules_refused(package: &[u8], limits: &Limits) -> ReadError {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.deb");
+    std::fs::write(&path, package).expect("write package");
+    driver_package::read_kernel_modules(&path, limits)
+        .expect_err("hostile package must be refused when its modules are read into memory")
+}
+
+#[test]
+fn modules_read_into_memory_pass_the_same_checks_as_extraction() {
+    let limits = Limits::default();
+    /// A hostile package and the rule it must be refused by.
+    type Case = (Vec<u8>, fn(&Rule) -> bool);
+    let cases: Vec<Case> = vec![
+        (deb_of(vec![file("./../escape.ko", b"x")]), |r| {
+            *r == Rule::ParentComponent
+        }),
+        (deb_of(vec![file("/lib/abs.ko", b"x")]), |r| {
+            *r == Rule::AbsolutePath
+        }),
+        (
+            deb_of(vec![file("./a.ko", b"first"), file("a.ko", b"second")]),
+            |r| *r == Rule::Duplicate,
+        ),
+        (
+            deb_of(vec![
+                link("./evil", tar::EntryType::Symlink, "../.."),
+                file("./lib/a.ko", b"x"),
+            ]),
+            |r| matches!(r, Rule::SymlinkEscapes { .. }),
+        ),
+        (
+            deb_of(vec![link("./lib/a.ko", tar::EntryType::Link, "./lib/b.ko")]),
+            |r| matches!(r, Rule::HardlinkTargetMissing { .. }),
+        ),
+        (
+            deb_of(vec![Member {
+                name: "./dev/node",
+                kind: tar::EntryType::Char,
+                link: None,
+                data: Box::new(io::empty()),
+                size: 0,
+            }]),
+            |r| matches!(r, Rule::SpecialFile { .. }),
+        ),
+    ];
+    for (package, expected) in cases {
+        let in_memory = assert_modules_refused(&package, &limits);
+        assert!(expected(&rule(&in_memory)), "{in_memory}");
+        let extracted = assert_refused(
+            &package,
+            "a.deb",
+            &ExtractOptions {
+                limits: limits.clone(),
+                selection: Selection::KernelModules,
+            },
+        );
+        assert_eq!(
+            rule(&in_memory),
+            rule(&extracted),
+            "{in_memory} / {extracted}"
+        );
+    }
+    // Sizes: the per-entry limit, and a truncated module.
+    let big: &'static [u8] = Box::leak(vec![7u8; 300_000].into_boxed_slice());
+    let err = assert_modules_refused(
+        &deb_of(vec![file("./big.ko", big)]),
+        &Limits {
+            max_entry_bytes: 100_000,
+            ..Limits::default()
+        },
+    );
+    assert_eq!(
+        rule(&err),
+        Rule::EntryTooLarge {
+            size: 300_000,
+            limit: 100_000
+        }
+    );
+    let valid = deb_of(vec![file("./lib/a.ko", &[1u8; 50_000])]);
+    let err = assert_modules_refused(&valid[..valid.len() / 2], &limits);
+    assert!(
+        matches!(err, ReadError::Truncated { .. } | ReadError::Corrupt { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_module_bomb_read_into_memory_stops_at_the_ratio_not_at_the_end() {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd");
+    let members = vec![Member {
+        name: "./zeros.ko",
+        kind: tar::EntryType::Regular,
+        link: None,
+        data: Box::new(io::repeat(0).take(256 << 20)),
+        size: 256 << 20,
+    }];
+    write_tar(members, &mut encoder);
+    let data = encoder.finish().expect("zstd finish");
+    let err = assert_modules_refused(&deb("data.tar.zst", data), &Limits::default());
+    assert!(matches!(rule(&err), Rule::ExpansionRatio { .. }), "{err}");
+}
+
+#[test]
+fn modules_read_into_memory_are_the_bytes_extraction_writes() {
+    let package = deb_of(vec![
+        dir("./"),
+        dir("./lib/"),
+        file("./lib/a.ko", b"module a"),
+        file("./lib/readme", b"not a module"),
+        file("./lib/b.ko.xz", b"module b, stored as is"),
+        link("./lib/c.ko", tar::EntryType::Link, "./lib/a.ko"),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.deb");
+    std::fs::write(&path, &package).expect("write");
+    let modules = driver_package::read_kernel_modules(&path, &Limits::default()).expect("read");
+    let target = dir.path().join("out");
+    let report = driver_package::extract(
+        &path,
+        &target,
+        &ExtractOptions {
+            limits: Limits::default(),
+            selection: Selection::KernelModules,
+        },
+    )
+    .expect("extract");
+    let paths: Vec<&Path> = modules.iter().map(|m| m.path.as_path()).collect();
+    assert_eq!(
+        paths,
+        report
+            .files
+            .iter()
+            .map(PathBuf::as_path)
+            .collect::<Vec<_>>()
+    );
+    for module in &modules {
+        assert_eq!(
+            module.bytes,
+            std::fs::read(target.join(&module.path)).expect("extracted"),
+            "{}",
+            module.path.display()
+        );
+    }
+}
