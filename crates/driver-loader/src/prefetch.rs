@@ -4,8 +4,8 @@
 //! For each pending kernel (see [`crate::pending`]), or the one named by `--kernel`, the package is
 //! fetched exactly as `run` fetches it — the cache, the store, or a build requested and waited for
 //! within the deadline — and verified exactly the same way (digest, signature, provenance, the
-//! package metadata's commit) before it is kept in the cache. Then its modules are extracted into
-//! a private directory and checked against that kernel: ELF machine, vermagic (the kernel's release,
+//! package metadata's commit) before it is kept in the cache. Then its modules are read into
+//! memory (nothing is written) and checked against that kernel: ELF machine, vermagic (the kernel's release,
 //! and the vermagic of its own installed modules when one is readable) and dependencies installed
 //! for it. A package that would be refused after the reboot is refused now, while there is still
 //! time to do something about it. Nothing is installed or loaded.
