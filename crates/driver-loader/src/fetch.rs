@@ -539,9 +539,10 @@ impl Fetcher<'_> {
         };
         // The digest the provenance binds is checked with the provenance, after the signature.
         let sha256 = verify::package_sha256(package, sha256)?;
-        let signature_text = signature()?;
-        let provenance_text = provenance()?;
-        let signature_text = signature_text.ok_or_else(|| {
+        // The provenance's outcome is taken now (its claimed digest explains a refused signature)
+        // but acted on only after the signature, so a failed fetch of it never hides a bad one.
+        let provenance_text = provenance();
+        let signature_text = signature()?.ok_or_else(|| {
             LoaderError::verify(
                 &file_name,
                 format!(
@@ -552,10 +553,11 @@ impl Fetcher<'_> {
         })?;
         let signature = verify::verify_signature(keyring, package, &file_name, &signature_text)
             .map_err(|error| {
-                verify::with_digest_note(error, &sha256, provenance_text.as_deref())
+                let claimed = provenance_text.as_ref().ok().and_then(Option::as_deref);
+                verify::with_digest_note(error, &sha256, claimed)
             })?;
         let provenance_name = identity.provenance_file_name(driver);
-        let provenance_text = provenance_text.ok_or_else(|| {
+        let provenance_text = provenance_text?.ok_or_else(|| {
             LoaderError::provenance(
                 &provenance_name,
                 "envelope",
