@@ -44,10 +44,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kernel_id::Arch;
-use testkit::{
-    DiskImage, Initramfs, KernelImage, QemuConfig, QemuNode, ROOT_DISK_MODULES, StandardInit,
-    debian_root,
-};
+use testkit::{DiskImage, KernelImage, QemuConfig, QemuNode, debian_root};
 
 use crate::bench_loader::{
     self, BENCH_BUILDER, BENCH_REPOSITORY, DRIVER, RELEASE, VERSION, kernel_log_events,
@@ -136,16 +133,8 @@ fn measure(work: &Path) -> Result<String> {
             .file("/usr/local/bin/bench-dkms", script.as_bytes(), 0o755))
     })?;
 
-    let mut image = Initramfs::new(Arch::X86_64)?;
-    let modules = image.kernel_modules(&kernel, &ROOT_DISK_MODULES)?;
-    image.init(
-        &StandardInit::new()
-            .modules(modules)
-            .switch_root("/dev/vda")
-            .render(),
-    )?;
     let initrd = work.join("initrd.gz");
-    image.write(&initrd)?;
+    testkit::write_root_disk_initrd(Arch::X86_64, &kernel, &initrd)?;
     let console_path = fleet.dir().join("bench-dkms.console.log");
     eprintln!(
         "bench dkms: booting the node (console {}; up to {} min)",
@@ -371,7 +360,7 @@ impl Footprint {
 
 /// `du -sb`: apparent bytes of everything below `path`.
 fn du_bytes(path: &Path) -> Result<u64> {
-    let output = command_output(Command::new("du").arg("-sb").arg(path))?;
+    let output = testkit::command_output(Command::new("du").arg("-sb").arg(path))?;
     output
         .split_whitespace()
         .next()
@@ -381,7 +370,7 @@ fn du_bytes(path: &Path) -> Result<u64> {
 
 /// Package -> Installed-Size in bytes, from the root's own dpkg database.
 fn installed_packages(root: &Path) -> Result<BTreeMap<String, u64>> {
-    let output = command_output(
+    let output = testkit::command_output(
         Command::new("dpkg-query")
             .arg(format!(
                 "--admindir={}",
@@ -449,7 +438,7 @@ fn dkms_source_package(work: &Path) -> Result<PathBuf> {
              -- kernel-driver delivery bench <bench@example.invalid>  Thu, 01 Jan 2026 00:00:00 +0000\n"
         ),
     )?;
-    command_output(
+    testkit::command_output(
         Command::new("gzip")
             .args(["-9", "-n"])
             .arg(doc.join("changelog.Debian")),
@@ -492,7 +481,7 @@ fn dkms_source_package(work: &Path) -> Result<PathBuf> {
         ),
     )?;
     let deb = work.join(format!("{SOURCE_PACKAGE}_{deb_version}_all.deb"));
-    command_output(
+    testkit::command_output(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "--build"])
             .arg(&tree)
@@ -580,7 +569,7 @@ fn write_disk(
 ) -> Result<()> {
     let staging = work.join("root");
     let result = (|| {
-        command_output(
+        testkit::command_output(
             Command::new("cp")
                 .args(["-a", "--reflink=auto"])
                 .arg(root)
@@ -590,7 +579,7 @@ fn write_disk(
         fs::create_dir_all(&modules)?;
         let mut from = kernel.modules_dir().as_os_str().to_owned();
         from.push("/.");
-        command_output(
+        testkit::command_output(
             Command::new("cp")
                 .args(["-a", "--dereference"])
                 .arg(&from)
@@ -618,20 +607,6 @@ fn write_disk(
     })();
     let _ = fs::remove_dir_all(&staging);
     result
-}
-
-fn command_output(command: &mut Command) -> Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {

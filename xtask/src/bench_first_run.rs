@@ -359,17 +359,9 @@ fn git_output(root: &Path, args: &[&str]) -> Result<String> {
 }
 
 fn run_quiet(command: &mut Command, what: &str) -> Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("{what}: could not start"))?;
-    if !output.status.success() {
-        bail!(
-            "{what} failed with {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
+    testkit::command_output(command)
+        .map(drop)
+        .context(what.to_owned())
 }
 
 fn free_port() -> Result<u16> {

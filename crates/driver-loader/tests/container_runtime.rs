@@ -30,10 +30,7 @@ use testkit::deploy::{
 };
 use testkit::initramfs::shell_quote;
 use testkit::oci::{FinalStage, ScratchImage};
-use testkit::{
-    DiskImage, Initramfs, KernelImage, QemuConfig, QemuNode, ROOT_DISK_MODULES, StandardInit,
-    debian_root,
-};
+use testkit::{DiskImage, KernelImage, QemuConfig, QemuNode, debian_root};
 
 /// What the guest needs to run containers the way a node's runtime does: systemd (cgroup manager,
 /// journald log driver) with D-Bus, podman with crun and conmon, netavark + iptables for the pod's own
@@ -410,20 +407,8 @@ fn the_loader_image_loads_the_driver_under_podman_with_only_what_the_daemonset_d
     }
     let disk_path = logs.join("root.img");
     disk.write(&disk_path).expect("disk image");
-    let mut initramfs = Initramfs::new(Arch::X86_64).expect("initramfs");
-    let modules = initramfs
-        .kernel_modules(&kernel, &ROOT_DISK_MODULES)
-        .expect("disk modules");
-    initramfs
-        .init(
-            &StandardInit::new()
-                .modules(modules)
-                .switch_root("/dev/vda")
-                .render(),
-        )
-        .expect("init");
     let initrd = logs.join("initrd.gz");
-    initramfs.write(&initrd).expect("initramfs");
+    testkit::write_root_disk_initrd(Arch::X86_64, &kernel, &initrd).expect("initramfs");
     let prepared = started.elapsed();
 
     let console_path = logs.join("console.log");

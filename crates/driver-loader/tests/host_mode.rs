@@ -13,10 +13,7 @@ use std::time::Duration;
 use common::sample::sample_build;
 use common::*;
 use kernel_id::Arch;
-use testkit::{
-    DiskImage, Initramfs, KernelImage, QemuConfig, QemuNode, ROOT_DISK_MODULES, StandardInit,
-    debian_root,
-};
+use testkit::{DiskImage, KernelImage, QemuConfig, QemuNode, debian_root};
 
 const REPORT_SCRIPT: &str = r#"#!/bin/sh
 echo "HOSTMODE-UNIT $(systemctl is-active driver-loader.service) status=$(systemctl show -p ExecMainStatus --value driver-loader.service)"
@@ -111,20 +108,8 @@ fn the_systemd_unit_installs_the_package_with_dpkg_and_the_module_goes_live() {
         .write(&disk)
         .expect("disk image");
 
-    let mut image = Initramfs::new(Arch::X86_64).expect("initramfs");
-    let modules = image
-        .kernel_modules(&kernel, &ROOT_DISK_MODULES)
-        .expect("disk modules");
-    image
-        .init(
-            &StandardInit::new()
-                .modules(modules)
-                .switch_root("/dev/vda")
-                .render(),
-        )
-        .expect("init");
     let initrd = work.path().join("initrd.gz");
-    image.write(&initrd).expect("initramfs");
+    testkit::write_root_disk_initrd(Arch::X86_64, &kernel, &initrd).expect("initramfs");
     let node = QemuNode::boot(
         QemuConfig::new(
             Arch::X86_64,

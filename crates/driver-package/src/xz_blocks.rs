@@ -627,6 +627,25 @@ mod tests {
         file
     }
 
+    /// A plan for a stream at the start of `file`, with a fresh ratio counter.
+    fn plan_at_start<'a>(
+        file: &'a File,
+        layout: Layout,
+        spool_dir: &'a Path,
+        workers: usize,
+        ahead: usize,
+    ) -> Plan<'a> {
+        Plan {
+            file,
+            start: 0,
+            layout,
+            spool_dir,
+            workers,
+            ahead,
+            compressed: Counter::default(),
+        }
+    }
+
     fn decode_all(
         file: &File,
         len: u64,
@@ -635,15 +654,7 @@ mod tests {
     ) -> (io::Result<Vec<u8>>, Vec<u8>, u64) {
         let layout = Layout::read(file, 0, len).expect("multi-block layout");
         let dir = tempfile::tempdir().expect("tempdir");
-        let plan = Plan {
-            file,
-            start: 0,
-            layout,
-            spool_dir: dir.path(),
-            workers,
-            ahead,
-            compressed: Counter::default(),
-        };
+        let plan = plan_at_start(file, layout, dir.path(), workers, ahead);
         let ((result, out), peak) = decode(plan, |reader| {
             let mut out = Vec::new();
             let result = reader.read_to_end(&mut out).map(|_| Vec::new());
@@ -742,15 +753,7 @@ mod tests {
         let mut layout = Layout::read(&file, 0, packed.len() as u64).expect("layout");
         layout.blocks[0].uncompressed = 1000;
         let dir = tempfile::tempdir().expect("tempdir");
-        let plan = Plan {
-            file: &file,
-            start: 0,
-            layout,
-            spool_dir: dir.path(),
-            workers: 2,
-            ahead: 2,
-            compressed: Counter::default(),
-        };
+        let plan = plan_at_start(&file, layout, dir.path(), 2, 2);
         let ((result, out), peak) = decode(plan, |reader| {
             let mut out = Vec::new();
             (reader.read_to_end(&mut out), out)
@@ -768,15 +771,7 @@ mod tests {
         let file = in_file(&packed);
         let layout = Layout::read(&file, 0, packed.len() as u64).expect("layout");
         let dir = tempfile::tempdir().expect("tempdir");
-        let plan = Plan {
-            file: &file,
-            start: 0,
-            layout,
-            spool_dir: dir.path(),
-            workers: 2,
-            ahead: 3,
-            compressed: Counter::default(),
-        };
+        let plan = plan_at_start(&file, layout, dir.path(), 2, 3);
         // Returning at all means every worker was joined.
         let (first, peak) = decode(plan, |reader| {
             let mut buf = vec![0; 1000];

@@ -7,7 +7,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{run, sh};
@@ -137,19 +137,25 @@ fn rpmbuild_payloads_extract_like_rpm2cpio() {
     }
 }
 
+/// `dir/tree`: the populated tree with a DEBIAN/control, ready for `dpkg-deb --build`.
+fn package_tree(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    populate(&tree);
+    fs::create_dir_all(tree.join("DEBIAN")).expect("mkdir");
+    fs::write(
+        tree.join("DEBIAN/control"),
+        "Package: reader-test\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <test@example.com>\n\
+         Description: reader test package\n",
+    )
+    .expect("control");
+    tree
+}
+
 #[test]
 fn dpkg_deb_builds_extract_like_dpkg_deb_x() {
     for compression in ["gzip", "xz", "zstd", "none"] {
         let work = tempfile::tempdir().expect("tempdir");
-        let tree = work.path().join("tree");
-        populate(&tree);
-        fs::create_dir_all(tree.join("DEBIAN")).expect("mkdir");
-        fs::write(
-            tree.join("DEBIAN/control"),
-            "Package: reader-test\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <test@example.com>\n\
-             Description: reader test package\n",
-        )
-        .expect("control");
+        let tree = package_tree(work.path());
         let deb = work.path().join("reader.deb");
         run(Command::new("dpkg-deb")
             .arg("--root-owner-group")
@@ -173,13 +179,7 @@ fn dpkg_deb_builds_extract_like_dpkg_deb_x() {
 }
 
 /// A .deb rebuilt with `ar` from dpkg-deb's members, its data.tar recompressed by `xz` with `xz_args`.
-fn deb_with_xz(
-    work: &Path,
-    name: &str,
-    tar: &Path,
-    control: &Path,
-    xz_args: &str,
-) -> std::path::PathBuf {
+fn deb_with_xz(work: &Path, name: &str, tar: &Path, control: &Path, xz_args: &str) -> PathBuf {
     let dir = work.join(name);
     fs::create_dir_all(&dir).expect("mkdir");
     fs::write(dir.join("debian-binary"), "2.0\n").expect("debian-binary");
@@ -203,15 +203,7 @@ fn deb_with_xz(
 #[test]
 fn multi_block_xz_extracts_like_single_block_and_dpkg_deb_x() {
     let work = tempfile::tempdir().expect("tempdir");
-    let tree = work.path().join("tree");
-    populate(&tree);
-    fs::create_dir_all(tree.join("DEBIAN")).expect("mkdir");
-    fs::write(
-        tree.join("DEBIAN/control"),
-        "Package: reader-test\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <test@example.com>\n\
-         Description: reader test package\n",
-    )
-    .expect("control");
+    let tree = package_tree(work.path());
     let plain = work.path().join("plain.deb");
     run(Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zxz", "--build"])
@@ -295,6 +287,6 @@ fn multi_block_xz_extracts_like_single_block_and_dpkg_deb_x() {
     assert!(!target.exists());
     assert_eq!(
         common::all_paths(&work.path().join("damaged")),
-        vec![std::path::PathBuf::from("pkg.deb")]
+        vec![PathBuf::from("pkg.deb")]
     );
 }

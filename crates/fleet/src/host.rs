@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use testkit::initramfs::END_MARKER;
-use testkit::{
-    DiskImage, Initramfs, KernelImage, QemuConfig, ROOT_DISK_MODULES, StandardInit, debian_root,
-};
+use testkit::{DiskImage, KernelImage, QemuConfig, debian_root};
 
 use crate::node::{
     DMESG_MARKER, LOADER_EXIT_MARKER, MODULE_MARKER, NodeSpec, PreparedNode, RESULT_MARKER,
@@ -146,16 +144,8 @@ pub fn prepare(
         .write(&disk)
         .context("writing the node's root disk")?;
 
-    let mut image = Initramfs::new(spec.arch)?;
-    let modules = image.kernel_modules(&kernel, &ROOT_DISK_MODULES)?;
-    image.init(
-        &StandardInit::new()
-            .modules(modules)
-            .switch_root("/dev/vda")
-            .render(),
-    )?;
     let initrd = dir.join(format!("{}.initrd.gz", spec.name));
-    image.write(&initrd)?;
+    testkit::write_root_disk_initrd(spec.arch, &kernel, &initrd)?;
     let announce = format!(
         "{module}: loaded version={} built_for={release} running={release}",
         settings.driver_version,

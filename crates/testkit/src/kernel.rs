@@ -465,17 +465,7 @@ fn pathdiff(to: &Path, from: &Path) -> PathBuf {
 }
 
 fn run(command: &mut Command) -> Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
+    crate::command_output(command).map(drop)
 }
 
 #[cfg(test)]

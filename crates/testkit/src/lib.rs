@@ -76,8 +76,25 @@ pub use initramfs::{Initramfs, Network, StandardInit};
 pub use kernel::{KernelImage, KernelModule};
 pub use musl::musl_binary;
 pub use qemu::{QemuConfig, QemuNode, VmError};
-pub use rootfs::{DiskImage, ROOT_DISK_MODULES, debian_root};
+pub use rootfs::{DiskImage, ROOT_DISK_MODULES, debian_root, write_root_disk_initrd};
 pub use uefi::UefiFirmware;
+
+/// Runs `command` to its end and returns its standard output; a failure to start or a non-zero
+/// exit is an error carrying the command line, the status and its standard error.
+pub fn command_output(command: &mut std::process::Command) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
 
 /// The workspace root, found from this crate's manifest directory so tests work from any cwd.
 pub fn workspace_root() -> PathBuf {

@@ -236,17 +236,7 @@ pub fn sign_module(unsigned: &Path, key: &ModuleKey, out: &Path) -> Result<()> {
 }
 
 fn openssl(command: &mut Command) -> Result<String> {
-    let output = command
-        .output()
-        .context("running openssl (install Debian's openssl package)")?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    crate::command_output(command).context("openssl (install Debian's openssl package)")
 }
 
 #[cfg(test)]

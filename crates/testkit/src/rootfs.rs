@@ -24,6 +24,20 @@ use crate::lock::{CacheLock, scratch_path};
 /// which an initramfs without modprobe cannot load on demand.
 pub const ROOT_DISK_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 
+/// Writes to `out` the initramfs every node with a Debian root disk boots: it loads
+/// [`ROOT_DISK_MODULES`] from `kernel` and switches to `/dev/vda`.
+pub fn write_root_disk_initrd(arch: Arch, kernel: &KernelImage, out: &Path) -> Result<()> {
+    let mut image = crate::Initramfs::new(arch)?;
+    let modules = image.kernel_modules(kernel, &ROOT_DISK_MODULES)?;
+    image.init(
+        &crate::StandardInit::new()
+            .modules(modules)
+            .switch_root("/dev/vda")
+            .render(),
+    )?;
+    image.write(out)
+}
+
 /// A root directory made by `mmdebstrap --variant=minbase` for `suite` and `arch` with
 /// `packages` included, built once and cached under `cache_dir()/roots/`. Treat it as read-only:
 /// [`DiskImage`] copies it before adding files.
@@ -224,17 +238,7 @@ fn guest_path(staging: &Path, path: &str) -> Result<PathBuf> {
 }
 
 fn run(command: &mut Command) -> Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
+    crate::command_output(command).map(drop)
 }
 
 /// A stable 64-bit FNV-1a hash for cache keys (std's hasher is randomly seeded per process).

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use kernel_id::Arch;
 use testkit::initramfs::{INIT_MARKER, INSMOD_FAILED_MARKER};
-use testkit::{
-    DiskImage, Initramfs, KernelImage, QemuConfig, QemuNode, ROOT_DISK_MODULES, StandardInit,
-    debian_root, test_log_dir,
-};
+use testkit::{DiskImage, KernelImage, QemuConfig, QemuNode, debian_root, test_log_dir};
 
 const MARKER_UNIT: &str = "[Unit]
 Description=testkit host-mode marker
@@ -48,20 +45,8 @@ fn debian_root_with_systemd_boots_from_a_virtio_disk_and_modprobes() {
         .write(&disk)
         .expect("disk image");
 
-    let mut image = Initramfs::new(arch).expect("skeleton");
-    let modules = image
-        .kernel_modules(&kernel, &ROOT_DISK_MODULES)
-        .expect("disk modules");
-    image
-        .init(
-            &StandardInit::new()
-                .modules(modules)
-                .switch_root("/dev/vda")
-                .render(),
-        )
-        .expect("init");
     let initrd = dir.join("initrd.gz");
-    image.write(&initrd).expect("initramfs");
+    testkit::write_root_disk_initrd(arch, &kernel, &initrd).expect("initramfs");
 
     let started = Instant::now();
     let node = QemuNode::boot(
